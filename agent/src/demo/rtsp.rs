@@ -1,0 +1,159 @@
+//! A local RTSP server (gst-rtsp-server) for the demo, the tests and the benchmarks.
+//!
+//! Clips are served from pre-encoded access units pushed into an `appsrc` at the clip's
+//! frame rate, looping forever, so serving a stream costs almost nothing (no encoding).
+//! Still images are encoded live at 5 fps with a near-lossless quantizer.
+//! The server runs its own GLib main loop on a thread of its own.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_rtsp_server as rtsp;
+use gstreamer_rtsp_server::glib;
+use gstreamer_rtsp_server::prelude::*;
+
+use super::media::{AccessUnit, Codec};
+
+/// What a mount point serves.
+#[derive(Clone)]
+pub enum Media {
+    /// A looping clip at `fps`.
+    Clip { codec: Codec, units: Arc<Vec<AccessUnit>>, fps: u32 },
+    /// A still image (JPEG or PNG) as an H.264 stream.
+    Still { image: PathBuf },
+}
+
+/// A running server; stops when dropped.
+pub struct RtspServer {
+    port: u16,
+    main_loop: glib::MainLoop,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RtspServer {
+    /// Serves `mounts` (`("/cam1", media)`) on 127.0.0.1:`port` (0 picks a free port).
+    pub fn start(port: u16, mounts: Vec<(String, Media)>) -> anyhow::Result<Self> {
+        gst::init()?;
+        let server = rtsp::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service(&port.to_string());
+        // The default backlog (5) refuses connections when many cameras start at once.
+        server.set_backlog(1024);
+        let points = server.mount_points().context("RTSP server has no mount points")?;
+        for (path, media) in mounts {
+            points.add_factory(&path, factory(media));
+        }
+        let ctx = glib::MainContext::new();
+        let main_loop = glib::MainLoop::new(Some(&ctx), false);
+        let source = server.attach(Some(&ctx)).context("cannot start RTSP server (port in use?)")?;
+        let port = u16::try_from(server.bound_port()).context("RTSP server has no port")?;
+        let ml = main_loop.clone();
+        let thread = std::thread::Builder::new().name("rtsp-server".into()).spawn(move || {
+            // The server and its source live on this thread with the loop.
+            let _keep = (server, source);
+            ml.run();
+        })?;
+        Ok(Self { port, main_loop, thread: Some(thread) })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self, mount: &str) -> String {
+        format!("rtsp://127.0.0.1:{}{}", self.port, mount)
+    }
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        self.main_loop.quit();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn factory(media: Media) -> rtsp::RTSPMediaFactory {
+    let f = rtsp::RTSPMediaFactory::new();
+    // One pipeline per mount, shared by its clients, as a camera would.
+    f.set_shared(true);
+    match media {
+        Media::Still { image } => {
+            let dec =
+                if image.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) { "pngdec" } else { "jpegdec" };
+            f.set_launch(&format!(
+                "( filesrc location=\"{}\" ! {dec} ! videoconvert ! video/x-raw,format=I420 ! imagefreeze is-live=true \
+                 ! video/x-raw,framerate=5/1 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=5 pass=quant quantizer=10 \
+                 ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
+                image.display()
+            ));
+        }
+        Media::Clip { codec, units, fps } => {
+            let (caps, parse, pay) = match codec {
+                Codec::H264 => ("video/x-h264", "h264parse", "rtph264pay"),
+                Codec::H265 => ("video/x-h265", "h265parse", "rtph265pay"),
+            };
+            f.set_launch(&format!(
+                "( appsrc name=src is-live=true format=time do-timestamp=true \
+                   caps={caps},stream-format=byte-stream,alignment=au \
+                 ! {parse} ! {pay} name=pay0 pt=96 config-interval=-1 )"
+            ));
+            f.connect_media_configure(move |_, media| {
+                let src = media
+                    .element()
+                    .downcast::<gst::Bin>()
+                    .ok()
+                    .and_then(|b| b.by_name_recurse_up("src"))
+                    .and_then(|e| e.downcast::<gst_app::AppSrc>().ok());
+                if let Some(src) = src {
+                    feed(&src, units.clone(), fps);
+                }
+            });
+        }
+    }
+    f
+}
+
+/// Pushes one access unit per frame interval, in real time, looping; timestamps come
+/// from the pipeline clock (`do-timestamp`), so the stream is live like a camera's.
+fn feed(src: &gst_app::AppSrc, units: Arc<Vec<AccessUnit>>, fps: u32) {
+    let interval = Duration::from_secs(1) / fps.max(1);
+    let mut next = 0usize;
+    let mut due = Instant::now();
+    src.set_callbacks(
+        gst_app::AppSrcCallbacks::builder()
+            .need_data(move |src, _| {
+                if units.is_empty() {
+                    let _ = src.end_of_stream();
+                    return;
+                }
+                // need-data runs on the appsrc's own streaming thread: sleeping paces it.
+                let now = Instant::now();
+                // After a pause (no client yet, slow consumer) restart pacing instead of bursting.
+                if now > due + interval {
+                    due = now;
+                }
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                due += interval;
+                let au = &units[next % units.len()];
+                next += 1;
+                let mut buf = gst::Buffer::from_slice(au.data.clone());
+                if let Some(b) = buf.get_mut() {
+                    b.set_duration(gst::ClockTime::from_nseconds(interval.as_nanos() as u64));
+                    if !au.keyframe {
+                        b.set_flags(gst::BufferFlags::DELTA_UNIT);
+                    }
+                }
+                let _ = src.push_buffer(buf);
+            })
+            .build(),
+    );
+}

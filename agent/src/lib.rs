@@ -1,0 +1,12 @@
+//! Lookout: an edge video-analytics agent. RTSP cameras in (GStreamer), ONNX detections
+//! (ONNX Runtime through `ort`), MQTT messages out. See ARCHITECTURE.md for the flow.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod event;
+pub mod infer;
+pub mod publish;
+pub mod source;
+pub mod telemetry;

@@ -1,0 +1,85 @@
+//! `lookout`: telemetry, config, run, signals, drain.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use lookout::cli::{Cli, Command};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    lookout::telemetry::init();
+    match cli.command {
+        Command::CheckConfig { config } => match lookout::config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} cameras, {} models)", config.display(), c.cameras.len(), c.models.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config, grace_secs, summary } => {
+            let config = match lookout::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            block_on(async move {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(stop_on_signal(shutdown.clone()));
+                let s = lookout::agent::run(config, shutdown, Duration::from_secs(grace_secs)).await?;
+                if summary {
+                    println!("{}", serde_json::to_string(&s)?);
+                }
+                Ok(())
+            })
+        }
+        Command::Demo { cameras, mqtt, fps, seconds } => block_on(async move {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            if let Some(s) = seconds {
+                let t = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(s)).await;
+                    t.cancel();
+                });
+            }
+            lookout::demo::run(lookout::demo::DemoOptions { cameras, mqtt, fps }, shutdown).await
+        }),
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels on SIGINT or SIGTERM; a second signal exits at once.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    tracing::info!("signal received, draining (signal again to exit now)");
+    shutdown.cancel();
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    std::process::exit(130);
+}

@@ -1,0 +1,218 @@
+//! Which frames of a camera are decoded and analysed: pure logic, driven by the
+//! pipeline's pad probes (see `pipeline.rs`).
+//!
+//! Two decisions, made as early as possible because every frame that reaches the decoder
+//! costs CPU:
+//! - **Keyframes only.** When the camera's keyframe rate is at least the analysis rate
+//!   (`decode = "auto"`), delta frames are dropped before the decoder: decoding one
+//!   keyframe per analysed frame costs about a quarter of full decoding (measured, see
+//!   docs/BENCHMARKS.md). The keyframe interval is measured from the stream itself; the
+//!   mode only changes on a keyframe, so the decoder never sees a delta frame whose
+//!   reference it skipped.
+//! - **Sampling.** At most one frame per analysis interval passes. Intervals are anchored
+//!   at the first frame and a frame may be early by a small tolerance (a quarter interval,
+//!   at most 50 ms), so frames that arrive at exactly the analysis rate with timestamp
+//!   jitter are all kept, and faster streams are thinned to evenly spaced frames.
+
+use std::time::Duration;
+
+use crate::config::DecodePolicy;
+
+/// Picks at most one frame per `interval`.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    interval_ns: u64,
+    origin_ns: Option<i128>,
+    last_index: Option<i128>,
+}
+
+impl Sampler {
+    pub fn new(fps: f64) -> Self {
+        Self { interval_ns: (1e9 / fps.max(1e-3)) as u64, origin_ns: None, last_index: None }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval_ns)
+    }
+
+    /// Whether a frame with this timestamp is due; a `true` answer consumes the interval.
+    pub fn accept(&mut self, pts_ns: u64) -> bool {
+        let (pts, interval) = (pts_ns as i128, self.interval_ns.max(1) as i128);
+        let tolerance = (interval / 4).min(50_000_000);
+        let origin = *self.origin_ns.get_or_insert(pts);
+        if pts < origin {
+            // Timestamps went backwards (stream restart): start over.
+            self.reset();
+            return self.accept(pts_ns);
+        }
+        let index = (pts - origin + tolerance) / interval;
+        match self.last_index {
+            Some(last) if index <= last => false,
+            _ => {
+                self.last_index = Some(index);
+                true
+            }
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.origin_ns = None;
+        self.last_index = None;
+    }
+}
+
+/// What to do with one encoded frame before the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateVerdict {
+    /// Decode it.
+    Pass,
+    /// Do not decode it.
+    Drop,
+}
+
+/// Keyframe gate plus sampler for one camera.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    policy: DecodePolicy,
+    pub sampler: Sampler,
+    last_key_ns: Option<u64>,
+    key_interval_ns: Option<u64>,
+    keyframes_only: bool,
+}
+
+impl Gate {
+    pub fn new(policy: DecodePolicy, fps: f64) -> Self {
+        Self {
+            policy,
+            sampler: Sampler::new(fps),
+            last_key_ns: None,
+            key_interval_ns: None,
+            // Until the keyframe interval is known, assume it is short: cheap, and corrected
+            // at the second keyframe.
+            keyframes_only: policy != DecodePolicy::All,
+        }
+    }
+
+    /// Whether only keyframes reach the decoder (then the gate also samples).
+    pub fn keyframes_only(&self) -> bool {
+        self.keyframes_only
+    }
+
+    /// The measured keyframe interval, once two keyframes were seen.
+    pub fn key_interval(&self) -> Option<Duration> {
+        self.key_interval_ns.map(Duration::from_nanos)
+    }
+
+    /// Decides for an encoded frame at the decoder's input.
+    pub fn on_encoded(&mut self, pts_ns: u64, is_key: bool) -> GateVerdict {
+        if is_key {
+            if let Some(last) = self.last_key_ns
+                && pts_ns > last
+            {
+                self.key_interval_ns = Some(pts_ns - last);
+            }
+            self.last_key_ns = Some(pts_ns);
+            self.keyframes_only = match self.policy {
+                DecodePolicy::All => false,
+                DecodePolicy::Keyframes => true,
+                // 10 % slack so a GOP that matches the analysis interval, give or take
+                // timestamp jitter, still counts as fast enough.
+                DecodePolicy::Auto => {
+                    self.key_interval_ns.is_none_or(|k| k as f64 <= self.sampler.interval_ns as f64 * 1.1)
+                }
+            };
+        }
+        if !self.keyframes_only {
+            return GateVerdict::Pass;
+        }
+        if is_key && self.sampler.accept(pts_ns) { GateVerdict::Pass } else { GateVerdict::Drop }
+    }
+
+    /// Decides for a decoded frame at the decoder's output: in keyframes-only mode the
+    /// gate has sampled already.
+    pub fn on_decoded(&mut self, pts_ns: u64) -> bool {
+        self.keyframes_only || self.sampler.accept(pts_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn sampler_passes_one_frame_per_interval_despite_jitter() {
+        // 10 fps input with ±3 ms jitter, analysed at 2 fps: exactly 2 frames a second.
+        let mut s = Sampler::new(2.0);
+        let jitter = [0i64, 3, -3, 2, -2, 1, -1, 3, -3, 0];
+        let accepted = (0..100u64)
+            .filter(|&i| s.accept(((i * 100 + 1000) as i64 * MS as i64 + jitter[(i % 10) as usize] * MS as i64) as u64))
+            .count();
+        assert_eq!(accepted, 20);
+    }
+
+    #[test]
+    fn sampler_at_the_input_rate_keeps_every_frame() {
+        let mut s = Sampler::new(1.0);
+        // Keyframes every 1 s with jitter right at the boundary case that a naive
+        // floor(pts/interval) sampler gets wrong (0.999 s and 2.001 s).
+        let pts = [0, 999 * MS, 2001 * MS, 3000 * MS, 3998 * MS];
+        assert!(pts.iter().all(|&p| s.accept(p)));
+    }
+
+    #[test]
+    fn sampler_restarts_when_time_goes_backwards() {
+        let mut s = Sampler::new(1.0);
+        assert!(s.accept(50_000 * MS));
+        assert!(s.accept(10 * MS));
+    }
+
+    fn run(gate: &mut Gate, gop: u64, frames: u64) -> (u64, u64) {
+        // 10 fps stream with a keyframe every `gop` frames; returns (decoded, analysed).
+        let (mut decoded, mut analysed) = (0, 0);
+        for i in 0..frames {
+            let pts = i * 100 * MS;
+            if gate.on_encoded(pts, i % gop == 0) == GateVerdict::Pass {
+                decoded += 1;
+                if gate.on_decoded(pts) {
+                    analysed += 1;
+                }
+            }
+        }
+        (decoded, analysed)
+    }
+
+    #[test]
+    fn auto_decodes_only_keyframes_when_they_come_often_enough() {
+        // 1 s GOP, analysed at 1 fps: 10 s of video decodes 10 frames, not 100.
+        let mut g = Gate::new(DecodePolicy::Auto, 1.0);
+        assert_eq!(run(&mut g, 10, 100), (10, 10));
+        assert!(g.keyframes_only());
+        assert_eq!(g.key_interval(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn auto_decodes_everything_when_keyframes_are_too_rare() {
+        // 2 s GOP but 2 fps wanted: after the second keyframe everything is decoded and
+        // sampled at 2 fps.
+        let mut g = Gate::new(DecodePolicy::Auto, 2.0);
+        let (decoded, analysed) = run(&mut g, 20, 100);
+        assert!(!g.keyframes_only());
+        // First GOP: the keyframe alone; from 2 s on: all 80 frames.
+        assert_eq!(decoded, 81);
+        assert_eq!(analysed, 17);
+    }
+
+    #[test]
+    fn keyframes_policy_never_decodes_delta_frames() {
+        let mut g = Gate::new(DecodePolicy::Keyframes, 5.0);
+        assert_eq!(run(&mut g, 20, 100), (5, 5));
+    }
+
+    #[test]
+    fn all_policy_decodes_every_frame() {
+        let mut g = Gate::new(DecodePolicy::All, 1.0);
+        assert_eq!(run(&mut g, 10, 100), (100, 10));
+    }
+}

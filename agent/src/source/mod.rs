@@ -1,0 +1,288 @@
+//! Camera ingest: one GStreamer pipeline per camera, run by one named task per camera
+//! that restarts it whenever it fails or stalls.
+//!
+//! A camera's task owns its pipeline and its bus; the pipeline's own streaming threads
+//! (rtspsrc, decoder) do the work and hand frames to the model's [`FrameQueue`]. One
+//! camera failing only ever restarts that camera.
+
+mod gate;
+mod pipeline;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+pub use gate::{Gate, GateVerdict, Sampler};
+pub use pipeline::FrameFormat;
+
+use crate::config::CameraConfig;
+use crate::infer::queue::FrameQueue;
+
+/// Why a camera's pipeline stopped, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "camera {camera}: GStreamer element {element} is missing (install the GStreamer plugins: scripts/setup.sh)"
+    )]
+    MissingElement { camera: String, element: String },
+    #[error("camera {camera}: cannot build the pipeline: {message}")]
+    Build { camera: String, message: String },
+    #[error("camera {camera}: codec {codec:?} is not supported (H264, H265)")]
+    UnsupportedCodec { camera: String, codec: String },
+    #[error("camera {camera}: stream error from {element}: {message}")]
+    Stream { camera: String, element: String, message: String },
+    #[error("camera {camera}: stream ended")]
+    Eos { camera: String },
+    #[error("camera {camera}: no data for {seconds} s")]
+    Stalled { camera: String, seconds: u64 },
+}
+
+impl SourceError {
+    fn build(camera: &str, e: impl std::fmt::Display) -> Self {
+        SourceError::Build { camera: camera.to_string(), message: e.to_string() }
+    }
+
+    /// Missing plugins do not appear by waiting; everything else (network, camera
+    /// reboot, server restart) may heal, so the camera is retried with back-off.
+    pub fn retry_can_help(&self) -> bool {
+        !matches!(self, SourceError::MissingElement { .. })
+    }
+}
+
+/// Counters for one camera (exported as `lookout_*` metrics).
+#[derive(Debug, Default)]
+pub struct CameraStats {
+    /// Encoded frames received from the camera.
+    pub encoded_frames: AtomicU64,
+    /// Frames passed to the decoder.
+    pub decoded_frames: AtomicU64,
+    /// Decoded frames sampled for analysis.
+    pub sampled_frames: AtomicU64,
+    /// Sampled frames replaced by a newer one before the model took them.
+    pub replaced_frames: AtomicU64,
+    /// Frames the model analysed.
+    pub analysed_frames: AtomicU64,
+    /// Messages handed to the publisher.
+    pub messages: AtomicU64,
+    /// Pipeline (re)starts after a failure.
+    pub restarts: AtomicU64,
+}
+
+/// What the rest of the agent knows about a camera at run time.
+#[derive(Debug)]
+pub struct CameraCtx {
+    pub id: String,
+    /// Detections below this score are not reported.
+    pub min_score: f32,
+    pub stats: CameraStats,
+    native_size: AtomicU64,
+    /// Milliseconds since `epoch` at which the last encoded frame arrived.
+    last_data_ms: AtomicU64,
+    epoch: Instant,
+    /// Human-readable state: "starting", "streaming", "reconnecting: <reason>".
+    pub state: Mutex<String>,
+}
+
+impl CameraCtx {
+    pub fn new(id: &str, min_score: f32) -> Self {
+        Self {
+            id: id.to_string(),
+            min_score,
+            stats: CameraStats::default(),
+            native_size: AtomicU64::new(0),
+            last_data_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            state: Mutex::new("starting".into()),
+        }
+    }
+
+    fn set_native_size(&self, w: u32, h: u32) {
+        self.native_size.store(((w as u64) << 32) | h as u64, Ordering::Relaxed);
+    }
+
+    /// The camera's frame size before scaling (0 × 0 until known).
+    pub fn native_size(&self) -> (u32, u32) {
+        let v = self.native_size.load(Ordering::Relaxed);
+        ((v >> 32) as u32, v as u32)
+    }
+
+    fn touch(&self) {
+        self.last_data_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn since_data(&self) -> Duration {
+        let last = Duration::from_millis(self.last_data_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    fn set_state(&self, s: impl Into<String>) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s.into();
+    }
+}
+
+/// A decoded, scaled RGB frame ready for the model.
+pub struct Frame {
+    /// The camera's slot in its model's queue.
+    pub slot: usize,
+    pub camera: Arc<CameraCtx>,
+    pub pts_ns: u64,
+    pub captured: SystemTime,
+    /// The camera's own frame size.
+    pub native_width: u32,
+    pub native_height: u32,
+    /// Size of `pixels` (the model's input size), packed RGB rows of `stride` bytes.
+    pub width: u32,
+    pub height: u32,
+    pub stride: usize,
+    pub pixels: Box<dyn AsRef<[u8]> + Send>,
+}
+
+#[cfg(test)]
+pub(crate) fn test_frame(slot: usize, pts_ns: u64) -> Frame {
+    Frame {
+        slot,
+        camera: Arc::new(CameraCtx::new("test", 0.5)),
+        pts_ns,
+        captured: SystemTime::UNIX_EPOCH,
+        native_width: 4,
+        native_height: 4,
+        width: 2,
+        height: 2,
+        stride: 6,
+        pixels: Box::new(vec![0u8; 12]),
+    }
+}
+
+/// How long a camera may deliver nothing before its pipeline is restarted. Longer at
+/// start, where RTSP set-up and the first keyframe take a while.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs one camera until `shutdown`: (re)starts its pipeline, retrying failures with
+/// exponential back-off. Spawn it as the camera's task.
+pub async fn run(
+    cam: CameraConfig,
+    ctx: Arc<CameraCtx>,
+    format: FrameFormat,
+    queue: Arc<FrameQueue>,
+    slot: usize,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("camera", camera = %cam.id);
+    async move {
+        let mut backoff = cam.reconnect.min;
+        loop {
+            let before = ctx.stats.sampled_frames.load(Ordering::Relaxed);
+            let result = run_once(&cam, &ctx, format, &queue, slot, &shutdown).await;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            // A run that delivered frames was a working connection: start back-off over.
+            if ctx.stats.sampled_frames.load(Ordering::Relaxed) > before {
+                backoff = cam.reconnect.min;
+            }
+            let err = match result {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            ctx.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            ctx.set_state(format!("reconnecting: {err}"));
+            if err.retry_can_help() {
+                warn!(error = %err, retry_in = ?backoff, "camera failed, will retry");
+            } else {
+                warn!(error = %err, retry_in = ?cam.reconnect.max, "camera failed; retrying cannot help until this is fixed");
+                backoff = cam.reconnect.max;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(cam.reconnect.max);
+        }
+        ctx.set_state("stopped");
+        info!("camera stopped");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_once(
+    cam: &CameraConfig,
+    ctx: &Arc<CameraCtx>,
+    format: FrameFormat,
+    queue: &Arc<FrameQueue>,
+    slot: usize,
+    shutdown: &CancellationToken,
+) -> Result<(), SourceError> {
+    let pipeline = pipeline::build(cam, ctx.clone(), format, queue.clone(), slot)?;
+    let result = watch_bus(&pipeline, ctx, shutdown).await;
+    // Always back to Null, whatever happened: this closes the RTSP session (TEARDOWN)
+    // and frees the decoder.
+    let _ = pipeline.set_state(gst::State::Null);
+    result
+}
+
+/// Starts the pipeline and follows its bus until an error, the end of stream, a stall
+/// or shutdown.
+async fn watch_bus(
+    pipeline: &gst::Pipeline,
+    ctx: &Arc<CameraCtx>,
+    shutdown: &CancellationToken,
+) -> Result<(), SourceError> {
+    use futures_util::StreamExt;
+    let camera = ctx.id.clone();
+    let bus = pipeline.bus().ok_or_else(|| SourceError::build(&camera, "pipeline has no bus"))?;
+    let mut messages = bus.stream();
+    pipeline.set_state(gst::State::Playing).map_err(|e| SourceError::build(&camera, e))?;
+    ctx.touch();
+    let started = Instant::now();
+    let mut streaming = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                let quiet = ctx.since_data();
+                let limit = if streaming { STALL_TIMEOUT } else { START_TIMEOUT };
+                if quiet > limit && started.elapsed() > limit {
+                    return Err(SourceError::Stalled { camera, seconds: quiet.as_secs() });
+                }
+                let frames = ctx.stats.sampled_frames.load(Ordering::Relaxed);
+                if !streaming && frames > 0 {
+                    streaming = true;
+                    ctx.set_state("streaming");
+                    info!("camera streaming");
+                }
+            }
+            msg = messages.next() => {
+                let Some(msg) = msg else { return Err(SourceError::build(&camera, "bus closed")) };
+                use gst::MessageView;
+                match msg.view() {
+                    MessageView::Error(err) => {
+                        return Err(SourceError::Stream {
+                            camera,
+                            element: err.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                            message: match err.debug() {
+                                Some(d) => format!("{} ({})", err.error(), d.lines().next().unwrap_or("")),
+                                None => err.error().to_string(),
+                            },
+                        });
+                    }
+                    MessageView::Eos(_) => return Err(SourceError::Eos { camera }),
+                    MessageView::Warning(w) => warn!(warning = %w.error(), "GStreamer warning"),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Initialises GStreamer once per process.
+pub fn init() -> Result<(), SourceError> {
+    gst::init().map_err(|e| SourceError::build("-", e))
+}

@@ -1,0 +1,238 @@
+//! One camera's GStreamer pipeline:
+//!
+//! ```text
+//! rtspsrc ─▶ rtph26Xdepay ─▶ h26Xparse ─[gate]─▶ avdec_h26X ─[sampler]─▶ videoscale ─▶ videoconvert ─▶ appsink (RGB, model size)
+//! ```
+//! - `[gate]` is a pad probe that drops delta frames (and keyframes not due) before the
+//!   decoder when only keyframes are needed; `[sampler]` drops decoded frames not due.
+//!   Both are [`super::gate::Gate`].
+//! - videoscale uses 2-tap bilinear without anti-aliasing, the resize the default model
+//!   was trained with (TF1 `ResizeBilinear`); scaling happens before the colour
+//!   conversion so the conversion touches model-size frames only.
+//! - The appsink never blocks the pipeline: `max-buffers=1, drop=true, sync=false`, and
+//!   its callback only hands the buffer to the model's latest-frame slot.
+//!
+//! Probes and callbacks never panic: a poisoned lock is recovered, missing data skips
+//! the buffer.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+use super::gate::{Gate, GateVerdict};
+use super::{CameraCtx, Frame, SourceError};
+use crate::config::{CameraConfig, Transport};
+use crate::infer::queue::FrameQueue;
+
+/// The model input the frames are scaled to.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameFormat {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Builds the pipeline for `cam`; frames go to `queue` at `slot`.
+pub fn build(
+    cam: &CameraConfig,
+    ctx: Arc<CameraCtx>,
+    format: FrameFormat,
+    queue: Arc<FrameQueue>,
+    slot: usize,
+) -> Result<gst::Pipeline, SourceError> {
+    let pipeline = gst::Pipeline::with_name(&format!("camera-{}", cam.id));
+    // Capture times come from the pipeline clock: make it the wall clock so that
+    // base_time + running_time is a Unix time.
+    let clock = gst::SystemClock::obtain();
+    clock.set_property("clock-type", gst::ClockType::Realtime);
+    pipeline.use_clock(Some(&clock));
+
+    let src = make(&cam.id, "rtspsrc")?;
+    src.set_property("location", &cam.url);
+    src.set_property_from_str(
+        "protocols",
+        match cam.transport {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        },
+    );
+    // Analytics needs no smoothing: a short jitter buffer that drops late packets keeps
+    // memory and latency low.
+    src.set_property("latency", 200u32);
+    src.set_property("drop-on-latency", true);
+    src.set_property("tcp-timeout", 10_000_000u64);
+
+    let scale = make(&cam.id, "videoscale")?;
+    scale.set_property_from_str("method", "bilinear");
+    scale.set_property("add-borders", false);
+    let convert = make(&cam.id, "videoconvert")?;
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .field("width", format.width as i32)
+        .field("height", format.height as i32)
+        .build();
+    let sink = gst_app::AppSink::builder().caps(&caps).max_buffers(1).drop(true).sync(false).build();
+    pipeline.add_many([&src, &scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
+    gst::Element::link_many([&scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
+
+    let gate = Arc::new(Mutex::new(Gate::new(cam.decode, cam.fps)));
+    install_appsink(&sink, ctx.clone(), queue, slot);
+
+    // Only video streams are set up (audio would need a sink of its own).
+    src.connect("select-stream", false, |args| {
+        let is_video = args
+            .get(2)
+            .and_then(|v| v.get::<gst::Caps>().ok())
+            .and_then(|c| c.structure(0).and_then(|s| s.get::<String>("media").ok()))
+            .is_some_and(|m| m == "video");
+        Some(is_video.to_value())
+    });
+    let weak_pipeline = pipeline.downgrade();
+    let camera_id = cam.id.clone();
+    src.connect_pad_added(move |_src, pad| {
+        let Some(pipeline) = weak_pipeline.upgrade() else { return };
+        if let Err(e) = link_decoder(&pipeline, pad, &scale, &gate, &ctx) {
+            // Posting to the bus makes the camera's run loop restart it.
+            tracing::error!(camera = %camera_id, error = %e, "cannot set up decoding");
+            gst::element_error!(pipeline, gst::StreamError::CodecNotFound, ("{}", e));
+        }
+    });
+    Ok(pipeline)
+}
+
+fn make(camera: &str, factory: &str) -> Result<gst::Element, SourceError> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| SourceError::MissingElement { camera: camera.to_string(), element: factory.to_string() })
+}
+
+/// On a new RTP pad: depayloader, parser and decoder for its codec, the gate in front
+/// of the decoder and the sampler behind it.
+fn link_decoder(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    scale: &gst::Element,
+    gate: &Arc<Mutex<Gate>>,
+    ctx: &Arc<CameraCtx>,
+) -> Result<(), SourceError> {
+    let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
+    let encoding = caps
+        .as_ref()
+        .and_then(|c| c.structure(0))
+        .and_then(|s| s.get::<String>("encoding-name").ok())
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let (depay, parse, dec) = match encoding.as_str() {
+        "H264" => ("rtph264depay", "h264parse", "avdec_h264"),
+        "H265" => ("rtph265depay", "h265parse", "avdec_h265"),
+        other => return Err(SourceError::UnsupportedCodec { camera: ctx.id.clone(), codec: other.to_string() }),
+    };
+    let depay = make(&ctx.id, depay)?;
+    let parse = make(&ctx.id, parse)?;
+    let dec = make(&ctx.id, dec)?;
+    // Decoder threads: one is enough at analysis rates, and hundreds of cameras with a
+    // thread pool each would swamp the scheduler.
+    if dec.has_property("max-threads") {
+        dec.set_property("max-threads", 1i32);
+    }
+    let chain = [&depay, &parse, &dec];
+    pipeline.add_many(chain).map_err(|e| SourceError::build(&ctx.id, e))?;
+    gst::Element::link_many([&depay, &parse, &dec, scale]).map_err(|e| SourceError::build(&ctx.id, e))?;
+    for e in chain {
+        e.sync_state_with_parent().map_err(|e| SourceError::build(&ctx.id, e))?;
+    }
+    let sink_pad =
+        depay.static_pad("sink").ok_or_else(|| SourceError::build(&ctx.id, "depayloader has no sink pad"))?;
+    pad.link(&sink_pad).map_err(|e| SourceError::build(&ctx.id, e))?;
+
+    // Gate: before the decoder.
+    if let Some(parse_src) = parse.static_pad("src") {
+        let gate = gate.clone();
+        let ctx = ctx.clone();
+        parse_src.add_probe(gst::PadProbeType::BUFFER, move |_pad, info| {
+            let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+            ctx.stats.encoded_frames.fetch_add(1, Ordering::Relaxed);
+            ctx.touch();
+            let Some(pts) = buffer.pts().or(buffer.dts()) else { return gst::PadProbeReturn::Ok };
+            let is_key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+            let verdict = gate.lock().unwrap_or_else(|e| e.into_inner()).on_encoded(pts.nseconds(), is_key);
+            match verdict {
+                GateVerdict::Pass => {
+                    ctx.stats.decoded_frames.fetch_add(1, Ordering::Relaxed);
+                    gst::PadProbeReturn::Ok
+                }
+                GateVerdict::Drop => gst::PadProbeReturn::Drop,
+            }
+        });
+    }
+    // Sampler: after the decoder; also records the camera's native frame size.
+    if let Some(dec_src) = dec.static_pad("src") {
+        let gate = gate.clone();
+        let ctx = ctx.clone();
+        dec_src.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+            let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
+            if !gate.lock().unwrap_or_else(|e| e.into_inner()).on_decoded(pts.nseconds()) {
+                return gst::PadProbeReturn::Drop;
+            }
+            if let Some(s) = pad.current_caps().as_ref().and_then(|c| c.structure(0))
+                && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
+            {
+                ctx.set_native_size(w.max(0) as u32, h.max(0) as u32);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    Ok(())
+}
+
+fn install_appsink(sink: &gst_app::AppSink, ctx: Arc<CameraCtx>, queue: Arc<FrameQueue>, slot: usize) {
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let Ok(sample) = sink.pull_sample() else { return Ok(gst::FlowSuccess::Ok) };
+                let Some(buffer) = sample.buffer_owned() else { return Ok(gst::FlowSuccess::Ok) };
+                let Some(info) = sample.caps().and_then(|c| gstreamer_video::VideoInfo::from_caps(c).ok()) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let pts = buffer.pts();
+                let captured = capture_time(sink, &sample, pts);
+                let Ok(pixels) = buffer.into_mapped_buffer_readable() else { return Ok(gst::FlowSuccess::Ok) };
+                let (native_w, native_h) = ctx.native_size();
+                let frame = Frame {
+                    slot,
+                    camera: ctx.clone(),
+                    pts_ns: pts.map(|p| p.nseconds()).unwrap_or(0),
+                    captured,
+                    native_width: native_w.max(1),
+                    native_height: native_h.max(1),
+                    width: info.width(),
+                    height: info.height(),
+                    stride: info.stride()[0].max(0) as usize,
+                    pixels: Box::new(pixels),
+                };
+                ctx.stats.sampled_frames.fetch_add(1, Ordering::Relaxed);
+                if queue.put(slot, frame).is_some() {
+                    ctx.stats.replaced_frames.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
+
+/// When the frame was captured, as well as the pipeline can tell: the pipeline clock is
+/// the wall clock, so base time + the buffer's running time is when the frame's first
+/// packet was received, corrected for the jitter buffer. Falls back to now.
+fn capture_time(sink: &gst_app::AppSink, sample: &gst::Sample, pts: Option<gst::ClockTime>) -> SystemTime {
+    let running = pts.and_then(|pts| {
+        sample.segment().and_then(|seg| seg.downcast_ref::<gst::ClockTime>().and_then(|s| s.to_running_time(pts)))
+    });
+    match (sink.base_time(), running) {
+        (Some(base), Some(rt)) => UNIX_EPOCH + Duration::from_nanos(base.nseconds() + rt.nseconds()),
+        _ => SystemTime::now(),
+    }
+}
