@@ -1,1 +1,269 @@
+//! Harness for Lookout's end-to-end tests: every peer is real. A mosquitto broker and
+//! gst-rtsp-server are started per test, the real `lookout` binary runs as a child
+//! process with the real ONNX Runtime and model, and a real MQTT client records what
+//! the platform would receive.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+pub use lookout::demo::broker::{Mosquitto, free_port};
+pub use lookout::demo::media::{Codec, clip, media_file};
+pub use lookout::demo::rtsp::{Media, RtspServer};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The default model's manifest.
+pub fn default_manifest() -> PathBuf {
+    workspace().join("models/ssdlite-mobilenetv2-person/manifest.toml")
+}
+
+/// The `lookout` binary built beside this test (scripts/test.sh builds it first).
+pub fn lookout_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/lookout
+    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("lookout")).expect("target dir");
+    assert!(bin.is_file(), "{} is missing: build it first (`cargo build -p lookout`, done by scripts/test.sh)", bin.display());
+    bin
+}
+
+/// A camera in a generated config.
+pub struct Cam<'a> {
+    pub id: &'a str,
+    pub url: String,
+    pub fps: f64,
+    pub min_score: f64,
+}
+
+/// Writes a config for `cams` against `broker_url` into `dir` and returns its path.
+pub fn write_config(dir: &Path, broker_url: &str, cams: &[Cam<'_>]) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut s = format!(
+        "[agent]\nsite = \"test-site\"\nid = \"gw-test\"\n\n[mqtt]\nurl = \"{broker_url}\"\n\n\
+         [inference]\nthreads = 1\n\n[[models]]\nname = \"person\"\nmanifest = \"{}\"\n",
+        default_manifest().display()
+    );
+    for c in cams {
+        s.push_str(&format!(
+            "\n[[cameras]]\nid = \"{}\"\nurl = \"{}\"\nmodel = \"person\"\nfps = {}\nmin_score = {}\nreconnect_max_secs = 2\n",
+            c.id, c.url, c.fps, c.min_score
+        ));
+    }
+    let path = dir.join("lookout.toml");
+    std::fs::write(&path, s)?;
+    Ok(path)
+}
+
+/// A fresh scratch folder for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lookout-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// The agent as a child process; killed when dropped unless stopped.
+pub struct AgentProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    pub fn start(config: &Path) -> anyhow::Result<Self> {
+        let log = config.with_extension("log");
+        let err = std::fs::File::create(&log)?;
+        let child = Command::new(lookout_bin())
+            .args(["run", "--summary", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .context("starting lookout")?;
+        Ok(Self { child: Some(child), log })
+    }
+
+    /// The agent's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit status and stdout.
+    pub fn stop(mut self) -> anyhow::Result<(std::process::ExitStatus, String)> {
+        let mut child = self.child.take().context("already stopped")?;
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let mut out = String::new();
+                if let Some(mut o) = child.stdout.take() {
+                    use std::io::Read;
+                    o.read_to_string(&mut out)?;
+                }
+                return Ok((status, out));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("lookout did not exit within 30 s of SIGTERM\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub json: Value,
+    pub at: Instant,
+}
+
+/// Subscribes to a topic filter and records everything that arrives.
+pub struct Recorder {
+    pub messages: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start(port: u16, filter: &str) -> anyhow::Result<Self> {
+        let mut opts = MqttOptions::new(format!("e2e-recorder-{}", free_port()?), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        client.subscribe(filter, QoS::AtLeastOnce).await?;
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (suback_tx, suback_rx) = tokio::sync::oneshot::channel();
+        let store = messages.clone();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            let mut suback = Some(suback_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = suback.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        store.lock().expect("recorder lock").push(Received { topic: p.topic, json, at: Instant::now() });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), suback_rx).await.context("no SUBACK within 10 s")??;
+        Ok(Self { messages, task })
+    }
+
+    pub fn snapshot(&self) -> Vec<Received> {
+        self.messages.lock().expect("recorder lock").clone()
+    }
+
+    /// Messages from `camera` (by the `camera` field).
+    pub fn from_camera(&self, camera: &str) -> Vec<Received> {
+        self.snapshot().into_iter().filter(|m| m.json["camera"] == camera).collect()
+    }
+
+    /// Waits until `cond` holds over the messages, or fails after `timeout` with `what`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&[Received]) -> bool,
+    ) -> anyhow::Result<Vec<Received>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let snap = self.snapshot();
+            if cond(&snap) {
+                return Ok(snap);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}; {} messages so far", snap.len());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Intersection over union of two `{x,y,w,h}` JSON boxes.
+pub fn iou(a: &Value, b: &Value) -> f64 {
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let (ax1, ay1, ax2, ay2) = (f(a, "x"), f(a, "y"), f(a, "x") + f(a, "w"), f(a, "y") + f(a, "h"));
+    let (bx1, by1, bx2, by2) = (f(b, "x"), f(b, "y"), f(b, "x") + f(b, "w"), f(b, "y") + f(b, "h"));
+    let iw = (ax2.min(bx2) - ax1.max(bx1)).max(0.0);
+    let ih = (ay2.min(by2) - ay1.max(by1)).max(0.0);
+    let inter = iw * ih;
+    inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter)
+}
+
+/// An RTSP server in a child process (`rtsp-serve`), so a test can kill it.
+pub struct RtspProcess {
+    child: Child,
+    pub port: u16,
+}
+
+impl RtspProcess {
+    /// `mounts` as `/path=h264` or `/path=h265` (the clip) or `/path=still:<image>`.
+    pub fn start(bin: &Path, port: u16, mounts: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--port").arg(port.to_string());
+        for m in mounts {
+            cmd.arg("--mount").arg(m);
+        }
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        // It prints "ready" once listening.
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            use std::io::BufRead;
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        if !line.starts_with("ready") {
+            let _ = child.kill();
+            bail!("rtsp-serve did not start: {line:?}");
+        }
+        Ok(Self { child, port })
+    }
+
+    pub fn url(&self, mount: &str) -> String {
+        format!("rtsp://127.0.0.1:{}{mount}", self.port)
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RtspProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,54 @@
+//! A standalone RTSP server for tests and benchmarks: serves the bundled clip (H.264 or
+//! H.265, looping at 10 fps) or still images on 127.0.0.1. Prints `ready <port>` once
+//! listening, then serves until killed.
+//!
+//! rtsp-serve --port 8554 --mount /cam1=h264 --mount /cam2=h265 --mount /img=still:/path/grace_hopper.jpg
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use lookout_e2e::{Codec, Media, RtspServer, clip};
+
+#[derive(Parser)]
+struct Args {
+    /// Port to listen on (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// `/path=h264`, `/path=h265` or `/path=still:<image file>`; repeatable.
+    #[arg(long = "mount", required = true)]
+    mounts: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut mounts = Vec::new();
+    let mut clips: Vec<(Codec, Arc<Vec<_>>)> = Vec::new();
+    for m in &args.mounts {
+        let (path, what) = m.split_once('=').context("--mount takes /path=kind")?;
+        let media = match what {
+            "h264" | "h265" => {
+                let codec = if what == "h264" { Codec::H264 } else { Codec::H265 };
+                let units = match clips.iter().find(|(c, _)| *c == codec) {
+                    Some((_, u)) => u.clone(),
+                    None => {
+                        let u = Arc::new(clip(codec)?);
+                        clips.push((codec, u.clone()));
+                        u
+                    }
+                };
+                Media::Clip { codec, units, fps: 10 }
+            }
+            other => match other.strip_prefix("still:") {
+                Some(image) => Media::Still { image: image.into() },
+                None => bail!("unknown media {other:?}"),
+            },
+        };
+        mounts.push((path.to_string(), media));
+    }
+    let server = RtspServer::start(args.port, mounts)?;
+    println!("ready {}", server.port());
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,269 @@
+//! End-to-end: real mosquitto, real gst-rtsp-server, real ONNX Runtime and model, the
+//! real `lookout` binary; assertions on what an MQTT subscriber receives.
+//!
+//! Timeouts here are generous upper bounds for "it never happened", not performance
+//! thresholds: the machine is shared and slow.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use lookout_e2e::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn ts_window() -> (String, String) {
+    let now = SystemTime::now();
+    (
+        lookout::event::rfc3339_millis(now - Duration::from_secs(300)),
+        lookout::event::rfc3339_millis(now + Duration::from_secs(5)),
+    )
+}
+
+/// Every field the detections schema promises, with the right types and ranges.
+fn assert_detections_message(m: &Received, camera: &str, width: u64, height: u64, since: &str, until: &str) {
+    let j = &m.json;
+    assert_eq!(m.topic, format!("lookout/v1/test-site/gw-test/cameras/{camera}/detections"));
+    assert_eq!(j["schema"], "lookout.detections/1", "{j}");
+    assert_eq!(j["site"], "test-site");
+    assert_eq!(j["agent"], "gw-test");
+    assert_eq!(j["camera"], camera);
+    let ts = j["ts"].as_str().expect("ts is a string");
+    // RFC 3339 UTC with milliseconds: 2026-11-22T04:17:20.123Z
+    assert_eq!(ts.len(), 24, "{ts}");
+    assert!(ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".", "{ts}");
+    assert!(ts[20..23].chars().all(|c| c.is_ascii_digit()), "{ts}");
+    assert!(since <= ts && ts <= until, "capture time {ts} is not recent ({since} .. {until})");
+    assert_eq!(j["frame"]["width"], width, "{j}");
+    assert_eq!(j["frame"]["height"], height, "{j}");
+    assert_eq!(j["model"]["name"], "ssdlite-mobilenetv2-person");
+    assert_eq!(j["model"]["version"], "0.2.0");
+    let dets = j["detections"].as_array().expect("detections array");
+    assert!(!dets.is_empty(), "a message is only sent for a frame with detections");
+    for d in dets {
+        assert_eq!(d["class"], "person");
+        assert_eq!(d["class_id"], 0);
+        let score = d["score"].as_f64().expect("score");
+        assert!((0.5..=1.0).contains(&score), "score {score} below the camera's min_score");
+        let b = &d["bbox"];
+        let (x, y, w, h) = (b["x"].as_f64(), b["y"].as_f64(), b["w"].as_f64(), b["h"].as_f64());
+        let (x, y, w, h) = (x.expect("x"), y.expect("y"), w.expect("w"), h.expect("h"));
+        assert!(x >= 0.0 && y >= 0.0 && w > 0.0 && h > 0.0 && x + w <= 1.0 + 1e-6 && y + h <= 1.0 + 1e-6, "{b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_schema_complete_detections_for_every_h264_and_h265_camera() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let h264 = Arc::new(clip(Codec::H264).expect("h264 clip"));
+    let h265 = Arc::new(clip(Codec::H265).expect("h265 clip"));
+    let server = RtspServer::start(
+        0,
+        vec![
+            ("/a".into(), Media::Clip { codec: Codec::H264, units: h264.clone(), fps: 10 }),
+            ("/b".into(), Media::Clip { codec: Codec::H264, units: h264, fps: 10 }),
+            ("/c".into(), Media::Clip { codec: Codec::H265, units: h265, fps: 10 }),
+        ],
+    )
+    .expect("rtsp server");
+    let dir = scratch("schema");
+    let cams = [
+        Cam { id: "cam-264-a", url: server.url("/a"), fps: 2.0, min_score: 0.5 },
+        Cam { id: "cam-264-b", url: server.url("/b"), fps: 1.0, min_score: 0.5 },
+        Cam { id: "cam-265", url: server.url("/c"), fps: 2.0, min_score: 0.5 },
+    ];
+    let config = write_config(&dir, &broker.url(), &cams).expect("config");
+    let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
+    let agent = AgentProcess::start(&config).expect("agent");
+
+    let got = rec
+        .wait_for(WAIT, "3 messages from each camera", |m| {
+            cams.iter().all(|c| m.iter().filter(|r| r.json["camera"] == c.id).count() >= 3)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let (since, until) = ts_window();
+    for c in &cams {
+        for m in got.iter().filter(|r| r.json["camera"] == c.id) {
+            assert_detections_message(m, c.id, 768, 576, &since, &until);
+        }
+    }
+    // Capture times of one camera go forward.
+    let ts: Vec<&str> = got.iter().filter(|r| r.json["camera"] == "cam-264-a").filter_map(|r| r.json["ts"].as_str()).collect();
+    assert!(ts.windows(2).all(|w| w[0] < w[1]), "timestamps not increasing: {ts:?}");
+
+    let (status, summary) = agent.stop().expect("stop");
+    assert!(status.success(), "lookout exited with {status} on SIGTERM");
+    let summary: Value = serde_json::from_str(summary.trim()).expect("summary JSON on stdout");
+    for c in summary["cameras"].as_array().expect("cameras") {
+        assert!(c["analysed_frames"].as_u64() >= Some(3), "{c}");
+        // Every message handed over was acknowledged before exit.
+        assert!(c["messages"].as_u64() <= c["analysed_frames"].as_u64(), "{c}");
+    }
+    let handed: u64 = summary["cameras"].as_array().expect("cameras").iter().filter_map(|c| c["messages"].as_u64()).sum();
+    assert_eq!(summary["mqtt_acked"].as_u64(), Some(handed), "{summary}");
+    // At 1 fps with a 1 s GOP the agent decodes keyframes only.
+    let slow = summary["cameras"].as_array().expect("cameras").iter().find(|c| c["camera"] == "cam-264-b").expect("b");
+    let (enc, dec) = (slow["encoded_frames"].as_u64().unwrap_or(0), slow["decoded_frames"].as_u64().unwrap_or(0));
+    assert!(dec * 5 < enc, "keyframe-only decoding expected at 1 fps: decoded {dec} of {enc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detections_on_still_images_match_the_conversion_reference() {
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("models/ssdlite-mobilenetv2-person/reference/detections.json"))
+            .expect("reference"),
+    )
+    .expect("reference JSON");
+    let broker = Mosquitto::start().expect("mosquitto");
+    let images = ["grace_hopper.jpg", "messi5.jpg"];
+    let mounts = images
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (format!("/still{i}"), Media::Still { image: media_file(name).expect("media") }))
+        .collect();
+    let server = RtspServer::start(0, mounts).expect("rtsp server");
+    let ids = ["still-grace", "still-messi"];
+    let cams: Vec<Cam> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Cam { id, url: server.url(&format!("/still{i}")), fps: 2.0, min_score: 0.3 })
+        .collect();
+    let dir = scratch("still");
+    let config = write_config(&dir, &broker.url(), &cams).expect("config");
+    let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
+    let agent = AgentProcess::start(&config).expect("agent");
+    let got = rec
+        .wait_for(WAIT, "3 messages per still", |m| ids.iter().all(|id| m.iter().filter(|r| r.json["camera"] == *id).count() >= 3))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    for (id, image) in ids.iter().zip(images) {
+        let want = reference["images"].as_array().expect("images").iter().find(|i| i["image"] == image).expect("image");
+        let want_dets = want["detections"].as_array().expect("detections");
+        for m in got.iter().filter(|r| r.json["camera"] == *id) {
+            assert_eq!(m.json["frame"]["width"], want["width"]);
+            assert_eq!(m.json["frame"]["height"], want["height"]);
+            let dets = m.json["detections"].as_array().expect("detections");
+            assert_eq!(dets.len(), want_dets.len(), "{image}: got {dets:?}, reference {want_dets:?}");
+            for (g, w) in dets.iter().zip(want_dets) {
+                let overlap = iou(&g["bbox"], &w["bbox"]);
+                let (gs, ws) = (g["score"].as_f64().unwrap_or(0.0), w["score"].as_f64().unwrap_or(1.0));
+                eprintln!("{image}: IoU {overlap:.4} with the reference, score {gs:.4} vs {ws:.4}");
+                assert!(overlap >= 0.85, "{image}: IoU {overlap:.3} with the reference box {} vs {}", g["bbox"], w["bbox"]);
+                assert!((gs - ws).abs() <= 0.05, "{image}: score {gs} vs reference {ws}");
+            }
+        }
+    }
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_resumes_after_its_rtsp_server_restarts_while_another_camera_never_stops() {
+    let serve = std::path::PathBuf::from(env!("CARGO_BIN_EXE_rtsp-serve"));
+    let broker = Mosquitto::start().expect("mosquitto");
+    let port_a = free_port().expect("port");
+    let server_a = RtspProcess::start(&serve, port_a, &["/cam=h264"]).expect("server a");
+    let server_b = RtspProcess::start(&serve, free_port().expect("port"), &["/cam=h264"]).expect("server b");
+    let cams = [
+        Cam { id: "flaky", url: server_a.url("/cam"), fps: 2.0, min_score: 0.5 },
+        Cam { id: "steady", url: server_b.url("/cam"), fps: 2.0, min_score: 0.5 },
+    ];
+    let dir = scratch("restart");
+    let config = write_config(&dir, &broker.url(), &cams).expect("config");
+    let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
+    let agent = AgentProcess::start(&config).expect("agent");
+    rec.wait_for(WAIT, "both cameras streaming", |m| {
+        ["flaky", "steady"].iter().all(|id| m.iter().filter(|r| r.json["camera"] == *id).count() >= 2)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    server_a.kill();
+    let killed = Instant::now();
+    // While the flaky camera's server is down, the steady camera keeps publishing.
+    rec.wait_for(WAIT, "steady camera to keep publishing during the outage", |m| {
+        m.iter().filter(|r| r.json["camera"] == "steady" && r.at > killed + Duration::from_secs(2)).count() >= 6
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let quiet_from = killed + Duration::from_secs(2);
+    let flaky_during_outage = rec.from_camera("flaky").iter().filter(|r| r.at > quiet_from).count();
+    assert_eq!(flaky_during_outage, 0, "the flaky camera cannot publish while its server is down");
+
+    let _server_a = RtspProcess::start(&serve, port_a, &["/cam=h264"]).expect("server a again");
+    let restarted = Instant::now();
+    rec.wait_for(WAIT, "flaky camera to resume after its server came back", |m| {
+        m.iter().filter(|r| r.json["camera"] == "flaky" && r.at > restarted).count() >= 2
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    let steady_total = rec.from_camera("steady").iter().filter(|r| r.at > killed).count();
+    assert!(steady_total >= 6, "steady camera published {steady_total} messages since the outage began");
+    let (status, summary) = agent.stop().expect("stop");
+    assert!(status.success());
+    let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
+    let by_id = |id: &str| summary["cameras"].as_array().and_then(|c| c.iter().find(|c| c["camera"] == id).cloned());
+    assert!(by_id("flaky").and_then(|c| c["restarts"].as_u64()) >= Some(1), "{summary}");
+    assert_eq!(by_id("steady").and_then(|c| c["restarts"].as_u64()), Some(0), "{summary}");
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_nonzero() {
+    let dir = scratch("check");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[agent]\nsite = \"s\"\nid = \"g\"\ncolour = \"blue\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1\"\n\n\
+             [[models]]\nname = \"person\"\nmanifest = \"{}\"\n\n\
+             [[cameras]]\nid = \"a\"\nurl = \"http://x/y\"\nmodel = \"person\"\nfps = 0\n\n\
+             [[cameras]]\nid = \"a\"\nurl = \"rtsp://h/s\"\nmodel = \"car\"\n",
+            default_manifest().display()
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(lookout_bin()).arg("check-config").arg(&bad).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let file = bad.display().to_string();
+    for expected in [
+        format!("{file}:4: agent.colour: unknown field"),
+        format!("{file}:15: cameras[0].url: expected an rtsp:// URL"),
+        format!("{file}:17: cameras[0].fps: must be > 0"),
+        format!("{file}:20: cameras[1].id: duplicate camera id \"a\""),
+        format!("{file}:22: cameras[1].model: unknown model \"car\""),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+
+    let good = write_config(
+        &dir,
+        "mqtt://127.0.0.1:1883",
+        &[Cam { id: "cam-1", url: "rtsp://127.0.0.1:8554/cam1".into(), fps: 2.0, min_score: 0.5 }],
+    )
+    .expect("config");
+    let out = std::process::Command::new(lookout_bin()).arg("check-config").arg(&good).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn missing_onnx_runtime_is_refused_with_instructions() {
+    let dir = scratch("no-ort");
+    let config = write_config(
+        &dir,
+        "mqtt://127.0.0.1:1",
+        &[Cam { id: "cam-1", url: "rtsp://127.0.0.1:1/x".into(), fps: 1.0, min_score: 0.5 }],
+    )
+    .expect("config");
+    let text = std::fs::read_to_string(&config).expect("read").replace(
+        "id = \"gw-test\"\n",
+        "id = \"gw-test\"\nonnxruntime = \"/nonexistent/libonnxruntime.so.1\"\n",
+    );
+    std::fs::write(&config, text).expect("write");
+    let out = std::process::Command::new(lookout_bin()).arg("run").arg("--config").arg(&config).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("/nonexistent/libonnxruntime.so.1") && err.contains("scripts/setup.sh"), "{err}");
+}
