@@ -26,13 +26,18 @@ pub fn default_manifest() -> PathBuf {
     workspace().join("models/ssdlite-mobilenetv2-person/manifest.toml")
 }
 
-/// The `lookout` binary built beside this test (scripts/test.sh builds it first).
+/// The `lookout` binary of the same build as this test or tool (scripts/test.sh builds it
+/// first): tests run from `target/<profile>/deps/`, tools from `target/<profile>/`.
 pub fn lookout_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/lookout
-    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("lookout")).expect("target dir");
-    assert!(bin.is_file(), "{} is missing: build it first (`cargo build -p lookout`, done by scripts/test.sh)", bin.display());
-    bin
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("target dir");
+    let bin = [dir.join("lookout"), dir.join("../lookout")].into_iter().find(|p| p.is_file());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "no lookout binary beside {}: build it first (`cargo build -p lookout`, done by scripts/test.sh)",
+            exe.display()
+        )
+    })
 }
 
 /// A camera in a generated config.
@@ -90,6 +95,10 @@ impl AgentProcess {
             .spawn()
             .context("starting lookout")?;
         Ok(Self { child: Some(child), log })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The agent's log so far (for assertion messages).
@@ -165,7 +174,11 @@ impl Recorder {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                        store.lock().expect("recorder lock").push(Received { topic: p.topic, json, at: Instant::now() });
+                        store.lock().expect("recorder lock").push(Received {
+                            topic: p.topic,
+                            json,
+                            at: Instant::now(),
+                        });
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,

@@ -89,7 +89,8 @@ async fn publishes_schema_complete_detections_for_every_h264_and_h265_camera() {
         }
     }
     // Capture times of one camera go forward.
-    let ts: Vec<&str> = got.iter().filter(|r| r.json["camera"] == "cam-264-a").filter_map(|r| r.json["ts"].as_str()).collect();
+    let ts: Vec<&str> =
+        got.iter().filter(|r| r.json["camera"] == "cam-264-a").filter_map(|r| r.json["ts"].as_str()).collect();
     assert!(ts.windows(2).all(|w| w[0] < w[1]), "timestamps not increasing: {ts:?}");
 
     let (status, summary) = agent.stop().expect("stop");
@@ -100,7 +101,8 @@ async fn publishes_schema_complete_detections_for_every_h264_and_h265_camera() {
         // Every message handed over was acknowledged before exit.
         assert!(c["messages"].as_u64() <= c["analysed_frames"].as_u64(), "{c}");
     }
-    let handed: u64 = summary["cameras"].as_array().expect("cameras").iter().filter_map(|c| c["messages"].as_u64()).sum();
+    let handed: u64 =
+        summary["cameras"].as_array().expect("cameras").iter().filter_map(|c| c["messages"].as_u64()).sum();
     assert_eq!(summary["mqtt_acked"].as_u64(), Some(handed), "{summary}");
     // At 1 fps with a 1 s GOP the agent decodes keyframes only.
     let slow = summary["cameras"].as_array().expect("cameras").iter().find(|c| c["camera"] == "cam-264-b").expect("b");
@@ -134,7 +136,9 @@ async fn detections_on_still_images_match_the_conversion_reference() {
     let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
     let agent = AgentProcess::start(&config).expect("agent");
     let got = rec
-        .wait_for(WAIT, "3 messages per still", |m| ids.iter().all(|id| m.iter().filter(|r| r.json["camera"] == *id).count() >= 3))
+        .wait_for(WAIT, "3 messages per still", |m| {
+            ids.iter().all(|id| m.iter().filter(|r| r.json["camera"] == *id).count() >= 3)
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
 
@@ -150,7 +154,12 @@ async fn detections_on_still_images_match_the_conversion_reference() {
                 let overlap = iou(&g["bbox"], &w["bbox"]);
                 let (gs, ws) = (g["score"].as_f64().unwrap_or(0.0), w["score"].as_f64().unwrap_or(1.0));
                 eprintln!("{image}: IoU {overlap:.4} with the reference, score {gs:.4} vs {ws:.4}");
-                assert!(overlap >= 0.85, "{image}: IoU {overlap:.3} with the reference box {} vs {}", g["bbox"], w["bbox"]);
+                assert!(
+                    overlap >= 0.85,
+                    "{image}: IoU {overlap:.3} with the reference box {} vs {}",
+                    g["bbox"],
+                    w["bbox"]
+                );
                 assert!((gs - ws).abs() <= 0.05, "{image}: score {gs} vs reference {ws}");
             }
         }
@@ -257,10 +266,9 @@ fn missing_onnx_runtime_is_refused_with_instructions() {
         &[Cam { id: "cam-1", url: "rtsp://127.0.0.1:1/x".into(), fps: 1.0, min_score: 0.5 }],
     )
     .expect("config");
-    let text = std::fs::read_to_string(&config).expect("read").replace(
-        "id = \"gw-test\"\n",
-        "id = \"gw-test\"\nonnxruntime = \"/nonexistent/libonnxruntime.so.1\"\n",
-    );
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("id = \"gw-test\"\n", "id = \"gw-test\"\nonnxruntime = \"/nonexistent/libonnxruntime.so.1\"\n");
     std::fs::write(&config, text).expect("write");
     let out = std::process::Command::new(lookout_bin()).arg("run").arg("--config").arg(&config).output().expect("run");
     let err = String::from_utf8_lossy(&out.stderr);

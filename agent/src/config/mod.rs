@@ -102,11 +102,11 @@ pub struct ModelConfig {
 pub struct CameraConfig {
     /// `id` (required): unique per agent; letters, digits, `-`, `_`, `.` (a topic segment).
     pub id: String,
-    /// `url` (required): `rtsp://` or `rtsps://`, credentials allowed.
+    /// `url` (required): `rtsp://`, `rtsps://` or `rtspt://`, credentials allowed.
     pub url: String,
     /// `model` (required): the `name` of one of the `[[models]]`.
     pub model: String,
-    /// `fps` (default 1.0): analysed frames per second; a ceiling, must be > 0.
+    /// `fps` (default 1.0): analysed frames per second; a ceiling, must be > 0 and ≤ 60.
     pub fps: f64,
     /// `min_score` (default: the model manifest's `score_threshold`), in (0, 1].
     pub min_score: Option<f32>,
@@ -195,7 +195,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         let onnxruntime = t.opt::<String>(&mut issues, "onnxruntime").map(|p| resolve_path(&base_dir, cwd, &p));
         for (key, value) in [("site", &site), ("id", &id)] {
             if let Some(v) = value {
-                check_segment(&mut issues, &t, key, v);
+                check_segment(&mut issues, &mut t, key, v);
             }
         }
         t.finish(&mut issues);
@@ -256,28 +256,44 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     }
 
     let mut models = Vec::new();
+    let before = issues.list.len();
     let model_tables = root.tables(&mut issues, "models");
-    if model_tables.is_empty() {
+    // "At least one" only when nothing was said already (e.g. `[models]` written as a table).
+    if model_tables.is_empty() && issues.list.len() == before {
         issues.push("models", None, "at least one [[models]] entry is required");
     }
+    // Every name seen, including those of models whose manifest failed.
+    let mut model_names_seen: Vec<String> = Vec::new();
     for mut t in model_tables {
         let name = t.req::<String>(&mut issues, "name");
         let manifest = t.req::<String>(&mut issues, "manifest");
-        if let Some(n) = &name
-            && models.iter().any(|m: &ModelConfig| &m.name == n)
-        {
-            issues.push(
-                &t.field_path("name"),
-                t.raw("name").map(|v| v.span()).as_ref(),
-                format!("duplicate model name \"{n}\""),
-            );
+        if let Some(n) = &name {
+            if model_names_seen.contains(n) {
+                issues.push(
+                    &t.field_path("name"),
+                    t.raw("name").map(|v| v.span()).as_ref(),
+                    format!("duplicate model name \"{n}\""),
+                );
+            }
+            model_names_seen.push(n.clone());
         }
         if let (Some(name), Some(manifest)) = (name, manifest) {
             let span = t.raw("manifest").map(|v| v.span());
             let path = resolve_path(&base_dir, cwd, &manifest);
             match ModelSpec::load(&path) {
                 Ok(spec) => models.push(ModelConfig { name, manifest: path, spec }),
-                Err(e) => issues.push(&t.field_path("manifest"), span.as_ref(), e.to_string()),
+                Err(e) => {
+                    let mut message = e.to_string();
+                    let in_base = base_dir.join(&manifest);
+                    if Path::new(&manifest).is_relative() && !path.exists() && in_base != path {
+                        message.push_str(&format!(
+                            " (tried {} first: relative paths resolve against the config file's folder, \
+                             then the working directory)",
+                            in_base.display()
+                        ));
+                    }
+                    issues.push(&t.field_path("manifest"), span.as_ref(), message);
+                }
             }
         }
         t.finish(&mut issues);
@@ -287,12 +303,15 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     let model_names: HashSet<String> = root_model_names(doc.get_ref());
 
     let mut cameras: Vec<CameraConfig> = Vec::new();
+    let before = issues.list.len();
     let camera_tables = root.tables(&mut issues, "cameras");
-    if camera_tables.is_empty() {
+    if camera_tables.is_empty() && issues.list.len() == before {
         issues.push("cameras", None, "at least one [[cameras]] entry is required");
     }
+    // Every id seen, including those of cameras with other problems.
+    let mut camera_ids: Vec<String> = Vec::new();
     for mut t in camera_tables {
-        if let Some(c) = read_camera(&mut issues, &mut t, &model_names, &cameras) {
+        if let Some(c) = read_camera(&mut issues, &mut t, &model_names, &mut camera_ids) {
             cameras.push(c);
         }
         t.finish(&mut issues);
@@ -314,7 +333,12 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 cameras,
             })
         }
-        _ => Err(ConfigError { issues: issues.list }),
+        _ => {
+            // File order reads best; problems without a line (missing sections) go last.
+            let mut list = issues.list;
+            list.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+            Err(ConfigError { issues: list })
+        }
     }
 }
 
@@ -322,7 +346,7 @@ fn read_camera(
     issues: &mut Issues<'_>,
     t: &mut TableReader<'_, '_>,
     model_names: &HashSet<String>,
-    seen: &[CameraConfig],
+    seen_ids: &mut Vec<String>,
 ) -> Option<CameraConfig> {
     let id = t.req::<String>(issues, "id");
     let url = t.req::<String>(issues, "url");
@@ -337,10 +361,11 @@ fn read_camera(
     let span_of = |t: &mut TableReader<'_, '_>, key: &str| t.raw(key).map(|v| v.span());
     if let Some(id) = &id {
         check_segment(issues, t, "id", id);
-        if seen.iter().any(|c| &c.id == id) {
+        if seen_ids.contains(id) {
             let s = span_of(t, "id");
             issues.push(&t.field_path("id"), s.as_ref(), format!("duplicate camera id \"{id}\""));
         }
+        seen_ids.push(id.clone());
     }
     if let Some(u) = &url
         && let Err(e) = check_rtsp_url(u)
@@ -408,14 +433,15 @@ fn root_model_names(doc: &toml::de::DeTable<'_>) -> HashSet<String> {
 }
 
 /// Ids become MQTT topic segments: no `/`, `+`, `#`, spaces or control characters.
-fn check_segment(issues: &mut Issues<'_>, t: &TableReader<'_, '_>, key: &str, value: &str) {
+fn check_segment(issues: &mut Issues<'_>, t: &mut TableReader<'_, '_>, key: &str, value: &str) {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
+        let span = t.raw(key).map(|v| v.span());
         issues.push(
             &t.field_path(key),
-            Some(t.span()),
+            span.as_ref(),
             format!("\"{value}\" must be 1–64 characters of letters, digits, '-', '_' or '.'"),
         );
     }

@@ -1,1 +1,538 @@
+use std::path::PathBuf;
 
+use super::*;
+
+/// Where the config under test claims to live; it does not need to exist.
+const FILE: &str = "/etc/lookout/site.toml";
+/// A working directory with nothing in it, so relative paths only resolve against FILE's folder.
+const NO_CWD: &str = "/nonexistent-lookout-cwd";
+
+/// The minimal config of the spec; `MANIFEST` stands for the real model manifest's path.
+const MINIMAL: &str = r#"[agent]
+site = "site-1"
+id = "gw-1"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[models]]
+name = "person"
+manifest = "MANIFEST"
+[[cameras]]
+id = "cam-1"
+url = "rtsp://127.0.0.1:8554/cam1"
+model = "person"
+fps = 2.0
+min_score = 0.5
+"#;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn manifest() -> PathBuf {
+    repo().join("models/ssdlite-mobilenetv2-person/manifest.toml")
+}
+
+/// `src` with `MANIFEST` replaced by the real manifest's absolute path.
+fn with_manifest(src: &str) -> String {
+    src.replace("MANIFEST", manifest().to_str().expect("UTF-8 path"))
+}
+
+fn minimal() -> String {
+    with_manifest(MINIMAL)
+}
+
+fn parse_ok(src: &str) -> Config {
+    match parse(Path::new(FILE), src, Path::new(NO_CWD)) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got:\n{e}\nfor:\n{src}"),
+    }
+}
+
+fn issues(src: &str) -> Vec<Issue> {
+    match parse(Path::new(FILE), src, Path::new(NO_CWD)) {
+        Ok(_) => panic!("expected the config to be refused:\n{src}"),
+        Err(e) => e.issues,
+    }
+}
+
+/// The one issue about `field`; fails listing all issues if there is none or several.
+fn only<'a>(issues: &'a [Issue], field: &str) -> &'a Issue {
+    let found: Vec<_> = issues.iter().filter(|i| i.field == field).collect();
+    assert_eq!(found.len(), 1, "expected exactly one issue at `{field}`, got:\n{issues:#?}");
+    found[0]
+}
+
+/// 1-based line of the only line of `src` containing `needle`.
+fn line_of(src: &str, needle: &str) -> usize {
+    let lines: Vec<_> = src.lines().enumerate().filter(|(_, l)| l.contains(needle)).map(|(i, _)| i + 1).collect();
+    assert_eq!(lines.len(), 1, "`{needle}` should occur on exactly one line of:\n{src}");
+    lines[0]
+}
+
+/// Asserts the issue at `field` is on the line containing `needle` and its message contains `says`.
+fn assert_issue(issues: &[Issue], src: &str, field: &str, needle: &str, says: &str) {
+    let issue = only(issues, field);
+    assert_eq!(issue.line, Some(line_of(src, needle)), "line of {issue:?}");
+    assert!(issue.message.contains(says), "message of `{field}` should contain {says:?}: {issue:?}");
+    assert_eq!(issue.file, Path::new(FILE));
+}
+
+/// A fresh, empty folder under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("lookout-config-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn minimal_config_parses_with_its_values() {
+    let c = parse_ok(&minimal());
+    assert_eq!(c.file, Path::new(FILE));
+    assert_eq!((c.agent.site.as_str(), c.agent.id.as_str()), ("site-1", "gw-1"));
+    assert_eq!(c.agent.onnxruntime, None);
+    assert_eq!((c.mqtt.host.as_str(), c.mqtt.port), ("127.0.0.1", 1883));
+    assert_eq!(c.models.len(), 1);
+    assert_eq!(c.models[0].name, "person");
+    assert_eq!(c.models[0].manifest, manifest());
+    assert_eq!(c.models[0].spec.name, "ssdlite-mobilenetv2-person");
+    assert!(c.model("person").is_some() && c.model("car").is_none());
+    assert_eq!(c.cameras.len(), 1);
+    let cam = &c.cameras[0];
+    assert_eq!(
+        (cam.id.as_str(), cam.url.as_str(), cam.model.as_str()),
+        ("cam-1", "rtsp://127.0.0.1:8554/cam1", "person")
+    );
+    assert_eq!(cam.fps, 2.0);
+    assert_eq!(cam.min_score, Some(0.5));
+}
+
+#[test]
+fn omitted_optional_keys_take_their_documented_defaults() {
+    let src = minimal().replace("fps = 2.0\n", "").replace("min_score = 0.5\n", "").replace(":1883", "");
+    let c = parse_ok(&src);
+    assert_eq!(c.mqtt.port, 1883);
+    assert_eq!(c.mqtt.client_id, "lookout-site-1-gw-1");
+    assert_eq!(c.mqtt.keep_alive, Duration::from_secs(30));
+    assert_eq!(c.mqtt.max_inflight, 100);
+    assert!((1..=4).contains(&c.inference.threads), "threads {}", c.inference.threads);
+    assert_eq!(c.inference.max_batch, 8);
+    assert!(!c.inference.spinning);
+    let cam = &c.cameras[0];
+    assert_eq!(cam.fps, 1.0);
+    assert_eq!(cam.min_score, None);
+    assert_eq!(cam.transport, Transport::Tcp);
+    assert_eq!(cam.decode, DecodePolicy::Auto);
+    assert_eq!(cam.reconnect, ReconnectPolicy { min: Duration::from_secs(1), max: Duration::from_secs(30) });
+}
+
+#[test]
+fn every_optional_key_is_read_when_given() {
+    let src = minimal().replace("[agent]\n", "[agent]\nonnxruntime = \"lib/libonnxruntime.so.1\"\n")
+        + r#"transport = "udp"
+decode = "keyframes"
+reconnect_min_secs = 0.5
+reconnect_max_secs = 10
+[inference]
+threads = 3
+max_batch = 16
+spinning = true
+"#;
+    let src = src.replace("[mqtt]\n", "[mqtt]\nclient_id = \"gw\"\nkeep_alive_secs = 60\nmax_inflight = 10\n");
+    let c = parse_ok(&src);
+    // Not found beside the config nor in the working directory: the working directory's path.
+    assert_eq!(c.agent.onnxruntime, Some(PathBuf::from(NO_CWD).join("lib/libonnxruntime.so.1")));
+    assert_eq!(c.mqtt.client_id, "gw");
+    assert_eq!(c.mqtt.keep_alive, Duration::from_secs(60));
+    assert_eq!(c.mqtt.max_inflight, 10);
+    assert_eq!((c.inference.threads, c.inference.max_batch, c.inference.spinning), (3, 16, true));
+    let cam = &c.cameras[0];
+    assert_eq!((cam.transport, cam.decode), (Transport::Udp, DecodePolicy::Keyframes));
+    assert_eq!(cam.reconnect, ReconnectPolicy { min: Duration::from_millis(500), max: Duration::from_secs(10) });
+}
+
+#[test]
+fn unknown_keys_are_reported_with_their_line_and_the_accepted_keys() {
+    let src = format!("debug = true\n{}", minimal())
+        .replace("id = \"gw-1\"\n", "id = \"gw-1\"\nsight = \"x\"\n")
+        .replace("fps = 2.0\n", "fps = 2.0\nframerate = 5\n");
+    let all = issues(&src);
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_issue(&all, &src, "debug", "debug = true", "unknown field");
+    assert!(only(&all, "debug").message.contains("agent, mqtt, inference, models, cameras"), "{all:#?}");
+    assert_issue(&all, &src, "agent.sight", "sight", "unknown field, expected one of: site, id, onnxruntime");
+    assert_issue(&all, &src, "cameras[0].framerate", "framerate", "unknown field");
+    let listed = &only(&all, "cameras[0].framerate").message;
+    for key in ["id", "url", "model", "fps", "min_score", "transport", "decode", "reconnect_min_secs"] {
+        assert!(listed.contains(key), "{listed} should list {key}");
+    }
+}
+
+#[test]
+fn missing_required_keys_are_reported_at_their_table_header() {
+    let src = minimal()
+        .replace("site = \"site-1\"\n", "")
+        .replace("url = \"rtsp://127.0.0.1:8554/cam1\"\n", "")
+        .replace(&format!("manifest = \"{}\"\n", manifest().display()), "");
+    let all = issues(&src);
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_issue(&all, &src, "agent.site", "[agent]", "missing required field");
+    assert_issue(&all, &src, "models[0].manifest", "[[models]]", "missing required field");
+    assert_issue(&all, &src, "cameras[0].url", "[[cameras]]", "missing required field");
+}
+
+#[test]
+fn missing_sections_are_reported() {
+    let without_mqtt = minimal().replace("[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n", "");
+    let all = issues(&without_mqtt);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].field, "mqtt");
+    assert_eq!(all[0].line, None);
+    assert!(all[0].message.contains("missing required section"), "{all:#?}");
+
+    let only_agent_and_mqtt = "[agent]\nsite = \"s\"\nid = \"g\"\n[mqtt]\nurl = \"mqtt://b\"\n";
+    let all = issues(only_agent_and_mqtt);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(only(&all, "models").message.contains("at least one [[models]]"), "{all:#?}");
+    assert!(only(&all, "cameras").message.contains("at least one [[cameras]]"), "{all:#?}");
+
+    let all = issues("");
+    let fields: Vec<_> = all.iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(fields, ["agent", "mqtt", "models", "cameras"]);
+}
+
+#[test]
+fn wrong_types_say_what_was_expected() {
+    let src = minimal().replace("fps = 2.0", "fps = \"fast\"").replace("min_score = 0.5", "min_score = true");
+    let all = issues(&src);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_issue(&all, &src, "cameras[0].fps", "fps = \"fast\"", "expected a number, found string");
+    assert_issue(&all, &src, "cameras[0].min_score", "min_score = true", "expected a number, found boolean");
+
+    let src = with_manifest("[agent]\nsite = 7\nid = \"g\"\n[mqtt]\nurl = \"mqtt://b\"\nkeep_alive_secs = 2.5\n");
+    let all = issues(&src);
+    assert_issue(&all, &src, "agent.site", "site = 7", "expected a string, found integer");
+    assert_issue(&all, &src, "mqtt.keep_alive_secs", "keep_alive_secs", "expected a whole number, found float");
+}
+
+#[test]
+fn cameras_written_as_a_table_are_reported_once() {
+    let src = minimal().replace("[[cameras]]", "[cameras]");
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "one issue, not a second \"at least one camera\": {all:#?}");
+    assert_issue(&all, &src, "cameras", "[cameras]", "expected an array of tables, found table");
+}
+
+#[test]
+fn camera_naming_an_unknown_model_is_reported_with_the_known_ones() {
+    let src = minimal().replace("model = \"person\"", "model = \"persn\"");
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_issue(&all, &src, "cameras[0].model", "persn", "unknown model \"persn\" (models: person)");
+}
+
+#[test]
+fn duplicate_camera_id_is_reported_on_the_second_camera() {
+    let second = "[[cameras]]\nid = \"cam-1\"\nurl = \"rtsp://10.0.0.2/s\"\nmodel = \"person\"\n";
+    let src = minimal() + second;
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].field, "cameras[1].id");
+    assert_eq!(all[0].line, Some(16), "the second camera's id line: {all:#?}");
+    assert!(all[0].message.contains("duplicate camera id \"cam-1\""), "{all:#?}");
+}
+
+#[test]
+fn duplicate_camera_id_is_reported_even_when_the_first_camera_has_other_problems() {
+    let second = "[[cameras]]\nid = \"cam-1\"\nurl = \"rtsp://10.0.0.2/s\"\nmodel = \"person\"\n";
+    let src = minimal().replace("url = \"rtsp://127.0.0.1:8554/cam1\"\n", "") + second;
+    let all = issues(&src);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(only(&all, "cameras[0].url").message, "missing required field");
+    assert!(only(&all, "cameras[1].id").message.contains("duplicate camera id"), "{all:#?}");
+}
+
+#[test]
+fn duplicate_model_name_is_reported_on_the_second_model() {
+    let src = minimal().replace(
+        "[[cameras]]",
+        &format!("[[models]]\nname = \"person\" # again\nmanifest = \"{}\"\n[[cameras]]", manifest().display()),
+    );
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_issue(&all, &src, "models[1].name", "# again", "duplicate model name \"person\"");
+}
+
+#[test]
+fn duplicate_model_name_is_reported_even_when_the_first_manifest_failed() {
+    let first = "[[models]]\nname = \"person\"\nmanifest = \"/nonexistent/manifest.toml\"\n";
+    let src = minimal().replace("[[models]]\n", &format!("{first}[[models]]\n"));
+    let all = issues(&src);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(only(&all, "models[0].manifest").message.contains("/nonexistent/manifest.toml"), "{all:#?}");
+    assert_eq!(only(&all, "models[1].name").line, Some(10), "{all:#?}");
+    assert!(only(&all, "models[1].name").message.contains("duplicate model name \"person\""), "{all:#?}");
+}
+
+#[test]
+fn camera_url_must_be_an_rtsp_url() {
+    let second = "[[cameras]]\nid = \"cam-2\"\nurl = \"not a url\"\nmodel = \"person\"\n";
+    let third = "[[cameras]]\nid = \"cam-3\"\nurl = \"rtsp://\"\nmodel = \"person\"\n";
+    let src = minimal().replace("rtsp://127.0.0.1:8554/cam1", "http://x") + second + third;
+    let all = issues(&src);
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_issue(&all, &src, "cameras[0].url", "http://x", "expected an rtsp:// URL, got scheme \"http\"");
+    assert_issue(&all, &src, "cameras[1].url", "not a url", "not a valid URL");
+    assert_issue(&all, &src, "cameras[2].url", "\"rtsp://\"", "no host");
+}
+
+#[test]
+fn rtsps_and_credentials_are_accepted_in_camera_urls() {
+    let src = minimal().replace("rtsp://127.0.0.1:8554/cam1", "rtsps://admin:p%40ss@cam.local:322/live");
+    assert_eq!(parse_ok(&src).cameras[0].url, "rtsps://admin:p%40ss@cam.local:322/live");
+}
+
+#[test]
+fn mqtt_url_must_be_an_mqtt_url() {
+    let src = minimal().replace("mqtt://127.0.0.1:1883", "http://broker:1883");
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_issue(&all, &src, "mqtt.url", "http://broker", "expected mqtt://host[:port], got scheme \"http\"");
+
+    let src = minimal().replace("mqtt://127.0.0.1:1883", "broker:1883");
+    let all = issues(&src);
+    assert_issue(&all, &src, "mqtt.url", "broker:1883", "expected mqtt://host[:port]");
+}
+
+#[test]
+fn ids_that_are_not_topic_segments_are_reported_on_their_line() {
+    let src = minimal().replace("id = \"gw-1\"", "id = \"gw/1\"").replace("id = \"cam-1\"", "id = \"cam+1\"");
+    let all = issues(&src);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_issue(&all, &src, "agent.id", "gw/1", "\"gw/1\" must be 1–64 characters of letters, digits");
+    assert_issue(&all, &src, "cameras[0].id", "cam+1", "\"cam+1\" must be 1–64 characters");
+
+    let src = minimal().replace("site = \"site-1\"", "site = \"\"");
+    assert_issue(&issues(&src), &src, "agent.site", "site = \"\"", "must be 1–64 characters");
+}
+
+#[test]
+fn fps_must_be_above_zero_and_at_most_60() {
+    for bad in ["0", "-1", "0.0", "61"] {
+        let src = minimal().replace("fps = 2.0", &format!("fps = {bad}"));
+        let all = issues(&src);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_issue(&all, &src, "cameras[0].fps", "fps =", "must be > 0 and ≤ 60");
+    }
+    let src = minimal().replace("fps = 2.0", "fps = 3");
+    assert_eq!(parse_ok(&src).cameras[0].fps, 3.0, "an integer fps is accepted");
+}
+
+#[test]
+fn min_score_must_lie_in_zero_to_one() {
+    for bad in ["1.5", "0", "-0.2"] {
+        let src = minimal().replace("min_score = 0.5", &format!("min_score = {bad}"));
+        let all = issues(&src);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_issue(&all, &src, "cameras[0].min_score", "min_score", &format!("must be in (0, 1], got {bad}"));
+    }
+    let src = minimal().replace("min_score = 0.5", "min_score = 1");
+    assert_eq!(parse_ok(&src).cameras[0].min_score, Some(1.0));
+}
+
+#[test]
+fn unknown_keyword_lists_the_accepted_values() {
+    let src = minimal() + "transport = \"carrier-pigeon\"\ndecode = 3\n";
+    let all = issues(&src);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_issue(
+        &all,
+        &src,
+        "cameras[0].transport",
+        "carrier-pigeon",
+        "unknown value \"carrier-pigeon\", expected one of \"tcp\", \"udp\"",
+    );
+    assert_issue(&all, &src, "cameras[0].decode", "decode = 3", "expected one of \"auto\", \"keyframes\", \"all\"");
+}
+
+#[test]
+fn bad_numeric_limits_in_mqtt_inference_and_reconnect_are_reported() {
+    let src = minimal().replace("[mqtt]\n", "[mqtt]\nkeep_alive_secs = 1\nmax_inflight = 0\n")
+        + "reconnect_min_secs = 10\nreconnect_max_secs = 5\n[inference]\nthreads = 0\nmax_batch = 65\n";
+    let all = issues(&src);
+    assert_eq!(all.len(), 5, "{all:#?}");
+    assert_issue(&all, &src, "mqtt.keep_alive_secs", "keep_alive_secs", "must be ≥ 5");
+    assert_issue(&all, &src, "mqtt.max_inflight", "max_inflight", "between 1 and 65535");
+    assert_issue(
+        &all,
+        &src,
+        "cameras[0].reconnect_max_secs",
+        "reconnect_max_secs",
+        "reconnect_min_secs ≤ reconnect_max_secs",
+    );
+    assert_issue(&all, &src, "inference.threads", "threads", "must be ≥ 1");
+    assert_issue(&all, &src, "inference.max_batch", "max_batch", "between 1 and 64");
+}
+
+#[test]
+fn invalid_toml_is_one_issue_with_its_line() {
+    let src = minimal().replace("fps = 2.0", "fps = 2.0.0");
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].field, "");
+    assert_eq!(all[0].line, Some(line_of(&src, "fps =")), "{all:#?}");
+    assert!(all[0].message.starts_with("not valid TOML: "), "{all:#?}");
+
+    let src = "[agent]\nsite = \"s\"\n[agent\n";
+    let all = issues(src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].line, Some(3), "{all:#?}");
+}
+
+#[test]
+fn missing_manifest_is_reported_by_path_without_an_unknown_model_error_on_its_camera() {
+    let src = MINIMAL.replace("MANIFEST", "/nonexistent/person/manifest.toml");
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "only the manifest, not cameras[0].model too: {all:#?}");
+    assert_issue(&all, &src, "models[0].manifest", "manifest =", "/nonexistent/person/manifest.toml");
+    assert!(all[0].message.contains("cannot read model manifest"), "{all:#?}");
+}
+
+#[test]
+fn missing_relative_manifest_names_every_place_looked_in() {
+    let src = MINIMAL.replace("MANIFEST", "person/manifest.toml");
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let m = &all[0].message;
+    assert!(m.contains("/etc/lookout/person/manifest.toml"), "{m}");
+    assert!(m.contains(&format!("{NO_CWD}/person/manifest.toml")), "{m}");
+}
+
+#[test]
+fn manifest_whose_model_file_does_not_match_its_sha256_is_refused() {
+    let dir = TempDir::new("sha");
+    let real = manifest();
+    let real_dir = real.parent().expect("manifest folder");
+    std::fs::copy(&real, dir.0.join("manifest.toml")).expect("copy manifest");
+    std::fs::copy(real_dir.join("labels.txt"), dir.0.join("labels.txt")).expect("copy labels");
+    std::fs::write(dir.0.join("model.onnx"), b"not the model").expect("write fake model");
+
+    let src = MINIMAL.replace("MANIFEST", dir.0.join("manifest.toml").to_str().expect("UTF-8 path"));
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_issue(&all, &src, "models[0].manifest", "manifest =", "sha256");
+    assert!(all[0].message.contains("model.onnx"), "{all:#?}");
+    assert!(all[0].message.contains("e4d205d75e8ed1c21f8f18bf548ae763a2d2e804eba8e3639e04ce9186c76653"), "{all:#?}");
+}
+
+#[test]
+fn relative_manifest_resolves_against_the_config_folder_then_the_working_directory() {
+    let src = MINIMAL.replace("MANIFEST", "ssdlite-mobilenetv2-person/manifest.toml");
+    let models = repo().join("models");
+
+    // Config in models/: found beside the config, whatever the working directory.
+    let c = parse(&models.join("x.toml"), &src, Path::new(NO_CWD)).expect("resolved beside the config");
+    assert_eq!(c.models[0].manifest, models.join("ssdlite-mobilenetv2-person/manifest.toml"));
+
+    // Config elsewhere: found in the working directory.
+    let c = parse(Path::new(FILE), &src, &models).expect("resolved in the working directory");
+    assert_eq!(c.models[0].manifest, models.join("ssdlite-mobilenetv2-person/manifest.toml"));
+
+    // Both have one: the config's folder wins.
+    let dir = TempDir::new("resolve");
+    let c = parse(&models.join("x.toml"), &src, &dir.0).expect("resolved beside the config");
+    assert_eq!(c.models[0].manifest, models.join("ssdlite-mobilenetv2-person/manifest.toml"));
+}
+
+#[test]
+fn reports_every_problem_at_once_with_file_field_and_line() {
+    let src = with_manifest(
+        r#"# A config with one mistake per section.
+lookout = 1
+[agent]
+site = "site-1"
+id = "gw/1"
+[mqtt]
+url = "http://broker"
+[inference]
+max_batch = 0
+[[models]]
+name = "person"
+manifest = "MANIFEST"
+[[models]]
+name = "car"
+manifest = "/nonexistent/car/manifest.toml"
+[[cameras]]
+id = "door"
+url = "rtsp://10.0.0.1/s"
+model = "person"
+fps = 0
+[[cameras]]
+id = "door"
+url = "http://10.0.0.2/s"
+model = "bus"
+transport = "carrier-pigeon"
+[[cameras]]
+id = "yard"
+url = "rtsp://10.0.0.3/s"
+model = "car"
+min_score = true
+"#,
+    );
+    let err = parse(Path::new(FILE), &src, Path::new(NO_CWD)).expect_err("nine problems");
+    let expected = [
+        (5, "agent.id", "\"gw/1\" must be 1–64 characters"),
+        (7, "mqtt.url", "expected mqtt://host[:port], got scheme \"http\""),
+        (9, "inference.max_batch", "must be between 1 and 64"),
+        (15, "models[1].manifest", "cannot read model manifest /nonexistent/car/manifest.toml"),
+        (20, "cameras[0].fps", "must be > 0 and ≤ 60, got 0"),
+        (22, "cameras[1].id", "duplicate camera id \"door\""),
+        (23, "cameras[1].url", "expected an rtsp:// URL, got scheme \"http\""),
+        (24, "cameras[1].model", "unknown model \"bus\" (models: car, person)"),
+        (25, "cameras[1].transport", "unknown value \"carrier-pigeon\""),
+        (30, "cameras[2].min_score", "expected a number, found boolean"),
+        (2, "lookout", "unknown field, expected one of: agent, mqtt, inference, models, cameras"),
+    ];
+    assert_eq!(err.issues.len(), expected.len(), "{err}");
+    let shown = err.to_string();
+    let mut lines = shown.lines();
+    assert_eq!(lines.next(), Some("11 problems in the configuration:"));
+    let rest: Vec<_> = lines.map(str::trim).collect();
+    for (line, field, says) in expected {
+        let issue = only(&err.issues, field);
+        assert_eq!(issue.line, Some(line), "{issue:?}");
+        assert!(issue.message.contains(says), "{issue:?} should say {says:?}");
+        let prefix = format!("{FILE}:{line}: {field}: {says}");
+        assert!(rest.iter().any(|l| l.starts_with(&prefix)), "no line starting {prefix:?} in:\n{shown}");
+    }
+}
+
+#[test]
+fn unreadable_file_is_one_issue_naming_it() {
+    let err = load(Path::new("/nonexistent/lookout.toml")).expect_err("no such file");
+    assert_eq!(err.issues.len(), 1);
+    assert_eq!(err.issues[0].line, None);
+    assert!(err.to_string().contains("/nonexistent/lookout.toml: cannot read: "), "{err}");
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let file = repo().join("configs/example.toml");
+    let c = match load(&file) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(c.cameras.len(), 2);
+    assert_eq!(c.models.len(), 1);
+    assert!(c.cameras.iter().any(|cam| cam.transport == Transport::Udp && cam.decode == DecodePolicy::All));
+}

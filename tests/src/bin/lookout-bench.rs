@@ -1,0 +1,166 @@
+//! Benchmarks (not tests: numbers are recorded in docs/BENCHMARKS.md, never asserted).
+//!
+//! lookout-bench model                 bare ONNX Runtime throughput of the default model
+//! lookout-bench streams --streams 8   the real agent on N RTSP streams of the clip
+//!
+//! `scripts/bench.sh` runs the set recorded in docs/BENCHMARKS.md.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lookout::config::InferenceConfig;
+use lookout::infer::Detector;
+use lookout::infer::model::ModelSpec;
+use lookout::infer::ssd::NmsParams;
+use lookout_e2e::*;
+use ndarray::Array4;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Images/s of the default model at each batch size and thread count.
+    Model {
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
+        batch: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+        threads: Vec<usize>,
+        /// Seconds to measure each combination.
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+    },
+    /// The lookout binary on N streams of the clip (H.264, 10 fps, 1 s GOP).
+    Streams {
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Analysed fps per camera.
+        #[arg(long, default_value_t = 1.0)]
+        fps: f64,
+        /// Seconds before measuring (connect, first keyframes).
+        #[arg(long, default_value_t = 15)]
+        warmup: u64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Model { batch, threads, seconds } => bench_model(&batch, &threads, seconds),
+        Cmd::Streams { streams, fps, warmup, seconds } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(bench_streams(streams, fps, warmup, seconds))
+        }
+    }
+}
+
+fn bench_model(batches: &[usize], threads: &[usize], seconds: u64) -> anyhow::Result<()> {
+    let spec = ModelSpec::load(&default_manifest())?;
+    let env = lookout::infer::runtime::environment(None)?;
+    // A real frame (vtest, 6 people), scaled to the input size, as the agent would feed it.
+    let img = image_input(&spec)?;
+    println!("| threads | batch | images/s | ms/image |");
+    println!("|---|---|---|---|");
+    for &t in threads {
+        let cfg = InferenceConfig { threads: t, max_batch: 64, spinning: false };
+        let mut det = Detector::new(&spec, &cfg, &env)?;
+        for &b in batches {
+            let input = Array4::from_shape_fn((b, img.dim().1, img.dim().2, 3), |(_, y, x, c)| img[[0, y, x, c]]);
+            let params = vec![NmsParams { min_score: 0.5, iou: 0.6, max_detections: 100 }; b];
+            for _ in 0..3 {
+                det.run(input.clone(), &params)?;
+            }
+            let start = Instant::now();
+            let mut images = 0;
+            while start.elapsed() < Duration::from_secs(seconds) {
+                det.run(input.clone(), &params)?;
+                images += b;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!("| {t} | {b} | {:.1} | {:.1} |", images as f64 / secs, secs * 1000.0 / images as f64);
+        }
+    }
+    Ok(())
+}
+
+fn image_input(spec: &ModelSpec) -> anyhow::Result<Array4<f32>> {
+    let path = workspace().join("models/ssdlite-mobilenetv2-person/reference/vtest_frame200.png");
+    let (h, w) = spec.input_size();
+    let img = image::open(&path).with_context(|| path.display().to_string())?.to_rgb8();
+    let img = image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle);
+    Ok(Array4::from_shape_fn((1, h as usize, w as usize, 3), |(_, y, x, c)| {
+        img.get_pixel(x as u32, y as u32)[c] as f32 * spec.input.scale + spec.input.offset
+    }))
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+fn status_field(pid: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_string()))
+        .unwrap_or_default()
+}
+
+async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow::Result<()> {
+    let serve = std::env::current_exe()?.parent().map(|d| d.join("rtsp-serve")).context("exe dir")?;
+    let broker = Mosquitto::start()?;
+    let mounts: Vec<String> = (0..n).map(|i| format!("/cam{i}=h264")).collect();
+    let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let server = RtspProcess::start(&serve, free_port()?, &mount_refs)?;
+    let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
+    let cams: Vec<Cam> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Cam { id, url: server.url(&format!("/cam{i}")), fps, min_score: 0.5 })
+        .collect();
+    let dir = scratch(&format!("bench-{n}"));
+    let config = write_config(&dir, &broker.url(), &cams)?;
+    // The benchmark uses the agent's default inference threads, not the tests' 1.
+    let text = std::fs::read_to_string(&config)?.replace("[inference]\nthreads = 1\n", "");
+    std::fs::write(&config, text)?;
+    let rec = Recorder::start(broker.port(), "lookout/v1/+/+/cameras/+/detections").await?;
+    let agent = AgentProcess::start(&config)?;
+    let pid = agent.pid().context("agent pid")?;
+    tokio::time::sleep(Duration::from_secs(warmup)).await;
+    let (cpu0, t0, m0) = (cpu_seconds(pid)?, Instant::now(), rec.snapshot().len());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (cpu1, t1, m1) = (cpu_seconds(pid)?, Instant::now(), rec.snapshot().len());
+    let rss = status_field(pid, "VmRSS:");
+    let threads = status_field(pid, "Threads:");
+    let (status, summary) = agent.stop()?;
+    anyhow::ensure!(status.success(), "agent failed: {status}");
+    let s: serde_json::Value = serde_json::from_str(summary.trim())?;
+    let cams = s["cameras"].as_array().context("summary")?;
+    let sum = |k: &str| cams.iter().filter_map(|c| c[k].as_u64()).sum::<u64>();
+    let win = (t1 - t0).as_secs_f64();
+    let cpu = (cpu1 - cpu0) / win * 100.0;
+    let per_cam_msgs: Vec<usize> = ids.iter().map(|id| rec.from_camera(id).len()).collect();
+    println!(
+        "| {n} | {fps} | {:.1} | {:.0} % | {:.1} % | {rss} | {threads} | {}/{} | {} | {}..{} |",
+        (m1 - m0) as f64 / win,
+        cpu,
+        cpu / n as f64,
+        sum("decoded_frames"),
+        sum("encoded_frames"),
+        sum("replaced_frames"),
+        per_cam_msgs.iter().min().unwrap_or(&0),
+        per_cam_msgs.iter().max().unwrap_or(&0),
+    );
+    drop(server);
+    Ok(())
+}
