@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
 bench=target/release/lookout-bench
 echo "## Bare ONNX Runtime, default model"
-$bench model --batch 1,8 --threads 1,2
+$bench model --batch 1,2,4,8 --threads 1,2
 echo
 echo "## Agent on N streams (H.264 768x576, 10 fps, 1 s GOP)"
 echo "| streams | fps/camera | messages/s | agent CPU (% of one core) | per stream | RSS | threads | decoded/received frames | replaced | messages per camera (min..max) |"

@@ -78,7 +78,9 @@ pub struct MqttConfig {
 pub struct InferenceConfig {
     /// `threads` (default: the number of cores, at most 4): ONNX Runtime intra-op threads per model.
     pub threads: usize,
-    /// `max_batch` (default 8): most frames, across cameras, in one model run.
+    /// `max_batch` (default 2): most frames, across cameras, in one model run. Larger
+    /// batches were slower per image on a 2-core CPU (docs/BENCHMARKS.md); raise it for
+    /// accelerators that want them.
     pub max_batch: usize,
     /// `spinning` (default false): ONNX Runtime's intra-op spin-wait. Off because spinning
     /// made latency erratic on a busy 2-core gateway (see docs/BENCHMARKS.md).
@@ -233,7 +235,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     });
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut inference = InferenceConfig { threads: cores.min(4), max_batch: 8, spinning: false };
+    let mut inference = InferenceConfig { threads: cores.min(4), max_batch: 2, spinning: false };
     if let Some(mut t) = root.table(&mut issues, "inference", false) {
         if let Some(n) = t.opt::<usize>(&mut issues, "threads") {
             if n == 0 {

@@ -126,7 +126,7 @@ fn omitted_optional_keys_take_their_documented_defaults() {
     assert_eq!(c.mqtt.keep_alive, Duration::from_secs(30));
     assert_eq!(c.mqtt.max_inflight, 100);
     assert!((1..=4).contains(&c.inference.threads), "threads {}", c.inference.threads);
-    assert_eq!(c.inference.max_batch, 8);
+    assert_eq!(c.inference.max_batch, 2);
     assert!(!c.inference.spinning);
     let cam = &c.cameras[0];
     assert_eq!(cam.fps, 1.0);

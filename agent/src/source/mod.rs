@@ -222,8 +222,9 @@ async fn run_once(
     let pipeline = pipeline::build(cam, ctx.clone(), format, queue.clone(), slot)?;
     let result = watch_bus(&pipeline, ctx, shutdown).await;
     // Always back to Null, whatever happened: this closes the RTSP session (TEARDOWN)
-    // and frees the decoder.
-    let _ = pipeline.set_state(gst::State::Null);
+    // and frees the decoder. It can block (a TEARDOWN to a dead server waits for its
+    // timeout), so not on an async worker.
+    let _ = tokio::task::spawn_blocking(move || pipeline.set_state(gst::State::Null)).await;
     result
 }
 

@@ -33,6 +33,9 @@ enum Cmd {
         /// Seconds to measure each combination.
         #[arg(long, default_value_t = 8)]
         seconds: u64,
+        /// Turn ONNX Runtime's intra-op spin-waiting on (the agent's default is off).
+        #[arg(long)]
+        spinning: bool,
     },
     /// The lookout binary on N streams of the clip (H.264, 10 fps, 1 s GOP).
     Streams {
@@ -52,7 +55,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
-        Cmd::Model { batch, threads, seconds } => bench_model(&batch, &threads, seconds),
+        Cmd::Model { batch, threads, seconds, spinning } => bench_model(&batch, &threads, seconds, spinning),
         Cmd::Streams { streams, fps, warmup, seconds } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(bench_streams(streams, fps, warmup, seconds))
@@ -60,15 +63,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn bench_model(batches: &[usize], threads: &[usize], seconds: u64) -> anyhow::Result<()> {
+fn bench_model(batches: &[usize], threads: &[usize], seconds: u64, spinning: bool) -> anyhow::Result<()> {
     let spec = ModelSpec::load(&default_manifest())?;
     let env = lookout::infer::runtime::environment(None)?;
     // A real frame (vtest, 6 people), scaled to the input size, as the agent would feed it.
     let img = image_input(&spec)?;
-    println!("| threads | batch | images/s | ms/image |");
-    println!("|---|---|---|---|");
+    println!("| threads | batch | images/s | ms/image | run median ms | run p90 ms |");
+    println!("|---|---|---|---|---|---|");
     for &t in threads {
-        let cfg = InferenceConfig { threads: t, max_batch: 64, spinning: false };
+        let cfg = InferenceConfig { threads: t, max_batch: 64, spinning };
         let mut det = Detector::new(&spec, &cfg, &env)?;
         for &b in batches {
             let input = Array4::from_shape_fn((b, img.dim().1, img.dim().2, 3), |(_, y, x, c)| img[[0, y, x, c]]);
@@ -78,12 +81,23 @@ fn bench_model(batches: &[usize], threads: &[usize], seconds: u64) -> anyhow::Re
             }
             let start = Instant::now();
             let mut images = 0;
+            let mut runs_ms = Vec::new();
             while start.elapsed() < Duration::from_secs(seconds) {
+                let r = Instant::now();
                 det.run(input.clone(), &params)?;
+                runs_ms.push(r.elapsed().as_secs_f64() * 1000.0);
                 images += b;
             }
             let secs = start.elapsed().as_secs_f64();
-            println!("| {t} | {b} | {:.1} | {:.1} |", images as f64 / secs, secs * 1000.0 / images as f64);
+            runs_ms.sort_by(f64::total_cmp);
+            let pct = |p: f64| runs_ms[((runs_ms.len() - 1) as f64 * p) as usize];
+            println!(
+                "| {t} | {b} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                images as f64 / secs,
+                secs * 1000.0 / images as f64,
+                pct(0.5),
+                pct(0.9)
+            );
         }
     }
     Ok(())
