@@ -117,7 +117,9 @@ fn encode(src: &Path, codec: Codec) -> anyhow::Result<Vec<AccessUnit>> {
 }
 
 fn write_aus(path: &Path, aus: &[AccessUnit]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // Unique per writer: parallel tests may encode the same clip at once; the last rename wins.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let tmp = path.with_extension(format!("{}-{nanos}.tmp", std::process::id()));
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     for au in aus {
         f.write_all(&(au.data.len() as u32).to_le_bytes())?;
