@@ -1,23 +1,26 @@
 //! Wires the stages together and runs them until shutdown, then drains them in flow
-//! order: cameras stop → inference finishes its batch → the event stage hands every
-//! message to MQTT → MQTT waits (up to the grace period) for their acknowledgements.
+//! order: cameras stop → inference finishes its batch → the event stage appends every
+//! message to the outbox and syncs it → MQTT delivers what it can within the grace
+//! period (the rest stays in the outbox for the next start).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::event::{Topics, detections_message};
+use crate::event::{AgentInfo, Topics, detections_message, gap_message};
 use crate::infer::queue::FrameQueue;
 use crate::infer::{self, Analysed, Detector};
-use crate::publish::Publisher;
+use crate::publish::gaps::{GapAnnouncer, Range};
+use crate::publish::outbox::{GapReason, Outbox, OutboxConfig, OutboxError};
+use crate::publish::{self, Delivery, Presence};
 use crate::source::{self, CameraCtx, FrameFormat};
 
 /// Capacity of the inference → event channel, in analysed frames. When full, inference
@@ -41,16 +44,44 @@ pub struct CameraSummary {
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub cameras: Vec<CameraSummary>,
+    /// Outbox messages the broker acknowledged during this run.
     pub mqtt_acked: u64,
+    /// Messages still in the outbox at exit (delivered on the next start).
+    pub outbox_pending: u64,
+    /// Messages dropped from the outbox (announced as `delivery.gap`).
+    pub outbox_dropped: u64,
 }
 
 /// Runs the agent until `shutdown` is cancelled; `grace` bounds the drain.
 pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<Summary> {
     source::init()?;
     let env = infer::runtime::environment(config.agent.onnxruntime.as_deref())?;
+    let topics = Topics::new(&config.agent.site, &config.agent.id);
+
+    // The outbox first: what an earlier run left undelivered goes out before anything new.
+    let outbox_dir = config.agent.state_dir.join("outbox");
+    let o = &config.outbox;
+    let (outbox, report) = Outbox::open(OutboxConfig {
+        dir: outbox_dir.clone(),
+        max_bytes: o.max_bytes,
+        max_age: o.max_age,
+        segment_bytes: o.segment_bytes,
+        full_policy: o.full_policy,
+    })
+    .with_context(|| format!("opening the outbox in {} ([agent] state_dir)", outbox_dir.display()))?;
+    if report.corrupt_records > 0 || report.torn_bytes > 0 {
+        warn!(
+            corrupt_records = report.corrupt_records,
+            torn_bytes = report.torn_bytes,
+            "outbox had damaged records (power cut?); skipped them"
+        );
+    }
+    info!(pending = report.pending, dir = %outbox_dir.display(), "outbox open");
+    let delivery = Arc::new(Delivery::new(outbox));
+    let (site, agent_id) = (config.agent.site.clone(), config.agent.id.clone());
 
     // Models: one detector, queue and worker thread per model some camera uses.
-    let (tx, mut rx) = mpsc::channel::<Analysed>(ANALYSED_CHANNEL);
+    let (tx, rx) = sync_channel::<Analysed>(ANALYSED_CHANNEL);
     let mut queues: HashMap<String, (Arc<FrameQueue>, FrameFormat)> = HashMap::new();
     let mut workers = Vec::new();
     for m in &config.models {
@@ -72,41 +103,44 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     }
     drop(tx);
 
-    // Publishing: its own token so it outlives the cameras and drains last.
-    let mqtt_stop = CancellationToken::new();
-    let (publisher, mqtt_task) = Publisher::start(&config.mqtt, mqtt_stop.clone(), grace);
-
-    // Cameras: one named task each.
+    // Cameras' contexts (their tasks start after MQTT, below).
     let mut cameras = Vec::new();
-    let mut camera_tasks = Vec::new();
     for cam in &config.cameras {
-        let Some((queue, format)) = queues.get(&cam.model) else { continue };
         let min_score = cam
             .min_score
             .unwrap_or_else(|| config.model(&cam.model).map_or(0.5, |m| m.spec.postprocess.score_threshold));
-        let ctx = Arc::new(CameraCtx::new(&cam.id, min_score));
+        cameras.push(Arc::new(CameraCtx::new(&cam.id, min_score)));
+    }
+
+    // Event stage: its own thread, as appends and fsyncs block.
+    let events = {
+        let (delivery, topics, site, agent_id) = (delivery.clone(), topics.clone(), site.clone(), agent_id.clone());
+        let fsync = config.outbox.fsync_interval;
+        std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || run_events(rx, &delivery, &topics, &site, &agent_id, fsync))
+            .context("spawning event thread")?
+    };
+
+    // Publishing: its own token so it outlives the cameras and drains last.
+    let mqtt_stop = CancellationToken::new();
+    let presence = Presence { info: agent_info(&config), cameras: cameras.clone() };
+    let mqtt_task = publish::spawn(config.mqtt.clone(), delivery.clone(), presence, mqtt_stop.clone(), grace);
+
+    let mut camera_tasks = Vec::new();
+    for (cam, ctx) in config.cameras.iter().zip(&cameras) {
+        let Some((queue, format)) = queues.get(&cam.model) else { continue };
         let slot = queue.register();
-        cameras.push(ctx.clone());
-        camera_tasks.push(tokio::spawn(source::run(cam.clone(), ctx, *format, queue.clone(), slot, shutdown.clone())));
+        camera_tasks.push(tokio::spawn(source::run(
+            cam.clone(),
+            ctx.clone(),
+            *format,
+            queue.clone(),
+            slot,
+            shutdown.clone(),
+        )));
     }
     info!(cameras = cameras.len(), "agent running");
-
-    // Event stage: analysed frames to messages to MQTT.
-    let topics = Topics::new(&config.agent.site, &config.agent.id);
-    let (site, agent_id) = (config.agent.site.clone(), config.agent.id.clone());
-    let events = {
-        let publisher = publisher.clone();
-        tokio::spawn(async move {
-            while let Some(a) = rx.recv().await {
-                let Some(payload) = detections_message(&a, &site, &agent_id) else { continue };
-                if let Err(e) = publisher.publish(topics.detections(&a.camera.id), payload).await {
-                    error!(error = %e, "cannot hand message to MQTT");
-                    break;
-                }
-                a.camera.stats.messages.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
 
     shutdown.cancelled().await;
     info!("shutting down");
@@ -120,28 +154,142 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         for w in workers {
             let _ = w.join();
         }
+        let _ = events.join();
     })
     .await;
-    let _ = events.await;
     mqtt_stop.cancel();
     let _ = mqtt_task.await;
 
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let cameras = cameras
         .iter()
-        .map(|c| {
-            let s = &c.stats;
-            let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-            CameraSummary {
-                camera: c.id.clone(),
-                encoded_frames: l(&s.encoded_frames),
-                decoded_frames: l(&s.decoded_frames),
-                sampled_frames: l(&s.sampled_frames),
-                replaced_frames: l(&s.replaced_frames),
-                analysed_frames: l(&s.analysed_frames),
-                messages: l(&s.messages),
-                restarts: l(&s.restarts),
-            }
+        .map(|c| CameraSummary {
+            camera: c.id.clone(),
+            encoded_frames: l(&c.stats.encoded_frames),
+            decoded_frames: l(&c.stats.decoded_frames),
+            sampled_frames: l(&c.stats.sampled_frames),
+            replaced_frames: l(&c.stats.replaced_frames),
+            analysed_frames: l(&c.stats.analysed_frames),
+            messages: l(&c.stats.messages),
+            restarts: l(&c.stats.restarts),
         })
         .collect();
-    Ok(Summary { cameras, mqtt_acked: publisher.stats.acked.load(Ordering::Relaxed) })
+    let ostats = delivery.outbox().stats();
+    Ok(Summary {
+        cameras,
+        mqtt_acked: l(&delivery.stats.acked),
+        outbox_pending: ostats.pending_records,
+        outbox_dropped: ostats.dropped_total,
+    })
+}
+
+/// The event stage: analysed frames become messages appended to the outbox. Syncs the
+/// outbox at most every `fsync` (0: after every message) and wakes the MQTT task when
+/// more is on disk; expires old messages; announces every drop as `delivery.gap`.
+fn run_events(rx: Receiver<Analysed>, delivery: &Delivery, topics: &Topics, site: &str, agent: &str, fsync: Duration) {
+    let mut gaps = GapAnnouncer::default();
+    let mut last_sync = Instant::now();
+    let mut last_expire = Instant::now();
+    let mut last_announce: Option<Instant> = None;
+    let mut open = true;
+    while open {
+        match rx.recv_timeout(fsync.clamp(Duration::from_millis(10), Duration::from_secs(1))) {
+            Ok(a) if !a.detections.is_empty() => {
+                let topic = topics.detections(&a.camera.id);
+                match delivery.outbox().append(&topic, |seq| detections_message(&a, site, agent, seq)) {
+                    Ok(_) => {
+                        a.camera.stats.messages.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Counted and announced as a gap like any other drop.
+                    Err(OutboxError::Refused { seq }) => {
+                        warn!(camera = %a.camera.id, seq, "outbox full: message refused (full_policy = drop_newest)")
+                    }
+                    Err(e) => error!(camera = %a.camera.id, error = %e, "cannot append a message to the outbox"),
+                }
+            }
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        if last_expire.elapsed() >= Duration::from_secs(60) {
+            if let Err(e) = delivery.outbox().expire(SystemTime::now()) {
+                warn!(error = %e, "cannot expire old outbox records");
+            }
+            last_expire = Instant::now();
+        }
+        collect_gaps(delivery, &mut gaps);
+        // Coalesce announcements: while the outbox is full each one costs a record.
+        if !gaps.is_idle() && (!open || last_announce.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))) {
+            announce_gaps(delivery, &mut gaps, topics, site, agent);
+            last_announce = Some(Instant::now());
+        }
+        let needs_sync = delivery.outbox().needs_sync();
+        if needs_sync && (!open || last_sync.elapsed() >= fsync) {
+            if let Err(e) = delivery.outbox().sync() {
+                error!(error = %e, "cannot sync the outbox to disk");
+            }
+            last_sync = Instant::now();
+            delivery.wake.notify_one();
+        }
+    }
+}
+
+/// Takes what the outbox dropped since the last call.
+fn collect_gaps(delivery: &Delivery, gaps: &mut GapAnnouncer) {
+    let mut outbox = delivery.outbox();
+    for gap in outbox.take_gaps() {
+        let reason = match gap.reason {
+            GapReason::Full => "full",
+            GapReason::Expired => "expired",
+            GapReason::Corrupt => "corrupt",
+        };
+        warn!(
+            first_seq = gap.first,
+            last_seq = gap.last,
+            count = gap.count,
+            reason,
+            "messages dropped from the outbox"
+        );
+        gaps.dropped(gap.first, gap.last, reason);
+    }
+    let stats = outbox.stats();
+    gaps.delivered_below(outbox.first_pending_seq().unwrap_or(stats.next_seq));
+}
+
+/// Appends one `delivery.gap` message per range waiting to be announced.
+fn announce_gaps(delivery: &Delivery, gaps: &mut GapAnnouncer, topics: &Topics, site: &str, agent: &str) {
+    for r in gaps.take() {
+        let Range { first, last, reason } = r;
+        let appended = delivery
+            .outbox()
+            .append(&topics.delivery(), |seq| gap_message(site, agent, seq, first, last, r.count(), reason));
+        match appended {
+            Ok(seq) => gaps.sent(seq, r),
+            Err(e) => {
+                // Refused (its own seq is a new gap) or an I/O error: try again later.
+                warn!(error = %e, "cannot append the delivery.gap message yet");
+                gaps.add(r);
+            }
+        }
+    }
+    collect_gaps(delivery, gaps);
+}
+
+fn agent_info(config: &Config) -> AgentInfo {
+    let config_sha256 = crate::infer::model::sha256_file(&config.file).unwrap_or_default();
+    AgentInfo {
+        site: config.agent.site.clone(),
+        agent: config.agent.id.clone(),
+        started: SystemTime::now(),
+        config_sha256,
+        cameras: config
+            .cameras
+            .iter()
+            .map(|c| {
+                let (v, h) = config
+                    .model(&c.model)
+                    .map_or((String::new(), String::new()), |m| (m.spec.version.clone(), m.spec.sha256.clone()));
+                (c.id.clone(), c.model.clone(), v, h)
+            })
+            .collect(),
+    }
 }

@@ -52,8 +52,9 @@ pub struct Cam<'a> {
 pub fn write_config(dir: &Path, broker_url: &str, cams: &[Cam<'_>]) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let mut s = format!(
-        "[agent]\nsite = \"test-site\"\nid = \"gw-test\"\n\n[mqtt]\nurl = \"{broker_url}\"\n\n\
+        "[agent]\nsite = \"test-site\"\nid = \"gw-test\"\nstate_dir = \"{}\"\n\n[mqtt]\nurl = \"{broker_url}\"\n\n\
          [inference]\nthreads = 1\n\n[[models]]\nname = \"person\"\nmanifest = \"{}\"\n",
+        dir.join("state").display(),
         default_manifest().display()
     );
     for c in cams {
@@ -144,6 +145,8 @@ pub struct Received {
     pub topic: String,
     pub json: Value,
     pub at: Instant,
+    /// Delivered as a retained message (on subscribe).
+    pub retain: bool,
 }
 
 /// Subscribes to a topic filter and records everything that arrives.
@@ -154,11 +157,22 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start(port: u16, filter: &str) -> anyhow::Result<Self> {
-        let mut opts = MqttOptions::new(format!("e2e-recorder-{}", free_port()?), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
+        Self::start_with(port, &[filter], None).await
+    }
+
+    /// Subscribes to `filters`. With a `persistent_id`, the session (subscriptions and
+    /// queued QoS 1 messages) survives disconnects and graceful broker restarts, so the
+    /// recorder misses nothing the agent delivers while it reconnects.
+    pub async fn start_with(port: u16, filters: &[&str], persistent_id: Option<&str>) -> anyhow::Result<Self> {
+        let id = persistent_id.map_or_else(|| format!("e2e-recorder-{}", free_port().unwrap_or(0)), str::to_string);
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_clean_session(persistent_id.is_none());
         let (client, mut eventloop) = AsyncClient::new(opts, 16);
-        client.subscribe(filter, QoS::AtLeastOnce).await?;
+        for f in filters {
+            client.subscribe(*f, QoS::AtLeastOnce).await?;
+        }
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (suback_tx, suback_rx) = tokio::sync::oneshot::channel();
         let store = messages.clone();
@@ -178,9 +192,11 @@ impl Recorder {
                             topic: p.topic,
                             json,
                             at: Instant::now(),
+                            retain: p.retain,
                         });
                     }
                     Ok(_) => {}
+                    // Broker gone: rumqttc reconnects on the next poll.
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }

@@ -17,6 +17,7 @@ pub use reader::Issue;
 use reader::{Issues, Keyword, TableReader};
 
 use crate::infer::model::ModelSpec;
+use crate::publish::outbox::OutboxFullPolicy;
 
 /// Every problem found in a config file. Display lists them one per line.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub mqtt: MqttConfig,
     pub inference: InferenceConfig,
+    pub outbox: OutboxSettings,
     pub models: Vec<ModelConfig>,
     pub cameras: Vec<CameraConfig>,
 }
@@ -57,14 +59,76 @@ pub struct AgentConfig {
     /// `onnxruntime` (optional): path of `libonnxruntime.so.1`. Default: `ORT_DYLIB_PATH`,
     /// then the standard places listed in `infer::runtime`.
     pub onnxruntime: Option<PathBuf>,
+    /// `state_dir` (default `/var/lib/lookout`): where the outbox and the sequence number
+    /// live; must be writable. Relative paths resolve against the config file's folder.
+    pub state_dir: PathBuf,
+}
+
+/// `[outbox]` (optional section): the durable queue of messages awaiting PUBACK.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// `max_bytes` (default 268435456 = 256 MiB): disk the unacknowledged messages may use;
+    /// at least twice `segment_bytes`.
+    pub max_bytes: u64,
+    /// `max_age_secs` (default 604800 = 7 days): older unacknowledged messages are dropped.
+    pub max_age: Duration,
+    /// `full_policy` (default "drop_oldest"): what happens when `max_bytes` is reached;
+    /// "drop_newest" refuses new messages instead. Either way every dropped `seq` is
+    /// announced in a `delivery.gap` message.
+    pub full_policy: OutboxFullPolicy,
+    /// `fsync_interval_ms` (default 1000): the most recent messages a power cut can lose;
+    /// 0 syncs after every message. A process crash loses nothing either way.
+    pub fsync_interval: Duration,
+    /// `segment_bytes` (default 8388608 = 8 MiB): size of one log file, 4 KiB to 1 GiB.
+    pub segment_bytes: u64,
+}
+
+impl Keyword for OutboxFullPolicy {
+    const ALL: &'static [(&'static str, Self)] =
+        &[("drop_oldest", OutboxFullPolicy::DropOldest), ("drop_newest", OutboxFullPolicy::DropNewest)];
+}
+
+/// A secret that never shows in logs or debug output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// TLS for `mqtts://`.
+#[derive(Debug, Clone)]
+pub struct MqttTls {
+    /// `ca_file` (optional): PEM CA certificate(s) the broker's certificate must chain to.
+    /// Default: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// `client_cert` and `client_key` (optional, together): PEM certificate and key for
+    /// mutual TLS.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[mqtt]`
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
-    /// `url` (required): `mqtt://host[:port]` (port defaults to 1883).
+    /// `url` (required): `mqtt://host[:port]` (port defaults to 1883) or
+    /// `mqtts://host[:port]` (TLS, port defaults to 8883).
     pub host: String,
     pub port: u16,
+    /// Set for `mqtts://`.
+    pub tls: Option<MqttTls>,
+    /// `username` (optional).
+    pub username: Option<String>,
+    /// One of `password`, `password_file` (its first line) or `password_env` (an
+    /// environment variable's name). Never logged.
+    pub password: Option<Secret>,
     /// `client_id` (default `lookout-{site}-{id}`).
     pub client_id: String,
     /// `keep_alive_secs` (default 30).
@@ -191,48 +255,116 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut root = TableReader::new("", doc.get_ref(), doc.span());
 
-    let agent = root.table(&mut issues, "agent", true).map(|mut t| {
+    let agent = root.table(&mut issues, "agent", true).and_then(|mut t| {
         let site = t.req::<String>(&mut issues, "site");
         let id = t.req::<String>(&mut issues, "id");
         let onnxruntime = t.opt::<String>(&mut issues, "onnxruntime").map(|p| resolve_path(&base_dir, cwd, &p));
+        let state_dir = t.opt::<String>(&mut issues, "state_dir").map_or_else(
+            || PathBuf::from("/var/lib/lookout"),
+            |p| if Path::new(&p).is_absolute() { PathBuf::from(p) } else { base_dir.join(p) },
+        );
         for (key, value) in [("site", &site), ("id", &id)] {
             if let Some(v) = value {
                 check_segment(&mut issues, &mut t, key, v);
             }
         }
         t.finish(&mut issues);
-        (site, id, onnxruntime)
+        Some(AgentConfig { site: site?, id: id?, onnxruntime, state_dir })
     });
 
-    let mqtt = root.table(&mut issues, "mqtt", true).map(|mut t| {
+    let mqtt = root.table(&mut issues, "mqtt", true).and_then(|mut t| {
         let url = t.req::<String>(&mut issues, "url");
         let endpoint = url.and_then(|u| match parse_mqtt_url(&u) {
-            Ok(hp) => Some(hp),
+            Ok(e) => Some(e),
             Err(e) => {
                 issues.push(&t.field_path("url"), t.raw("url").map(|v| v.span()).as_ref(), e);
                 None
             }
         });
-        let client_id = t.opt::<String>(&mut issues, "client_id");
+        let client_id = t.opt::<String>(&mut issues, "client_id").unwrap_or_default();
         let keep_alive = t.opt::<u64>(&mut issues, "keep_alive_secs").unwrap_or(30);
         if keep_alive < 5 {
-            issues.push(
-                &t.field_path("keep_alive_secs"),
-                t.raw("keep_alive_secs").map(|v| v.span()).as_ref(),
-                "must be ≥ 5",
-            );
+            let s = t.raw("keep_alive_secs").map(|v| v.span());
+            issues.push(&t.field_path("keep_alive_secs"), s.as_ref(), "must be ≥ 5");
         }
         let max_inflight = t.opt::<u64>(&mut issues, "max_inflight").unwrap_or(100);
         if !(1..=u16::MAX as u64).contains(&max_inflight) {
-            issues.push(
-                &t.field_path("max_inflight"),
-                t.raw("max_inflight").map(|v| v.span()).as_ref(),
-                "must be between 1 and 65535",
-            );
+            let s = t.raw("max_inflight").map(|v| v.span());
+            issues.push(&t.field_path("max_inflight"), s.as_ref(), "must be between 1 and 65535");
+        }
+        let file_key = |t: &mut TableReader<'_, '_>, issues: &mut Issues<'_>, key: &str| {
+            let p = resolve_path(&base_dir, cwd, &t.opt::<String>(issues, key)?);
+            if !p.is_file() {
+                let s = t.raw(key).map(|v| v.span());
+                issues.push(&t.field_path(key), s.as_ref(), format!("{} is not a readable file", p.display()));
+            }
+            Some(p)
+        };
+        let ca_file = file_key(&mut t, &mut issues, "ca_file");
+        let client_cert = file_key(&mut t, &mut issues, "client_cert");
+        let client_key = file_key(&mut t, &mut issues, "client_key");
+        let client_auth = match (client_cert, client_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                issues.push(&t.field_path("client_key"), Some(t.span()), "client_cert and client_key go together");
+                None
+            }
+        };
+        let username = t.opt::<String>(&mut issues, "username");
+        let password = read_password(&mut t, &mut issues, &base_dir, cwd);
+        let tls_keys = ca_file.is_some() || client_auth.is_some();
+        if let Some((_, _, false)) = &endpoint
+            && tls_keys
+        {
+            let s = t.raw("url").map(|v| v.span());
+            issues.push(&t.field_path("url"), s.as_ref(), "ca_file/client_cert are set: use an mqtts:// URL");
         }
         t.finish(&mut issues);
-        (endpoint, client_id, Duration::from_secs(keep_alive), max_inflight.clamp(1, u16::MAX as u64) as u16)
+        let (host, port, tls) = endpoint?;
+        Some(MqttConfig {
+            host,
+            port,
+            tls: tls.then_some(MqttTls { ca_file, client_auth }),
+            username,
+            password,
+            client_id,
+            keep_alive: Duration::from_secs(keep_alive),
+            max_inflight: max_inflight.clamp(1, u16::MAX as u64) as u16,
+        })
     });
+
+    let mut outbox = OutboxSettings {
+        max_bytes: 256 << 20,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        full_policy: OutboxFullPolicy::DropOldest,
+        fsync_interval: Duration::from_millis(1000),
+        segment_bytes: 8 << 20,
+    };
+    if let Some(mut t) = root.table(&mut issues, "outbox", false) {
+        if let Some(n) = t.opt::<u64>(&mut issues, "max_bytes") {
+            outbox.max_bytes = n;
+        }
+        if let Some(n) = t.opt::<u64>(&mut issues, "max_age_secs") {
+            outbox.max_age = Duration::from_secs(n.max(1));
+        }
+        outbox.full_policy = t.keyword(&mut issues, "full_policy", OutboxFullPolicy::DropOldest);
+        if let Some(n) = t.opt::<u64>(&mut issues, "fsync_interval_ms") {
+            outbox.fsync_interval = Duration::from_millis(n);
+        }
+        if let Some(n) = t.opt::<u64>(&mut issues, "segment_bytes") {
+            if !(4 << 10..=1 << 30).contains(&n) {
+                let s = t.raw("segment_bytes").map(|v| v.span());
+                issues.push(&t.field_path("segment_bytes"), s.as_ref(), "must be between 4096 and 1073741824");
+            }
+            outbox.segment_bytes = n;
+        }
+        if outbox.max_bytes < 2 * outbox.segment_bytes {
+            let s = t.raw("max_bytes").map(|v| v.span());
+            issues.push(&t.field_path("max_bytes"), s.as_ref(), "must be at least twice segment_bytes");
+        }
+        t.finish(&mut issues);
+    }
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut inference = InferenceConfig { threads: cores.min(4), max_batch: 2, spinning: false };
@@ -321,16 +453,16 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     root.finish(&mut issues);
 
     match (agent, mqtt) {
-        (
-            Some((Some(site), Some(id), onnxruntime)),
-            Some((Some((host, port)), client_id, keep_alive, max_inflight)),
-        ) if issues.list.is_empty() => {
-            let client_id = client_id.unwrap_or_else(|| format!("lookout-{site}-{id}"));
+        (Some(agent), Some(mut mqtt)) if issues.list.is_empty() => {
+            if mqtt.client_id.is_empty() {
+                mqtt.client_id = format!("lookout-{}-{}", agent.site, agent.id);
+            }
             Ok(Config {
                 file: std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf()),
-                agent: AgentConfig { site, id, onnxruntime },
-                mqtt: MqttConfig { host, port, client_id, keep_alive, max_inflight },
+                agent,
+                mqtt,
                 inference,
+                outbox,
                 models,
                 cameras,
             })
@@ -460,17 +592,53 @@ fn check_rtsp_url(u: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `mqtt://host[:port]` (also `tcp://`) to host and port.
-pub fn parse_mqtt_url(u: &str) -> Result<(String, u16), String> {
+/// `mqtt://host[:port]` (also `tcp://`) or `mqtts://host[:port]` to host, port and
+/// whether TLS is on.
+pub fn parse_mqtt_url(u: &str) -> Result<(String, u16, bool), String> {
     let parsed = url::Url::parse(u).map_err(|e| format!("not a valid URL ({e}): \"{u}\""))?;
-    if !matches!(parsed.scheme(), "mqtt" | "tcp") {
-        return Err(format!(
-            "expected mqtt://host[:port], got scheme \"{}\" (TLS comes with mqtts:// later)",
-            parsed.scheme()
-        ));
-    }
+    let tls = match parsed.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => return Err(format!("expected mqtt://host[:port] or mqtts://host[:port], got scheme \"{other}\"")),
+    };
     let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("URL has no host")?;
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), parsed.port().unwrap_or(1883)))
+    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port, tls))
+}
+
+/// `password`, `password_file` or `password_env`: at most one.
+fn read_password(t: &mut TableReader<'_, '_>, issues: &mut Issues<'_>, base_dir: &Path, cwd: &Path) -> Option<Secret> {
+    let inline = t.opt::<String>(issues, "password");
+    let file = t.opt::<String>(issues, "password_file");
+    let env = t.opt::<String>(issues, "password_env");
+    if [inline.is_some(), file.is_some(), env.is_some()].iter().filter(|b| **b).count() > 1 {
+        issues.push(&t.field_path("password"), Some(t.span()), "set only one of password, password_file, password_env");
+        return None;
+    }
+    if let Some(p) = inline {
+        return Some(Secret(p));
+    }
+    if let Some(path) = file {
+        let span = t.raw("password_file").map(|v| v.span());
+        let path = resolve_path(base_dir, cwd, &path);
+        return match std::fs::read_to_string(&path) {
+            Ok(s) => Some(Secret(s.lines().next().unwrap_or("").to_string())),
+            Err(e) => {
+                let msg = format!("cannot read {}: {e}", path.display());
+                issues.push(&t.field_path("password_file"), span.as_ref(), msg);
+                None
+            }
+        };
+    }
+    let var = env?;
+    match std::env::var(&var) {
+        Ok(v) => Some(Secret(v)),
+        Err(_) => {
+            let span = t.raw("password_env").map(|v| v.span());
+            issues.push(&t.field_path("password_env"), span.as_ref(), format!("environment variable {var} is not set"));
+            None
+        }
+    }
 }
 
 /// Relative paths resolve against the config file's folder first, then the working

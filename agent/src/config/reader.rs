@@ -153,6 +153,11 @@ impl<'t, 'i> TableReader<'t, 'i> {
         if self.path.is_empty() { key.to_string() } else { format!("{}.{}", self.path, key) }
     }
 
+    /// The table's own span (its header), for problems that concern the table as a whole.
+    pub fn span(&self) -> &Range<usize> {
+        &self.span
+    }
+
     /// The raw value of `key`, marking it used.
     pub fn raw(&mut self, key: &str) -> Option<&'t Spanned<DeValue<'i>>> {
         if !self.asked.iter().any(|k| k == key) {

@@ -169,8 +169,14 @@ fn unknown_keys_are_reported_with_their_line_and_the_accepted_keys() {
     let all = issues(&src);
     assert_eq!(all.len(), 3, "{all:#?}");
     assert_issue(&all, &src, "debug", "debug = true", "unknown field");
-    assert!(only(&all, "debug").message.contains("agent, mqtt, inference, models, cameras"), "{all:#?}");
-    assert_issue(&all, &src, "agent.sight", "sight", "unknown field, expected one of: site, id, onnxruntime");
+    assert!(only(&all, "debug").message.contains("agent, mqtt, outbox, inference, models, cameras"), "{all:#?}");
+    assert_issue(
+        &all,
+        &src,
+        "agent.sight",
+        "sight",
+        "unknown field, expected one of: site, id, onnxruntime, state_dir",
+    );
     assert_issue(&all, &src, "cameras[0].framerate", "framerate", "unknown field");
     let listed = &only(&all, "cameras[0].framerate").message;
     for key in ["id", "url", "model", "fps", "min_score", "transport", "decode", "reconnect_min_secs"] {
@@ -307,7 +313,13 @@ fn mqtt_url_must_be_an_mqtt_url() {
     let src = minimal().replace("mqtt://127.0.0.1:1883", "http://broker:1883");
     let all = issues(&src);
     assert_eq!(all.len(), 1, "{all:#?}");
-    assert_issue(&all, &src, "mqtt.url", "http://broker", "expected mqtt://host[:port], got scheme \"http\"");
+    assert_issue(
+        &all,
+        &src,
+        "mqtt.url",
+        "http://broker",
+        "expected mqtt://host[:port] or mqtts://host[:port], got scheme \"http\"",
+    );
 
     let src = minimal().replace("mqtt://127.0.0.1:1883", "broker:1883");
     let all = issues(&src);
@@ -492,7 +504,7 @@ min_score = true
     let err = parse(Path::new(FILE), &src, Path::new(NO_CWD)).expect_err("nine problems");
     let expected = [
         (5, "agent.id", "\"gw/1\" must be 1–64 characters"),
-        (7, "mqtt.url", "expected mqtt://host[:port], got scheme \"http\""),
+        (7, "mqtt.url", "expected mqtt://host[:port] or mqtts://host[:port], got scheme \"http\""),
         (9, "inference.max_batch", "must be between 1 and 64"),
         (15, "models[1].manifest", "cannot read model manifest /nonexistent/car/manifest.toml"),
         (20, "cameras[0].fps", "must be > 0 and ≤ 60, got 0"),
@@ -501,7 +513,7 @@ min_score = true
         (24, "cameras[1].model", "unknown model \"bus\" (models: car, person)"),
         (25, "cameras[1].transport", "unknown value \"carrier-pigeon\""),
         (30, "cameras[2].min_score", "expected a number, found boolean"),
-        (2, "lookout", "unknown field, expected one of: agent, mqtt, inference, models, cameras"),
+        (2, "lookout", "unknown field, expected one of: agent, mqtt, outbox, inference, models, cameras"),
     ];
     assert_eq!(err.issues.len(), expected.len(), "{err}");
     let shown = err.to_string();

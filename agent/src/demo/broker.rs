@@ -12,6 +12,8 @@ pub struct Mosquitto {
     child: Child,
     port: u16,
     dir: PathBuf,
+    /// Keep the persistence folder (after a graceful stop, for a restart).
+    keep: bool,
 }
 
 impl Mosquitto {
@@ -22,12 +24,25 @@ impl Mosquitto {
 
     /// Starts mosquitto on `port` (e.g. again after a restart in a test).
     pub fn start_on(port: u16) -> anyhow::Result<Self> {
+        Self::start_with(port, "")
+    }
+
+    /// Starts mosquitto on `port` with extra configuration lines (more listeners, TLS).
+    /// Sessions and queued messages persist in a folder kept across restarts on the same
+    /// port (graceful stops only: see [`Mosquitto::terminate`]).
+    pub fn start_with(port: u16, extra: &str) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("lookout-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let conf = dir.join("mosquitto.conf");
+        // `user root` keeps mosquitto from switching to its own user, who could not write
+        // the persistence folder; it is ignored when not started as root.
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"),
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nlog_dest stderr\n{extra}\n",
+                dir.display()
+            ),
         )?;
         let child = Command::new("mosquitto")
             .arg("-c")
@@ -37,7 +52,7 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start mosquitto (install it with scripts/setup.sh)")?;
-        let mut broker = Self { child, port, dir };
+        let mut broker = Self { child, port, dir, keep: false };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
             if let Ok(Some(status)) = broker.child.try_wait() {
@@ -58,13 +73,23 @@ impl Mosquitto {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// Stops it gracefully (SIGTERM), so it saves sessions and queued messages; a later
+    /// `start_with` on the same port picks them up.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        self.keep = true;
+    }
 }
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -61,9 +61,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let mqtt_url = opts.mqtt.clone().or_else(|| broker.as_ref().map(|b| b.url())).unwrap_or_default();
 
     let manifest = default_manifest()?;
+    let state_dir = std::env::temp_dir().join(format!("lookout-demo-{}", std::process::id()));
     let mut toml = format!(
-        "# Written by `lookout demo`.\n[agent]\nsite = \"demo\"\nid = \"gw-demo\"\n\n[mqtt]\nurl = \"{mqtt_url}\"\n\n\
-         [[models]]\nname = \"person\"\nmanifest = \"{}\"\n",
+        "# Written by `lookout demo`.\n[agent]\nsite = \"demo\"\nid = \"gw-demo\"\nstate_dir = \"{}\"\n\n\
+         [mqtt]\nurl = \"{mqtt_url}\"\n\n[[models]]\nname = \"person\"\nmanifest = \"{}\"\n",
+        state_dir.display(),
         manifest.display()
     );
     for i in 1..=opts.cameras {
@@ -78,7 +80,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let config = crate::config::load(&config_path)?;
 
     let topics = Topics::new(&config.agent.site, &config.agent.id);
-    let (host, port) = crate::config::parse_mqtt_url(&mqtt_url).map_err(anyhow::Error::msg)?;
+    let (host, port, _) = crate::config::parse_mqtt_url(&mqtt_url).map_err(anyhow::Error::msg)?;
     println!("Lookout demo: {} camera(s) of the bundled clip at {} fps", opts.cameras, opts.fps);
     println!("  RTSP:   {}", server.url("/cam1"));
     println!("  config: {}", config_path.display());
@@ -90,6 +92,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let summary = crate::agent::run(config, shutdown, Duration::from_secs(5)).await;
     printer.abort();
     let _ = std::fs::remove_file(&config_path);
+    let _ = std::fs::remove_dir_all(&state_dir);
     drop(server);
     drop(broker);
     let summary = summary?;

@@ -24,6 +24,18 @@ impl Topics {
         Self { root: format!("lookout/v1/{site}/{agent}") }
     }
 
+    pub fn status(&self) -> String {
+        format!("{}/status", self.root)
+    }
+
+    pub fn camera_status(&self, camera: &str) -> String {
+        format!("{}/cameras/{camera}/status", self.root)
+    }
+
+    pub fn delivery(&self) -> String {
+        format!("{}/delivery", self.root)
+    }
+
     pub fn detections(&self, camera: &str) -> String {
         format!("{}/cameras/{camera}/detections", self.root)
     }
@@ -38,6 +50,10 @@ impl Topics {
 #[derive(Debug, Serialize)]
 pub struct DetectionsMessage<'a> {
     pub schema: &'static str,
+    /// UUIDv7, unique per message: consumers de-duplicate re-deliveries by it.
+    pub id: String,
+    /// Per-agent sequence number, never reused, also across restarts.
+    pub seq: u64,
     pub site: &'a str,
     pub agent: &'a str,
     pub camera: &'a str,
@@ -89,13 +105,12 @@ impl From<BBox> for BBoxOut {
     }
 }
 
-/// The detections message for an analysed frame, or `None` when it showed nothing.
-pub fn detections_message(a: &Analysed, site: &str, agent: &str) -> Option<Vec<u8>> {
-    if a.detections.is_empty() {
-        return None;
-    }
+/// The detections message for an analysed frame, numbered `seq`.
+pub fn detections_message(a: &Analysed, site: &str, agent: &str, seq: u64) -> Vec<u8> {
     let msg = DetectionsMessage {
         schema: DETECTIONS_SCHEMA,
+        id: new_id(),
+        seq,
         site,
         agent,
         camera: &a.camera.id,
@@ -113,8 +128,181 @@ pub fn detections_message(a: &Analysed, site: &str, agent: &str) -> Option<Vec<u
             })
             .collect(),
     };
-    // Serialising plain structs of strings and numbers cannot fail.
-    serde_json::to_vec(&msg).ok()
+    to_json(&msg)
+}
+
+/// A new message id: UUIDv7, so ids sort by creation time.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn to_json(msg: &impl Serialize) -> Vec<u8> {
+    // Plain structs of strings and numbers always serialise.
+    serde_json::to_vec(msg).unwrap_or_default()
+}
+
+/// `schema` of delivery messages.
+pub const DELIVERY_SCHEMA: &str = "lookout.delivery/1";
+
+/// `lookout.delivery/1`, `type = "delivery.gap"`: messages with these `seq`s were dropped
+/// by the agent and will never arrive.
+#[derive(Debug, Serialize)]
+pub struct GapMessage<'a> {
+    pub schema: &'static str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub seq: u64,
+    pub ts: String,
+    pub site: &'a str,
+    pub agent: &'a str,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub count: u64,
+    /// "full" (outbox at max_bytes), "expired" (older than max_age), "corrupt" (unreadable on disk).
+    pub reason: &'static str,
+}
+
+pub fn gap_message(
+    site: &str,
+    agent: &str,
+    seq: u64,
+    first_seq: u64,
+    last_seq: u64,
+    count: u64,
+    reason: &'static str,
+) -> Vec<u8> {
+    to_json(&GapMessage {
+        schema: DELIVERY_SCHEMA,
+        kind: "delivery.gap",
+        id: new_id(),
+        seq,
+        ts: rfc3339_millis(SystemTime::now()),
+        site,
+        agent,
+        first_seq,
+        last_seq,
+        count,
+        reason,
+    })
+}
+
+/// `schema` of the agent's retained presence message.
+pub const STATUS_SCHEMA: &str = "lookout.status/1";
+
+/// `lookout.status/1` on `.../status`, retained: `online` on connect (birth), `offline`
+/// as the MQTT will and on clean shutdown.
+#[derive(Debug, Serialize)]
+pub struct StatusMessage<'a> {
+    pub schema: &'static str,
+    pub site: &'a str,
+    pub agent: &'a str,
+    pub state: &'static str,
+    pub ts: String,
+    /// Why offline: "shutdown" or "connection lost" (the will).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cameras: Option<Vec<CameraInfo<'a>>>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct CameraInfo<'a> {
+    pub id: &'a str,
+    pub model: ModelInfo<'a>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct ModelInfo<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub sha256: &'a str,
+}
+
+/// What the birth message says about the agent.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub site: String,
+    pub agent: String,
+    pub started: SystemTime,
+    pub config_sha256: String,
+    /// (camera, model name, model version, model sha256)
+    pub cameras: Vec<(String, String, String, String)>,
+}
+
+pub fn status_message(info: &AgentInfo, state: &'static str, reason: Option<&'static str>) -> Vec<u8> {
+    let online = state == "online";
+    to_json(&StatusMessage {
+        schema: STATUS_SCHEMA,
+        site: &info.site,
+        agent: &info.agent,
+        state,
+        ts: rfc3339_millis(SystemTime::now()),
+        reason,
+        version: Some(env!("CARGO_PKG_VERSION")),
+        started: Some(rfc3339_millis(info.started)),
+        config_sha256: online.then_some(info.config_sha256.as_str()),
+        cameras: online.then(|| {
+            info.cameras
+                .iter()
+                .map(|(id, name, version, sha256)| CameraInfo { id, model: ModelInfo { name, version, sha256 } })
+                .collect()
+        }),
+    })
+}
+
+/// `schema` of a camera's retained status message.
+pub const CAMERA_STATUS_SCHEMA: &str = "lookout.camera_status/1";
+
+/// `lookout.camera_status/1` on `.../cameras/{camera}/status`, retained.
+#[derive(Debug, Serialize)]
+pub struct CameraStatusMessage<'a> {
+    pub schema: &'static str,
+    pub site: &'a str,
+    pub agent: &'a str,
+    pub camera: &'a str,
+    /// "starting", "streaming", "reconnecting", "failed" (retrying cannot help until fixed), "stopped".
+    pub state: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    /// Encoded frames per second received from the camera, over the last report interval.
+    pub input_fps: f64,
+    /// Frames per second analysed, over the last report interval.
+    pub analysed_fps: f64,
+    /// When the last frame was captured, if any.
+    pub last_frame: Option<String>,
+    pub ts: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn camera_status_message(
+    site: &str,
+    agent: &str,
+    camera: &str,
+    state: &str,
+    reason: Option<&str>,
+    input_fps: f64,
+    analysed_fps: f64,
+    last_frame: Option<SystemTime>,
+) -> Vec<u8> {
+    to_json(&CameraStatusMessage {
+        schema: CAMERA_STATUS_SCHEMA,
+        site,
+        agent,
+        camera,
+        state,
+        reason,
+        input_fps: (input_fps * 100.0).round() / 100.0,
+        analysed_fps: (analysed_fps * 100.0).round() / 100.0,
+        last_frame: last_frame.map(rfc3339_millis),
+        ts: rfc3339_millis(SystemTime::now()),
+    })
 }
 
 /// `2026-11-22T04:17:20.123Z`
@@ -171,9 +359,10 @@ mod tests {
             labels: vec!["person".to_string()].into(),
             detections: vec![Detection { class_id: 0, score: 0.912345, bbox: BBox { x: 0.1, y: 0.2, w: 0.3, h: 0.4 } }],
         };
-        let v: serde_json::Value =
-            serde_json::from_slice(&detections_message(&a, "s", "g").expect("a message")).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&detections_message(&a, "s", "g", 42)).expect("json");
         assert_eq!(v["schema"], DETECTIONS_SCHEMA);
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["id"].as_str().map(str::len), Some(36));
         assert_eq!(v["site"], "s");
         assert_eq!(v["agent"], "g");
         assert_eq!(v["camera"], "cam-1");
@@ -186,18 +375,9 @@ mod tests {
     }
 
     #[test]
-    fn no_message_for_a_frame_without_detections() {
-        let a = Analysed {
-            camera: Arc::new(CameraCtx::new("cam-1", 0.5)),
-            captured: SystemTime::UNIX_EPOCH,
-            native_width: 1,
-            native_height: 1,
-            model_name: "m".into(),
-            model_version: "1".into(),
-            labels: vec![].into(),
-            detections: vec![],
-        };
-        assert!(detections_message(&a, "s", "g").is_none());
+    fn message_ids_are_unique_and_time_ordered() {
+        let ids: Vec<String> = (0..100).map(|_| new_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
         assert_eq!(Topics::new("s", "g").detections("c"), "lookout/v1/s/g/cameras/c/detections");
     }
 }

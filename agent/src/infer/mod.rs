@@ -21,7 +21,6 @@ use ndarray::Array4;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
-use tokio::sync::mpsc;
 use tracing::{debug, error, info};
 
 use crate::config::InferenceConfig;
@@ -217,7 +216,12 @@ impl Detector {
 /// Runs a model's worker thread until its queue is closed and empty.
 ///
 /// Returns when the queue closes or the output channel's receiver is gone.
-pub fn run_worker(mut det: Detector, queue: Arc<FrameQueue>, max_batch: usize, out: mpsc::Sender<Analysed>) {
+pub fn run_worker(
+    mut det: Detector,
+    queue: Arc<FrameQueue>,
+    max_batch: usize,
+    out: std::sync::mpsc::SyncSender<Analysed>,
+) {
     info!(model = %det.name, version = %det.version, "inference worker started");
     loop {
         let frames = match queue.take_batch(max_batch, Duration::from_millis(500)) {
@@ -246,8 +250,8 @@ pub fn run_worker(mut det: Detector, queue: Arc<FrameQueue>, max_batch: usize, o
                 labels: det.labels.clone(),
                 detections,
             };
-            // Blocks while the publisher is behind: back-pressure, not loss.
-            if out.blocking_send(a).is_err() {
+            // Blocks while the event stage is behind: back-pressure, not loss.
+            if out.send(a).is_err() {
                 info!(model = %det.name, "output closed, inference worker stopping");
                 return;
             }

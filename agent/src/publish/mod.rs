@@ -1,162 +1,393 @@
-//! MQTT publishing (QoS 1) with rumqttc.
+//! Delivery to the platform: the durable outbox and the MQTT connection task.
 //!
-//! The connection task (`mqtt`) drives rumqttc's event loop, which must be polled
-//! continuously for anything to be sent; after a connection error it waits (back-off
-//! 1 s → 30 s) and polls again, which reconnects. Messages are handed over through
-//! rumqttc's bounded request queue: when it is full (broker unreachable for long),
-//! `publish` waits, which stalls the event stage, which stalls inference, whose
-//! latest-frame slots then replace frames. Messages are not dropped on that path.
+//! Every message that carries a `seq` is appended to the [`outbox`] on disk (by the
+//! event stage) before anyone tries to publish it, and leaves it only when the broker
+//! has acknowledged it (PUBACK). The `mqtt` task publishes from the outbox:
 //!
-//! Known gap until the durable outbox lands (issue "Delivery the platform can trust"):
-//! messages still in the process's memory are lost if the agent is killed. The session
-//! is persistent (`clean_session = false`) so the broker and rumqttc re-send unacknowledged
-//! QoS 1 publishes after a reconnect.
+//! - One connection = one fresh rumqttc client and event loop. On any connection error
+//!   both are dropped and, after a back-off (1 s → 30 s), rebuilt; everything not yet
+//!   acknowledged is then published again from the outbox, oldest first. Nothing that
+//!   rumqttc held in memory matters: the outbox is the only source of truth, so an agent
+//!   crash or a broker restart loses nothing.
+//! - PUBACKs are tied to messages through rumqttc's events: each publish request we make
+//!   is answered, in order, by one `Outgoing::Publish(pkid)`, so a FIFO of the `seq`s we
+//!   handed over maps each pkid to its `seq`, and `Incoming::PubAck(pkid)` acks that `seq`.
+//! - At most `mqtt.max_inflight` messages are handed over and unacknowledged at once.
+//! - Presence: on connect a retained `lookout.status/1` "online" (birth); the MQTT will,
+//!   retained, says "offline"; a clean shutdown publishes "offline" itself. Each camera's
+//!   retained `lookout.camera_status/1` is published on connect, on every state change,
+//!   and every 60 s. These are state, not events: they carry no `seq` and bypass the outbox.
 
-use std::sync::Arc;
+pub mod gaps;
+pub mod outbox;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
+};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
 use crate::config::MqttConfig;
+use crate::event::{AgentInfo, Topics, camera_status_message, status_message};
+use crate::source::CameraCtx;
+use outbox::Outbox;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("MQTT client stopped: {0}")]
-    Closed(String),
+    #[error("MQTT TLS set-up: cannot read {path}: {source}")]
+    TlsFile { path: String, source: std::io::Error },
 }
 
 /// Counters of the MQTT connection (exported as `lookout_mqtt_*` metrics).
 #[derive(Debug, Default)]
 pub struct MqttStats {
     pub connected: AtomicBool,
-    /// Messages handed to the client.
-    pub queued: AtomicU64,
-    /// PUBLISH packets written to the socket (re-sends included).
+    /// Outbox messages handed to the client (re-sends after reconnects included).
     pub sent: AtomicU64,
-    /// PUBACKs received.
+    /// Outbox messages acknowledged by the broker.
     pub acked: AtomicU64,
     pub connects: AtomicU64,
 }
 
-/// Handle for publishing; cheap to clone.
-#[derive(Clone)]
-pub struct Publisher {
-    client: AsyncClient,
-    pub stats: Arc<MqttStats>,
+/// What the event stage and the MQTT task share.
+pub struct Delivery {
+    outbox: Mutex<Outbox>,
+    /// Wakes the MQTT task when something was appended.
+    pub wake: Notify,
+    pub stats: MqttStats,
 }
 
-impl Publisher {
-    /// Creates the client and spawns its connection task, which runs until `shutdown`
-    /// and then for up to `grace` while unacknowledged messages drain.
-    pub fn start(
-        cfg: &MqttConfig,
-        shutdown: CancellationToken,
-        grace: Duration,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
-        let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
-        opts.set_keep_alive(cfg.keep_alive);
-        opts.set_clean_session(false);
-        opts.set_inflight(cfg.max_inflight);
-        opts.set_max_packet_size(1 << 20, 1 << 20);
-        // Request queue: enough for a burst from every camera, small enough that a dead
-        // broker back-pressures quickly instead of piling up memory.
-        let (client, eventloop) = AsyncClient::new(opts, 256);
-        let stats = Arc::new(MqttStats::default());
-        let span = tracing::info_span!("mqtt", broker = %format!("{}:{}", cfg.host, cfg.port));
-        let task = tokio::spawn(drive(eventloop, client.clone(), stats.clone(), shutdown, grace).instrument(span));
-        (Self { client, stats }, task)
+impl Delivery {
+    pub fn new(outbox: Outbox) -> Self {
+        Self { outbox: Mutex::new(outbox), wake: Notify::new(), stats: MqttStats::default() }
     }
 
-    /// Publishes with QoS 1; waits while the client's queue is full.
-    pub async fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), PublishError> {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .map_err(|e| PublishError::Closed(e.to_string()))?;
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+    /// The outbox; short critical sections only (appends, reads of a few records, acks).
+    pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What presence messages need.
+pub struct Presence {
+    pub info: AgentInfo,
+    pub cameras: Vec<Arc<CameraCtx>>,
+}
+
+/// Spawns the `mqtt` task. It runs until `shutdown`, then keeps delivering for up to
+/// `grace` until the outbox is empty, publishes "offline" and disconnects.
+pub fn spawn(
+    cfg: MqttConfig,
+    delivery: Arc<Delivery>,
+    presence: Presence,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let span = tracing::info_span!("mqtt", broker = %format!("{}:{}", cfg.host, cfg.port));
+    tokio::spawn(run(cfg, delivery, presence, shutdown, grace).instrument(span))
+}
+
+async fn run(
+    cfg: MqttConfig,
+    delivery: Arc<Delivery>,
+    presence: Presence,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let topics = Topics::new(&presence.info.site, &presence.info.agent);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut conn = Connection::new(&cfg, &topics, &presence, &delivery);
+        let result = match conn.as_mut() {
+            Ok(c) => c.run(&shutdown, grace).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => return,
+            Err(reason) => {
+                if delivery.stats.connected.swap(false, Ordering::Relaxed) {
+                    backoff = Duration::from_secs(1);
+                    warn!(reason = %reason, retry_in = ?backoff, "MQTT connection lost; unacknowledged messages stay in the outbox");
+                } else {
+                    // One line per attempt, saying why; back-off keeps it to one per 30 s at most.
+                    warn!(reason = %reason, retry_in = ?backoff, "cannot connect to the MQTT broker");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// rumqttc options: identity, keep-alive, credentials, TLS and the will.
+fn options(cfg: &MqttConfig, topics: &Topics, presence: &Presence) -> Result<MqttOptions, PublishError> {
+    let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+    opts.set_keep_alive(cfg.keep_alive);
+    // The outbox replays everything unacknowledged on each new connection, so no broker
+    // session state is needed (and stale in-memory state in rumqttc can't interfere).
+    opts.set_clean_session(true);
+    opts.set_inflight(cfg.max_inflight);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_request_channel_capacity(cfg.max_inflight as usize + 16);
+    opts.set_last_will(LastWill::new(
+        topics.status(),
+        status_message(&presence.info, "offline", Some("connection lost")),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(user) = &cfg.username {
+        opts.set_credentials(user, cfg.password.as_ref().map(|p| p.expose()).unwrap_or(""));
+    }
+    if let Some(tls) = &cfg.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| PublishError::TlsFile { path: p.display().to_string(), source })
+        };
+        // Without a CA file, Debian's system bundle (rumqttc's own default panics when the
+        // platform store cannot be read).
+        let ca = read(tls.ca_file.as_deref().unwrap_or(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt")))?;
+        let client_auth = match &tls.client_auth {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+    }
+    Ok(opts)
+}
+
+/// One connection's lifetime.
+struct Connection<'a> {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    topics: &'a Topics,
+    presence: &'a Presence,
+    delivery: &'a Delivery,
+    max_inflight: usize,
+    broker: String,
+    connected: bool,
+    /// One entry per publish request not yet seen as `Outgoing::Publish`: the outbox seq,
+    /// or `None` for presence messages.
+    requested: VecDeque<Option<u64>>,
+    /// pkid → seq of outbox messages sent and not yet acknowledged.
+    unacked: HashMap<u16, u64>,
+    /// Highest seq handed over on this connection.
+    cursor: u64,
+    /// Last published state per camera, and when.
+    camera_reports: HashMap<String, (String, Instant, u64, u64)>,
+}
+
+impl<'a> Connection<'a> {
+    fn new(
+        cfg: &MqttConfig,
+        topics: &'a Topics,
+        presence: &'a Presence,
+        delivery: &'a Delivery,
+    ) -> Result<Self, PublishError> {
+        let (client, eventloop) = AsyncClient::new(options(cfg, topics, presence)?, cfg.max_inflight as usize + 16);
+        Ok(Self {
+            client,
+            eventloop,
+            topics,
+            presence,
+            delivery,
+            max_inflight: cfg.max_inflight as usize,
+            broker: format!("{}:{}", cfg.host, cfg.port),
+            connected: false,
+            requested: VecDeque::new(),
+            unacked: HashMap::new(),
+            cursor: 0,
+            camera_reports: HashMap::new(),
+        })
+    }
+
+    /// Runs until shutdown (Ok, after draining) or a connection error (Err with the reason).
+    async fn run(&mut self, shutdown: &CancellationToken, grace: Duration) -> Result<(), String> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                ev = self.eventloop.poll() => self.on_event(ev)?,
+                _ = self.delivery.wake.notified() => {}
+                _ = tick.tick() => if self.connected { self.report_cameras(false) },
+                _ = shutdown.cancelled() => return self.drain(grace).await,
+            }
+            self.top_up();
+        }
+    }
+
+    fn on_event(&mut self, ev: Result<Event, ConnectionError>) -> Result<(), String> {
+        match ev.map_err(|e| describe(&e, &self.broker))? {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                self.connected = true;
+                self.delivery.stats.connected.store(true, Ordering::Relaxed);
+                self.delivery.stats.connects.fetch_add(1, Ordering::Relaxed);
+                let pending = self.delivery.outbox().stats().pending_records;
+                info!(pending, "connected to MQTT broker");
+                self.publish_state(self.topics.status(), status_message(&self.presence.info, "online", None));
+                self.report_cameras(true);
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(Some(seq)) = self.requested.pop_front() {
+                    self.unacked.insert(pkid, seq);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(seq) = self.unacked.remove(&ack.pkid) {
+                    self.delivery.stats.acked.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.delivery.outbox().ack(seq) {
+                        warn!(seq, error = %e, "cannot record acknowledgement; the message may be sent again");
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Hands outbox messages to the client while fewer than `max_inflight` are out.
+    fn top_up(&mut self) {
+        if !self.connected {
+            return;
+        }
+        loop {
+            let room = self.max_inflight.saturating_sub(self.requested.len() + self.unacked.len());
+            if room == 0 {
+                return;
+            }
+            // Only what is on disk: a record lost to a power cut before its fsync must never
+            // have been seen by the platform, or its seq could come back with other content.
+            let records = {
+                let outbox = self.delivery.outbox();
+                let durable = outbox.durable_seq();
+                outbox
+                    .pending(self.cursor, room.min(64))
+                    .map(|r| r.into_iter().filter(|r| r.seq <= durable).collect::<Vec<_>>())
+            };
+            let records = match records {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the outbox");
+                    return;
+                }
+            };
+            if records.is_empty() {
+                return;
+            }
+            for r in records {
+                if self.client.try_publish(r.topic, QoS::AtLeastOnce, false, r.payload).is_err() {
+                    // Request queue full: the next event will call us again.
+                    return;
+                }
+                self.requested.push_back(Some(r.seq));
+                self.cursor = r.seq;
+                self.delivery.stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Retained state messages (not in the outbox).
+    fn publish_state(&mut self, topic: String, payload: Vec<u8>) {
+        if self.client.try_publish(topic, QoS::AtLeastOnce, true, payload).is_ok() {
+            self.requested.push_back(None);
+        }
+    }
+
+    /// Publishes each camera's status when it changed, or every 60 s, or when `all`.
+    fn report_cameras(&mut self, all: bool) {
+        let now = Instant::now();
+        for cam in &self.presence.cameras {
+            let (state, reason) = cam.state();
+            let key = format!("{}{:?}", state.as_str(), reason);
+            let (encoded, analysed) =
+                (cam.stats.encoded_frames.load(Ordering::Relaxed), cam.stats.analysed_frames.load(Ordering::Relaxed));
+            let due = match self.camera_reports.get(&cam.id) {
+                Some((last, at, _, _)) => all || *last != key || now.duration_since(*at) >= Duration::from_secs(60),
+                None => true,
+            };
+            if !due {
+                continue;
+            }
+            let (input_fps, analysed_fps) = match self.camera_reports.get(&cam.id) {
+                Some((_, at, e0, a0)) => {
+                    let secs = now.duration_since(*at).as_secs_f64().max(0.001);
+                    ((encoded - e0) as f64 / secs, (analysed - a0) as f64 / secs)
+                }
+                None => (0.0, 0.0),
+            };
+            let payload = camera_status_message(
+                &self.presence.info.site,
+                &self.presence.info.agent,
+                &cam.id,
+                state.as_str(),
+                reason.as_deref(),
+                input_fps,
+                analysed_fps,
+                cam.last_frame(),
+            );
+            self.publish_state(self.topics.camera_status(&cam.id), payload);
+            self.camera_reports.insert(cam.id.clone(), (key, now, encoded, analysed));
+        }
+    }
+
+    /// At shutdown: keep delivering until the outbox is empty or `grace` runs out, then
+    /// say "offline" and disconnect. What is left stays in the outbox for next time.
+    async fn drain(&mut self, grace: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.connected && self.delivery.outbox().stats().pending_records > 0 {
+            self.top_up();
+            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                Ok(ev) => {
+                    if let Err(e) = self.on_event(ev) {
+                        warn!(reason = %e, "connection lost while draining");
+                        self.connected = false;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let left = self.delivery.outbox().stats().pending_records;
+        if left > 0 {
+            warn!(pending = left, "stopping with unacknowledged messages; they stay in the outbox for the next start");
+        } else {
+            info!(acked = self.delivery.stats.acked.load(Ordering::Relaxed), "outbox empty: everything acknowledged");
+        }
+        if self.connected {
+            self.publish_state(self.topics.status(), status_message(&self.presence.info, "offline", Some("shutdown")));
+            // Wait (briefly) for a PUBACK so the retained state is really offline.
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                match tokio::time::timeout_at(until, self.eventloop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(_)) => {}
+                }
+            }
+            let _ = self.client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.eventloop.poll()).await;
+        }
         Ok(())
     }
 }
 
-async fn drive(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    stats: Arc<MqttStats>,
-    shutdown: CancellationToken,
-    grace: Duration,
-) {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            ev = eventloop.poll() => match ev {
-                Ok(ev) => {
-                    if note(&ev, &stats) {
-                        backoff = Duration::from_secs(1);
-                    }
-                }
-                Err(e) => {
-                    if stats.connected.swap(false, Ordering::Relaxed) {
-                        warn!(error = %e, "MQTT connection lost");
-                    } else {
-                        warn!(error = %e, retry_in = ?backoff, "cannot connect to MQTT broker");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
+/// One line that says why, for the usual failures.
+fn describe(e: &ConnectionError, broker: &str) -> String {
+    let text = e.to_string();
+    let hint = match e {
+        ConnectionError::ConnectionRefused(code) => {
+            format!("broker refused the connection ({code:?}): check username/password and ACLs")
         }
-    }
-    drain(&mut eventloop, &client, &stats, grace).await;
-}
-
-/// Keeps polling until every queued message is acknowledged or `grace` runs out, then
-/// disconnects cleanly.
-async fn drain(eventloop: &mut EventLoop, client: &AsyncClient, stats: &MqttStats, grace: Duration) {
-    let pending = || stats.queued.load(Ordering::Relaxed).saturating_sub(stats.acked.load(Ordering::Relaxed));
-    let deadline = tokio::time::Instant::now() + grace;
-    while pending() > 0 && stats.connected.load(Ordering::Relaxed) {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(Ok(ev)) => {
-                note(&ev, stats);
-            }
-            Ok(Err(_)) | Err(_) => break,
+        ConnectionError::Tls(t) => {
+            format!("TLS failed ({t}): check ca_file, client_cert/client_key and the broker's certificate")
         }
-    }
-    let left = pending();
-    if left > 0 {
-        warn!(unacknowledged = left, "stopping with messages the broker has not acknowledged");
-    } else {
-        info!(published = stats.acked.load(Ordering::Relaxed), "all messages acknowledged");
-    }
-    if client.try_disconnect().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
-    }
-}
-
-/// Updates counters for one event; true when it shows a working connection.
-fn note(ev: &Event, stats: &MqttStats) -> bool {
-    match ev {
-        Event::Incoming(Packet::ConnAck(_)) => {
-            stats.connected.store(true, Ordering::Relaxed);
-            stats.connects.fetch_add(1, Ordering::Relaxed);
-            info!("connected to MQTT broker");
-            true
-        }
-        Event::Incoming(Packet::PubAck(_)) => {
-            stats.acked.fetch_add(1, Ordering::Relaxed);
-            true
-        }
-        Event::Outgoing(Outgoing::Publish(_)) => {
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-            false
-        }
-        _ => false,
-    }
+        ConnectionError::Io(io) => format!("{io}"),
+        _ => text,
+    };
+    format!("{broker}: {hint}")
 }

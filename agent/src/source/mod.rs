@@ -84,8 +84,33 @@ pub struct CameraCtx {
     /// Milliseconds since `epoch` at which the last encoded frame arrived.
     last_data_ms: AtomicU64,
     epoch: Instant,
-    /// Human-readable state: "starting", "streaming", "reconnecting: <reason>".
-    pub state: Mutex<String>,
+    state: Mutex<(CameraState, Option<String>)>,
+    /// Capture time of the last sampled frame, ms since the Unix epoch (0: none yet).
+    last_frame_ms: AtomicU64,
+}
+
+/// Where a camera is in its life (reported in its retained status message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CameraState {
+    Starting,
+    Streaming,
+    /// Failed; retrying with back-off.
+    Reconnecting,
+    /// Failed in a way retrying cannot fix (e.g. a missing GStreamer plugin); still retried, slowly.
+    Failed,
+    Stopped,
+}
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Starting => "starting",
+            CameraState::Streaming => "streaming",
+            CameraState::Reconnecting => "reconnecting",
+            CameraState::Failed => "failed",
+            CameraState::Stopped => "stopped",
+        }
+    }
 }
 
 impl CameraCtx {
@@ -97,8 +122,25 @@ impl CameraCtx {
             native_size: AtomicU64::new(0),
             last_data_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            state: Mutex::new("starting".into()),
+            state: Mutex::new((CameraState::Starting, None)),
+            last_frame_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The camera's state and, when it failed, why.
+    pub fn state(&self) -> (CameraState, Option<String>) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_last_frame(&self, t: SystemTime) {
+        let ms = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_frame_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Capture time of the last frame handed to the model.
+    pub fn last_frame(&self) -> Option<SystemTime> {
+        let ms = self.last_frame_ms.load(Ordering::Relaxed);
+        (ms > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
     }
 
     fn set_native_size(&self, w: u32, h: u32) {
@@ -120,8 +162,8 @@ impl CameraCtx {
         self.epoch.elapsed().saturating_sub(last)
     }
 
-    fn set_state(&self, s: impl Into<String>) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s.into();
+    fn set_state(&self, state: CameraState, reason: Option<String>) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (state, reason);
     }
 }
 
@@ -191,7 +233,8 @@ pub async fn run(
                 Err(e) => e,
             };
             ctx.stats.restarts.fetch_add(1, Ordering::Relaxed);
-            ctx.set_state(format!("reconnecting: {err}"));
+            let state = if err.retry_can_help() { CameraState::Reconnecting } else { CameraState::Failed };
+            ctx.set_state(state, Some(err.to_string()));
             if err.retry_can_help() {
                 warn!(error = %err, retry_in = ?backoff, "camera failed, will retry");
             } else {
@@ -204,7 +247,7 @@ pub async fn run(
             }
             backoff = (backoff * 2).min(cam.reconnect.max);
         }
-        ctx.set_state("stopped");
+        ctx.set_state(CameraState::Stopped, None);
         info!("camera stopped");
     }
     .instrument(span)
@@ -256,7 +299,7 @@ async fn watch_bus(
                 let frames = ctx.stats.sampled_frames.load(Ordering::Relaxed);
                 if !streaming && frames > 0 {
                     streaming = true;
-                    ctx.set_state("streaming");
+                    ctx.set_state(CameraState::Streaming, None);
                     info!("camera streaming");
                 }
             }

@@ -215,6 +215,7 @@ fn install_appsink(sink: &gst_app::AppSink, ctx: Arc<CameraCtx>, queue: Arc<Fram
                     pixels: Box::new(pixels),
                 };
                 ctx.stats.sampled_frames.fetch_add(1, Ordering::Relaxed);
+                ctx.set_last_frame(captured);
                 if queue.put(slot, frame).is_some() {
                     ctx.stats.replaced_frames.fetch_add(1, Ordering::Relaxed);
                 }

@@ -37,6 +37,18 @@ enum Cmd {
         #[arg(long)]
         spinning: bool,
     },
+    /// Outbox append + ack throughput and per-message latency for fsync policies.
+    Outbox {
+        /// Messages per run.
+        #[arg(long, default_value_t = 5000)]
+        messages: u64,
+        /// Payload bytes (a detections message with a few people is ~500-700).
+        #[arg(long, default_value_t = 600)]
+        bytes: usize,
+        /// fsync intervals to try, in ms (0 = after every message).
+        #[arg(long, value_delimiter = ',', default_values_t = [0u64, 100, 1000])]
+        fsync_ms: Vec<u64>,
+    },
     /// The lookout binary on N streams of the clip (H.264, 10 fps, 1 s GOP).
     Streams {
         #[arg(long, default_value_t = 1)]
@@ -56,6 +68,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
         Cmd::Model { batch, threads, seconds, spinning } => bench_model(&batch, &threads, seconds, spinning),
+        Cmd::Outbox { messages, bytes, fsync_ms } => bench_outbox(messages, bytes, &fsync_ms),
         Cmd::Streams { streams, fps, warmup, seconds } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(bench_streams(streams, fps, warmup, seconds))
@@ -99,6 +112,61 @@ fn bench_model(batches: &[usize], threads: &[usize], seconds: u64, spinning: boo
                 pct(0.9)
             );
         }
+    }
+    Ok(())
+}
+
+/// Appends like the event stage (syncing per the policy), then acks like the MQTT task.
+fn bench_outbox(messages: u64, bytes: usize, fsync_ms: &[u64]) -> anyhow::Result<()> {
+    use lookout::publish::outbox::{Outbox, OutboxConfig, OutboxFullPolicy};
+    // On the same disk as the agent's state would be, not tmpfs.
+    let root = workspace().join("target/bench-outbox");
+    println!("| fsync interval | appends/s | append p50 µs | append p99 µs | acks/s |");
+    println!("|---|---|---|---|---|");
+    for &ms in fsync_ms {
+        let dir = root.join(format!("fsync-{ms}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut outbox, _) = Outbox::open(OutboxConfig {
+            dir: dir.clone(),
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(3600),
+            segment_bytes: 8 << 20,
+            full_policy: OutboxFullPolicy::DropOldest,
+        })?;
+        let interval = Duration::from_millis(ms);
+        let payload = vec![b'x'; bytes];
+        let mut lat = Vec::with_capacity(messages as usize);
+        let mut last_sync = Instant::now();
+        let start = Instant::now();
+        for _ in 0..messages {
+            let t = Instant::now();
+            outbox.append("lookout/v1/bench/gw/cameras/cam/detections", |_| payload.clone())?;
+            if last_sync.elapsed() >= interval {
+                outbox.sync()?;
+                last_sync = Instant::now();
+            }
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        outbox.sync()?;
+        let append_secs = start.elapsed().as_secs_f64();
+        let first = outbox.first_pending_seq().unwrap_or(1);
+        let start = Instant::now();
+        for seq in first..first + messages {
+            outbox.ack(seq)?;
+        }
+        outbox.sync()?;
+        let ack_secs = start.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+        let label = if ms == 0 { "every message".to_string() } else { format!("{ms} ms") };
+        println!(
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            messages as f64 / append_secs,
+            pct(0.5),
+            pct(0.99),
+            messages as f64 / ack_secs
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
 }

@@ -1,0 +1,373 @@
+//! Delivery the platform can trust, against a real mosquitto: nothing lost across broker
+//! outages and agent crashes, damaged outbox files survived, drops announced, TLS, and
+//! presence through retained messages and the MQTT will.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lookout_e2e::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+const ALL: &str = "lookout/v1/test-site/gw-test/#";
+
+/// First arrival of each message id, in arrival order (re-deliveries are byte-identical
+/// and share the id).
+fn unique(msgs: &[Received]) -> Vec<Received> {
+    let mut seen = HashSet::new();
+    msgs.iter().filter(|m| m.json["seq"].is_u64() && seen.insert(m.json["id"].to_string())).cloned().collect()
+}
+
+fn gaps(msgs: &[Received]) -> Vec<(u64, u64, u64)> {
+    unique(msgs)
+        .iter()
+        .filter(|m| m.json["type"] == "delivery.gap")
+        .map(|m| {
+            let f = |k: &str| m.json[k].as_u64().unwrap_or(0);
+            (f("first_seq"), f("last_seq"), f("count"))
+        })
+        .collect()
+}
+
+/// Every seq from 1 to the highest received arrived or was announced as dropped, and
+/// each camera's messages first arrived in seq order. Returns the highest seq.
+fn assert_complete(msgs: &[Received]) -> u64 {
+    let u = unique(msgs);
+    let seqs: BTreeSet<u64> = u.iter().filter_map(|m| m.json["seq"].as_u64()).collect();
+    let max = *seqs.iter().next_back().expect("some messages");
+    let dropped = gaps(msgs);
+    let missing: Vec<u64> =
+        (1..=max).filter(|s| !seqs.contains(s) && !dropped.iter().any(|(f, l, _)| (f..=l).contains(&s))).collect();
+    assert!(missing.is_empty(), "seqs never delivered nor announced: {missing:?} (of 1..={max})");
+    let mut per_camera: HashMap<String, Vec<u64>> = HashMap::new();
+    for m in &u {
+        if let (Some(c), Some(s)) = (m.json["camera"].as_str(), m.json["seq"].as_u64()) {
+            per_camera.entry(c.to_string()).or_default().push(s);
+        }
+    }
+    for (c, s) in per_camera {
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "camera {c} delivered out of order: {s:?}");
+    }
+    max
+}
+
+struct Setup {
+    _server: RtspServer,
+    config: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+fn setup(name: &str, broker_url: &str, cameras: usize, fps: f64, extra: &str) -> Setup {
+    let h264 = Arc::new(clip(Codec::H264).expect("clip"));
+    let mounts = (0..cameras)
+        .map(|i| (format!("/c{i}"), Media::Clip { codec: Codec::H264, units: h264.clone(), fps: 10 }))
+        .collect();
+    let server = RtspServer::start(0, mounts).expect("rtsp server");
+    let ids: Vec<String> = (0..cameras).map(|i| format!("cam-{i}")).collect();
+    let cams: Vec<Cam> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Cam { id, url: server.url(&format!("/c{i}")), fps, min_score: 0.5 })
+        .collect();
+    let dir = scratch(name);
+    let config = write_config(&dir, broker_url, &cams).expect("config");
+    if !extra.is_empty() {
+        let text = std::fs::read_to_string(&config).expect("read config");
+        std::fs::write(&config, text + "\n" + extra).expect("write config");
+    }
+    Setup { _server: server, config, dir }
+}
+
+fn count_seq(msgs: &[Received]) -> usize {
+    unique(msgs).len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_every_seq_in_order_after_a_30s_broker_outage() {
+    let port = free_port().expect("port");
+    let broker = Mosquitto::start_on(port).expect("mosquitto");
+    let s = setup("outage", &broker.url(), 2, 2.0, "");
+    let rec = Recorder::start_with(port, &[ALL], Some("platform-outage")).await.expect("recorder");
+    let agent = AgentProcess::start(&s.config).expect("agent");
+    rec.wait_for(WAIT, "first messages", |m| count_seq(m) >= 4)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    broker.terminate();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let before = count_seq(&rec.snapshot());
+    let _broker = Mosquitto::start_on(port).expect("mosquitto again");
+    // While the broker was down the cameras produced ~2 × 2 × 30 messages: all must come.
+    rec.wait_for(WAIT, "the messages from the outage", |m| count_seq(m) >= before + 80)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let (status, summary) = agent.stop().expect("stop");
+    assert!(status.success());
+    let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
+    assert_eq!(summary["outbox_pending"], 0, "{summary}");
+    // Give the last deliveries a moment to reach the recorder.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = rec.snapshot();
+    let max = assert_complete(&msgs);
+    assert!(gaps(&msgs).is_empty(), "nothing may be dropped: {:?}", gaps(&msgs));
+    assert_eq!(count_seq(&msgs) as u64, max, "every seq from 1 to {max} exactly once (after de-duplication)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loses_nothing_when_the_agent_is_killed_while_the_broker_is_down() {
+    let port = free_port().expect("port");
+    let broker = Mosquitto::start_on(port).expect("mosquitto");
+    let s = setup("sigkill", &broker.url(), 1, 2.0, "");
+    let rec = Recorder::start_with(port, &[ALL], Some("platform-sigkill")).await.expect("recorder");
+    let agent = AgentProcess::start(&s.config).expect("agent");
+    rec.wait_for(WAIT, "first messages", |m| count_seq(m) >= 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    broker.terminate();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    drop(agent); // SIGKILL: no drain, no goodbye.
+    let agent = AgentProcess::start(&s.config).expect("agent again");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let _broker = Mosquitto::start_on(port).expect("mosquitto again");
+    let before = count_seq(&rec.snapshot());
+    rec.wait_for(WAIT, "messages from both agent runs", |m| count_seq(m) >= before + 20)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let (status, _) = agent.stop().expect("stop");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = rec.snapshot();
+    let max = assert_complete(&msgs);
+    assert!(gaps(&msgs).is_empty(), "{:?}", gaps(&msgs));
+    assert_eq!(count_seq(&msgs) as u64, max);
+}
+
+/// The newest outbox segment file.
+fn last_segment(state: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(state.join("outbox"))
+        .expect("outbox dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_past_a_corrupted_outbox_tail_and_reports_it() {
+    // No broker yet: messages pile up in the outbox.
+    let port = free_port().expect("port");
+    let s = setup("torn", &format!("mqtt://127.0.0.1:{port}"), 1, 2.0, "");
+    let agent = AgentProcess::start(&s.config).expect("agent");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (status, summary) = agent.stop().expect("stop");
+    assert!(status.success());
+    let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
+    let pending = summary["outbox_pending"].as_u64().unwrap_or(0);
+    assert!(pending >= 5, "expected queued messages: {summary}");
+
+    // A power cut in the middle of the last write: cut the last record short.
+    let seg = last_segment(&s.dir.join("state"));
+    let len = std::fs::metadata(&seg).expect("segment").len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).expect("open segment");
+    f.set_len(len - 40).expect("truncate");
+    drop(f);
+
+    let broker = Mosquitto::start_on(port).expect("mosquitto");
+    let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
+    let agent = AgentProcess::start(&s.config).expect("agent again");
+    // Everything before the torn record, then new messages.
+    rec.wait_for(WAIT, "the surviving backlog and new messages", |m| count_seq(m) as u64 >= pending + 4)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let log = agent.log();
+    let (status, _) = agent.stop().expect("stop");
+    assert!(status.success());
+    assert!(log.contains("damaged records"), "the skipped tail must be reported:\n{log}");
+    let seqs: BTreeSet<u64> = unique(&rec.snapshot()).iter().filter_map(|m| m.json["seq"].as_u64()).collect();
+    // Only the torn record (the last one written, seq = pending) may be missing.
+    let missing: Vec<u64> = (1..pending).filter(|s| !seqs.contains(s)).collect();
+    assert!(missing.is_empty(), "records before the torn one were lost: {missing:?}");
+    assert!(seqs.iter().any(|&s| s > pending), "new messages after restart: {seqs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_outbox_drops_oldest_and_announces_the_exact_gap() {
+    let port = free_port().expect("port");
+    let s = setup(
+        "full",
+        &format!("mqtt://127.0.0.1:{port}"),
+        2,
+        5.0,
+        "[outbox]\nmax_bytes = 16384\nsegment_bytes = 4096\n",
+    );
+    let agent = AgentProcess::start(&s.config).expect("agent");
+    // ~600-byte messages at up to 10/s: 16 KiB fills within seconds.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let broker = Mosquitto::start_on(port).expect("mosquitto");
+    let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
+    rec.wait_for(WAIT, "a delivery.gap message", |m| !gaps(m).is_empty())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let (status, summary) = agent.stop().expect("stop");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = rec.snapshot();
+    assert_complete(&msgs);
+    let g = gaps(&msgs);
+    for (first, last, count) in &g {
+        assert_eq!(last - first + 1, *count, "gap range and count disagree: {g:?}");
+    }
+    // The oldest went: the gaps start at seq 1 and leave no hole before the survivors.
+    assert_eq!(g.iter().map(|x| x.0).min(), Some(1), "{g:?}");
+    let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
+    let announced: u64 = g.iter().map(|x| x.2).sum();
+    assert_eq!(summary["outbox_dropped"].as_u64(), Some(announced), "counter vs announced: {summary}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl.
+fn make_pki(dir: &Path, name: &str) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ca = format!("{name}-ca");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={ca}"),
+        "-keyout",
+        &format!("{ca}.key"),
+        "-out",
+        &format!("{ca}.pem"),
+    ]);
+    for (who, cn) in [("server", "127.0.0.1"), ("client", "lookout-agent")] {
+        let base = format!("{name}-{who}");
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{base}.key"),
+            "-out",
+            &format!("{base}.csr"),
+        ]);
+        std::fs::write(dir.join(format!("{base}.ext")), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{base}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{base}.ext"),
+            "-out",
+            &format!("{base}.pem"),
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_over_mutual_tls_and_refuses_a_wrong_ca_with_a_clear_reason() {
+    let pki = scratch("pki");
+    make_pki(&pki, "good");
+    make_pki(&pki, "other");
+    let (plain, tls) = (free_port().expect("port"), free_port().expect("port"));
+    let p = |f: &str| pki.join(f).display().to_string();
+    let broker = Mosquitto::start_with(
+        plain,
+        &format!(
+            "listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            p("good-ca.pem"),
+            p("good-server.pem"),
+            p("good-server.key")
+        ),
+    )
+    .expect("mosquitto");
+    let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
+    let tls_keys = |ca: &str| {
+        format!(
+            "ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            p(ca),
+            p("good-client.pem"),
+            p("good-client.key")
+        )
+    };
+    let url = format!("mqtts://127.0.0.1:{tls}");
+    let with_tls = |config: &Path, ca: &str| {
+        let text = std::fs::read_to_string(config).expect("read");
+        let text = text.replace(&format!("url = \"{url}\"\n"), &format!("url = \"{url}\"\n{}", tls_keys(ca)));
+        std::fs::write(config, text).expect("write");
+    };
+
+    let good = setup("tls-good", &url, 1, 2.0, "");
+    with_tls(&good.config, "good-ca.pem");
+    let agent = AgentProcess::start(&good.config).expect("agent");
+    rec.wait_for(WAIT, "messages over mutual TLS", |m| count_seq(m) >= 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    drop(agent);
+
+    let bad = setup("tls-bad", &url, 1, 2.0, "");
+    with_tls(&bad.config, "other-ca.pem");
+    let agent = AgentProcess::start(&bad.config).expect("agent");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !agent.log().contains("cannot connect to the MQTT broker") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = agent.log();
+    let line = log.lines().find(|l| l.contains("cannot connect to the MQTT broker")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("TLS") || line.contains("certificate"), "the reason must name TLS: {line}");
+    // Still running, retrying with back-off, not crashed.
+    let (status, _) = agent.stop().expect("stop");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_marks_the_agent_offline_when_it_is_killed() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let s = setup("will", &broker.url(), 1, 2.0, "");
+    let agent = AgentProcess::start(&s.config).expect("agent");
+    let status_topic = "lookout/v1/test-site/gw-test/status";
+    let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
+    rec.wait_for(WAIT, "online and a streaming camera", |m| {
+        m.iter().any(|r| r.topic == status_topic && r.json["state"] == "online")
+            && m.iter().any(|r| r.topic.ends_with("/cameras/cam-0/status") && r.json["state"] == "streaming")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let birth = rec.snapshot().into_iter().find(|r| r.topic == status_topic).expect("birth");
+    assert_eq!(birth.json["schema"], "lookout.status/1");
+    assert_eq!(birth.json["cameras"][0]["id"], "cam-0");
+    assert_eq!(birth.json["cameras"][0]["model"]["sha256"].as_str().map(str::len), Some(64));
+
+    drop(agent); // SIGKILL: only the broker can tell.
+    rec.wait_for(WAIT, "the will", |m| m.iter().any(|r| r.topic == status_topic && r.json["state"] == "offline"))
+        .await
+        .expect("offline by will");
+    // Retained: a platform that subscribes later still sees it.
+    let late = Recorder::start(broker.port(), status_topic).await.expect("late subscriber");
+    let got = late.wait_for(WAIT, "the retained status", |m| !m.is_empty()).await.expect("retained");
+    assert!(got[0].retain, "status must be retained");
+    assert_eq!(got[0].json["state"], "offline");
+    assert_eq!(got[0].json["reason"], "connection lost");
+}
