@@ -76,8 +76,10 @@ pub struct OutboxSettings {
     /// "drop_newest" refuses new messages instead. Either way every dropped `seq` is
     /// announced in a `delivery.gap` message.
     pub full_policy: OutboxFullPolicy,
-    /// `fsync_interval_ms` (default 1000): the most recent messages a power cut can lose;
-    /// 0 syncs after every message. A process crash loses nothing either way.
+    /// `fsync_interval_ms` (default 200): the most recent messages a power cut can lose;
+    /// 0 syncs after every message. A process crash loses nothing either way. Messages
+    /// are published only once synced, so this is also the most publishing waits for
+    /// durability (half of it on average; see docs/BENCHMARKS.md).
     pub fsync_interval: Duration,
     /// `segment_bytes` (default 8388608 = 8 MiB): size of one log file, 4 KiB to 1 GiB.
     pub segment_bytes: u64,
@@ -338,7 +340,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         max_bytes: 256 << 20,
         max_age: Duration::from_secs(7 * 24 * 3600),
         full_policy: OutboxFullPolicy::DropOldest,
-        fsync_interval: Duration::from_millis(1000),
+        fsync_interval: Duration::from_millis(200),
         segment_bytes: 8 << 20,
     };
     if let Some(mut t) = root.table(&mut issues, "outbox", false) {

@@ -548,3 +548,64 @@ fn shipped_example_config_is_valid() {
     assert_eq!(c.models.len(), 1);
     assert!(c.cameras.iter().any(|cam| cam.transport == Transport::Udp && cam.decode == DecodePolicy::All));
 }
+
+#[test]
+fn password_never_appears_in_debug_output_or_errors() {
+    let src = minimal().replace(
+        "url = \"mqtt://127.0.0.1:1883\"\n",
+        "url = \"mqtt://127.0.0.1:1883\"\nusername = \"gw\"\npassword = \"hunter2-s3cret\"\n",
+    );
+    let c = parse_ok(&src);
+    assert_eq!(c.mqtt.password.as_ref().map(Secret::expose), Some("hunter2-s3cret"));
+    assert!(!format!("{c:?}").contains("hunter2"), "the password leaked into Debug output");
+    // A config with a problem elsewhere: the error lists it, never the password.
+    let bad = src.replace("fps = 2.0", "fps = 0");
+    let err = ConfigError { issues: issues(&bad) }.to_string();
+    assert!(err.contains("cameras[0].fps") && !err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn password_comes_from_one_of_inline_file_or_environment() {
+    let dir = TempDir::new("password");
+    let file = dir.0.join("pw");
+    std::fs::write(&file, "from-file\nignored second line\n").unwrap();
+    let with = |lines: &str| {
+        minimal().replace("url = \"mqtt://127.0.0.1:1883\"\n", &format!("url = \"mqtt://127.0.0.1:1883\"\n{lines}"))
+    };
+    let c = parse_ok(&with(&format!("password_file = \"{}\"\n", file.display())));
+    assert_eq!(c.mqtt.password.as_ref().map(Secret::expose), Some("from-file"));
+    // PATH is always set; its value stands in for a secret.
+    let c = parse_ok(&with("password_env = \"PATH\"\n"));
+    assert_eq!(c.mqtt.password.as_ref().map(Secret::expose), std::env::var("PATH").ok().as_deref());
+    let src = with("password_env = \"LOOKOUT_TEST_SURELY_UNSET_VAR\"\n");
+    assert_issue(&issues(&src), &src, "mqtt.password_env", "password_env", "LOOKOUT_TEST_SURELY_UNSET_VAR is not set");
+    let src = with("password = \"a\"\npassword_env = \"PATH\"\n");
+    assert!(only(&issues(&src), "mqtt.password").message.contains("only one of"));
+}
+
+#[test]
+fn tls_keys_need_an_mqtts_url_and_existing_files() {
+    let src = minimal().replace(
+        "url = \"mqtt://127.0.0.1:1883\"\n",
+        "url = \"mqtt://127.0.0.1:1883\"\nca_file = \"/nonexistent/ca.pem\"\nclient_cert = \"/nonexistent/c.pem\"\n",
+    );
+    let all = issues(&src);
+    assert_issue(&all, &src, "mqtt.ca_file", "ca_file", "/nonexistent/ca.pem is not a readable file");
+    assert!(only(&all, "mqtt.url").message.contains("use an mqtts:// URL"), "{all:#?}");
+    assert!(only(&all, "mqtt.client_key").message.contains("go together"), "{all:#?}");
+    let c = parse_ok(&minimal().replace("mqtt://127.0.0.1:1883", "mqtts://broker.example"));
+    assert_eq!((c.mqtt.port, c.mqtt.tls.is_some()), (8883, true));
+}
+
+#[test]
+fn outbox_section_has_safe_defaults_and_checked_limits() {
+    let c = parse_ok(&minimal());
+    assert_eq!(c.agent.state_dir, Path::new("/var/lib/lookout"));
+    assert_eq!(c.outbox.max_bytes, 256 << 20);
+    assert_eq!(c.outbox.fsync_interval, Duration::from_millis(200));
+    assert_eq!(c.outbox.full_policy, crate::publish::outbox::OutboxFullPolicy::DropOldest);
+    let src = format!("{}\n[outbox]\nmax_bytes = 5000\nsegment_bytes = 4096\nfull_policy = \"keep_all\"\n", minimal());
+    let all = issues(&src);
+    assert_issue(&all, &src, "outbox.max_bytes", "max_bytes", "at least twice segment_bytes");
+    assert_issue(&all, &src, "outbox.full_policy", "full_policy", "\"drop_oldest\", \"drop_newest\"");
+}

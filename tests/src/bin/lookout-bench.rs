@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         bytes: usize,
         /// fsync intervals to try, in ms (0 = after every message).
-        #[arg(long, value_delimiter = ',', default_values_t = [0u64, 100, 1000])]
+        #[arg(long, value_delimiter = ',', default_values_t = [0u64, 100, 200, 1000])]
         fsync_ms: Vec<u64>,
     },
     /// The lookout binary on N streams of the clip (H.264, 10 fps, 1 s GOP).
@@ -117,55 +117,72 @@ fn bench_model(batches: &[usize], threads: &[usize], seconds: u64, spinning: boo
 }
 
 /// Appends like the event stage (syncing per the policy), then acks like the MQTT task.
+/// Throughput: as fast as possible. Added latency: at a steady 100 messages/s, the time
+/// from append until the record is fsynced, i.e. until the agent may publish it.
 fn bench_outbox(messages: u64, bytes: usize, fsync_ms: &[u64]) -> anyhow::Result<()> {
-    use lookout::publish::outbox::{Outbox, OutboxConfig, OutboxFullPolicy};
+    use lookout::publish::outbox::{Outbox, OutboxConfig};
     // On the same disk as the agent's state would be, not tmpfs.
     let root = workspace().join("target/bench-outbox");
-    println!("| fsync interval | appends/s | append p50 µs | append p99 µs | acks/s |");
+    let open = |dir: &std::path::Path| -> anyhow::Result<Outbox> {
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(Outbox::open(OutboxConfig::new(dir))?.0)
+    };
+    let topic = "lookout/v1/bench/gw/cameras/cam/detections";
+    let payload = vec![b'x'; bytes];
+    println!("| fsync interval | appends/s | acks/s | added publish latency p50 ms | p99 ms |");
     println!("|---|---|---|---|---|");
     for &ms in fsync_ms {
-        let dir = root.join(format!("fsync-{ms}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (mut outbox, _) = Outbox::open(OutboxConfig {
-            dir: dir.clone(),
-            max_bytes: 1 << 30,
-            max_age: Duration::from_secs(3600),
-            segment_bytes: 8 << 20,
-            full_policy: OutboxFullPolicy::DropOldest,
-        })?;
         let interval = Duration::from_millis(ms);
-        let payload = vec![b'x'; bytes];
-        let mut lat = Vec::with_capacity(messages as usize);
+        let dir = root.join(format!("fsync-{ms}"));
+        let mut outbox = open(&dir)?;
         let mut last_sync = Instant::now();
         let start = Instant::now();
         for _ in 0..messages {
-            let t = Instant::now();
-            outbox.append("lookout/v1/bench/gw/cameras/cam/detections", |_| payload.clone())?;
+            outbox.append(topic, |_| payload.clone())?;
             if last_sync.elapsed() >= interval {
                 outbox.sync()?;
                 last_sync = Instant::now();
             }
-            lat.push(t.elapsed().as_secs_f64() * 1e6);
         }
         outbox.sync()?;
-        let append_secs = start.elapsed().as_secs_f64();
+        let appends = messages as f64 / start.elapsed().as_secs_f64();
         let first = outbox.first_pending_seq().unwrap_or(1);
         let start = Instant::now();
         for seq in first..first + messages {
             outbox.ack(seq)?;
         }
         outbox.sync()?;
-        let ack_secs = start.elapsed().as_secs_f64();
+        let acks = messages as f64 / start.elapsed().as_secs_f64();
+        drop(outbox);
+
+        // Paced: 100 messages/s for 5 s.
+        let mut outbox = open(&dir)?;
+        let mut waiting: Vec<Instant> = Vec::new();
+        let mut lat = Vec::new();
+        let mut last_sync = Instant::now();
+        let t0 = Instant::now();
+        for i in 0..500u32 {
+            let due = t0 + Duration::from_millis(10) * i;
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            outbox.append(topic, |_| payload.clone())?;
+            waiting.push(Instant::now());
+            if last_sync.elapsed() >= interval {
+                outbox.sync()?;
+                let now = Instant::now();
+                lat.extend(waiting.drain(..).map(|t| (now - t).as_secs_f64() * 1000.0));
+                last_sync = now;
+            }
+        }
+        outbox.sync()?;
+        let now = Instant::now();
+        lat.extend(waiting.drain(..).map(|t| (now - t).as_secs_f64() * 1000.0));
         lat.sort_by(f64::total_cmp);
         let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
         let label = if ms == 0 { "every message".to_string() } else { format!("{ms} ms") };
-        println!(
-            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            messages as f64 / append_secs,
-            pct(0.5),
-            pct(0.99),
-            messages as f64 / ack_secs
-        );
+        println!("| {label} | {appends:.0} | {acks:.0} | {:.1} | {:.1} |", pct(0.5), pct(0.99));
+        drop(outbox);
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
