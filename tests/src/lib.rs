@@ -40,6 +40,41 @@ pub fn lookout_bin() -> PathBuf {
     })
 }
 
+/// Keeps a loopback port from being handed to anyone else (tests run in parallel and
+/// pick free ports) while no broker listens on it. An agent connecting meanwhile gets no
+/// MQTT answer, as from a dead broker. Drop it just before starting the broker there.
+pub struct PortHold {
+    _listener: std::net::TcpListener,
+    pub port: u16,
+}
+
+impl PortHold {
+    /// A fresh free port, held.
+    pub fn new() -> anyhow::Result<Self> {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = l.local_addr()?.port();
+        Ok(Self { _listener: l, port })
+    }
+
+    /// Holds `port` again (after a broker there stopped), retrying briefly while the
+    /// stopped broker's socket goes away.
+    pub fn again(port: u16) -> anyhow::Result<Self> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => return Ok(Self { _listener: l, port }),
+                Err(e) if Instant::now() > deadline => bail!("cannot hold port {port}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Lets go of the port for a broker to take.
+    pub fn release(self) -> u16 {
+        self.port
+    }
+}
+
 /// A camera in a generated config.
 pub struct Cam<'a> {
     pub id: &'a str,

@@ -96,9 +96,10 @@ async fn replays_every_seq_in_order_after_a_30s_broker_outage() {
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
 
     broker.terminate();
+    let hold = PortHold::again(port).expect("hold port");
     tokio::time::sleep(Duration::from_secs(30)).await;
     let before = count_seq(&rec.snapshot());
-    let _broker = Mosquitto::start_on(port).expect("mosquitto again");
+    let _broker = Mosquitto::start_on(hold.release()).expect("mosquitto again");
     // While the broker was down the cameras produced ~2 × 2 × 30 messages: all must come.
     rec.wait_for(WAIT, "the messages from the outage", |m| count_seq(m) >= before + 80)
         .await
@@ -127,11 +128,12 @@ async fn loses_nothing_when_the_agent_is_killed_while_the_broker_is_down() {
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
 
     broker.terminate();
+    let hold = PortHold::again(port).expect("hold port");
     tokio::time::sleep(Duration::from_secs(6)).await;
     drop(agent); // SIGKILL: no drain, no goodbye.
     let agent = AgentProcess::start(&s.config).expect("agent again");
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let _broker = Mosquitto::start_on(port).expect("mosquitto again");
+    let _broker = Mosquitto::start_on(hold.release()).expect("mosquitto again");
     let before = count_seq(&rec.snapshot());
     rec.wait_for(WAIT, "messages from both agent runs", |m| count_seq(m) >= before + 20)
         .await
@@ -160,8 +162,8 @@ fn last_segment(state: &Path) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_past_a_corrupted_outbox_tail_and_reports_it() {
     // No broker yet: messages pile up in the outbox.
-    let port = free_port().expect("port");
-    let s = setup("torn", &format!("mqtt://127.0.0.1:{port}"), 1, 2.0, "");
+    let hold = PortHold::new().expect("port");
+    let s = setup("torn", &format!("mqtt://127.0.0.1:{}", hold.port), 1, 2.0, "");
     let agent = AgentProcess::start(&s.config).expect("agent");
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (status, summary) = agent.stop().expect("stop");
@@ -177,7 +179,7 @@ async fn starts_past_a_corrupted_outbox_tail_and_reports_it() {
     f.set_len(len - 40).expect("truncate");
     drop(f);
 
-    let broker = Mosquitto::start_on(port).expect("mosquitto");
+    let broker = Mosquitto::start_on(hold.release()).expect("mosquitto");
     let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
     let agent = AgentProcess::start(&s.config).expect("agent again");
     // Everything before the torn record, then new messages.
@@ -197,10 +199,10 @@ async fn starts_past_a_corrupted_outbox_tail_and_reports_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_outbox_drops_oldest_and_announces_the_exact_gap() {
-    let port = free_port().expect("port");
+    let hold = PortHold::new().expect("port");
     let s = setup(
         "full",
-        &format!("mqtt://127.0.0.1:{port}"),
+        &format!("mqtt://127.0.0.1:{}", hold.port),
         2,
         5.0,
         "[outbox]\nmax_bytes = 16384\nsegment_bytes = 4096\n",
@@ -208,7 +210,7 @@ async fn full_outbox_drops_oldest_and_announces_the_exact_gap() {
     let agent = AgentProcess::start(&s.config).expect("agent");
     // ~600-byte messages at up to 10/s: 16 KiB fills within seconds.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let broker = Mosquitto::start_on(port).expect("mosquitto");
+    let broker = Mosquitto::start_on(hold.release()).expect("mosquitto");
     let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
     rec.wait_for(WAIT, "a delivery.gap message", |m| !gaps(m).is_empty())
         .await
@@ -355,10 +357,11 @@ async fn will_marks_the_agent_offline_when_it_is_killed() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
-    let birth = rec.snapshot().into_iter().find(|r| r.topic == status_topic).expect("birth");
-    assert_eq!(birth.json["schema"], "lookout.status/1");
-    assert_eq!(birth.json["cameras"][0]["id"], "cam-0");
-    assert_eq!(birth.json["cameras"][0]["model"]["sha256"].as_str().map(str::len), Some(64));
+    let statuses: Vec<Value> = rec.snapshot().into_iter().filter(|r| r.topic == status_topic).map(|r| r.json).collect();
+    let birth = statuses.iter().find(|j| j["state"] == "online").expect("birth");
+    assert_eq!(birth["schema"], "lookout.status/1");
+    assert_eq!(birth["cameras"][0]["id"], "cam-0", "status messages: {statuses:#?}");
+    assert_eq!(birth["cameras"][0]["model"]["sha256"].as_str().map(str::len), Some(64));
 
     drop(agent); // SIGKILL: only the broker can tell.
     rec.wait_for(WAIT, "the will", |m| m.iter().any(|r| r.topic == status_topic && r.json["state"] == "offline"))

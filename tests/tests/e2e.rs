@@ -189,6 +189,8 @@ async fn camera_resumes_after_its_rtsp_server_restarts_while_another_camera_neve
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
 
     server_a.kill();
+    // Nobody else may take the port while the server is down (tests run in parallel).
+    let hold = PortHold::again(port_a).expect("hold port");
     let killed = Instant::now();
     // While the flaky camera's server is down, the steady camera keeps publishing.
     rec.wait_for(WAIT, "steady camera to keep publishing during the outage", |m| {
@@ -200,7 +202,7 @@ async fn camera_resumes_after_its_rtsp_server_restarts_while_another_camera_neve
     let flaky_during_outage = rec.from_camera("flaky").iter().filter(|r| r.at > quiet_from).count();
     assert_eq!(flaky_during_outage, 0, "the flaky camera cannot publish while its server is down");
 
-    let _server_a = RtspProcess::start(&serve, port_a, &["/cam=h264"]).expect("server a again");
+    let _server_a = RtspProcess::start(&serve, hold.release(), &["/cam=h264"]).expect("server a again");
     let restarted = Instant::now();
     rec.wait_for(WAIT, "flaky camera to resume after its server came back", |m| {
         m.iter().filter(|r| r.json["camera"] == "flaky" && r.at > restarted).count() >= 2
