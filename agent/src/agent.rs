@@ -21,7 +21,8 @@ use crate::infer::{self, Analysed, Detector};
 use crate::publish::gaps::{GapAnnouncer, Range};
 use crate::publish::outbox::{GapReason, Outbox, OutboxConfig, OutboxError};
 use crate::publish::{self, Delivery, Presence};
-use crate::source::{self, CameraCtx, FrameFormat};
+use crate::source::{self, CameraCtx, CameraState, FrameFormat};
+use crate::telemetry::{self, Liveness};
 
 /// Capacity of the inference → event channel, in analysed frames. When full, inference
 /// waits (see `infer`).
@@ -84,6 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let (tx, rx) = sync_channel::<Analysed>(ANALYSED_CHANNEL);
     let mut queues: HashMap<String, (Arc<FrameQueue>, FrameFormat)> = HashMap::new();
     let mut workers = Vec::new();
+    let liveness = Liveness::default();
     for m in &config.models {
         if !config.cameras.iter().any(|c| c.model == m.name) {
             continue;
@@ -93,9 +95,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         let (h, w) = m.spec.input_size();
         let queue = Arc::new(FrameQueue::new());
         let (q, out, max_batch) = (queue.clone(), tx.clone(), config.inference.max_batch);
+        let alive = liveness.guard();
         let handle = std::thread::Builder::new()
             .name(format!("infer-{}", m.name))
-            .spawn(move || infer::run_worker(det, q, max_batch, out))
+            .spawn(move || {
+                let _alive = alive;
+                infer::run_worker(det, q, max_batch, out)
+            })
             .context("spawning inference thread")?;
         info!(model = %m.name, version = %m.spec.version, sha256 = %m.spec.sha256, "model loaded");
         workers.push(handle);
@@ -116,9 +122,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let events = {
         let (delivery, topics, site, agent_id) = (delivery.clone(), topics.clone(), site.clone(), agent_id.clone());
         let fsync = config.outbox.fsync_interval;
+        let alive = liveness.guard();
         std::thread::Builder::new()
             .name("events".into())
-            .spawn(move || run_events(rx, &delivery, &topics, &site, &agent_id, fsync))
+            .spawn(move || {
+                let _alive = alive;
+                run_events(rx, &delivery, &topics, &site, &agent_id, fsync)
+            })
             .context("spawning event thread")?
     };
 
@@ -141,9 +151,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         )));
     }
     info!(cameras = cameras.len(), "agent running");
+    let health = tokio::spawn(health_loop(cameras.clone(), delivery.clone(), liveness.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;
     info!("shutting down");
+    telemetry::systemd::stopping();
+    let _ = health.await;
     for t in camera_tasks {
         let _ = t.await;
     }
@@ -229,6 +242,51 @@ fn run_events(rx: Receiver<Analysed>, delivery: &Delivery, topics: &Topics, site
             }
             last_sync = Instant::now();
             delivery.wake.notify_one();
+        }
+    }
+}
+
+/// Tells systemd when the agent is ready (first MQTT connection, or after a while without
+/// one: the outbox buffers meanwhile), keeps its status line current, and pings the
+/// watchdog only while every inference and event thread is alive, so a dead one gets the
+/// service restarted.
+async fn health_loop(
+    cameras: Vec<Arc<CameraCtx>>,
+    delivery: Arc<Delivery>,
+    liveness: Liveness,
+    shutdown: CancellationToken,
+) {
+    let expected = liveness.alive();
+    let started = Instant::now();
+    let mut ready = false;
+    let watchdog = telemetry::systemd::watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let streaming = cameras.iter().filter(|c| c.state().0 == CameraState::Streaming).count();
+        let connected = delivery.stats.connected.load(Ordering::Relaxed);
+        let pending = delivery.outbox().stats().pending_records;
+        let status = format!(
+            "{streaming}/{} cameras streaming; MQTT {}; {pending} messages awaiting the broker",
+            cameras.len(),
+            if connected { "connected" } else { "not connected" }
+        );
+        if !ready && (connected || started.elapsed() >= telemetry::READY_WITHOUT_MQTT_AFTER) {
+            ready = true;
+            telemetry::systemd::ready(&status);
+        } else {
+            telemetry::systemd::status(&status);
+        }
+        let alive = liveness.alive();
+        if alive == expected {
+            if watchdog.is_some() {
+                telemetry::systemd::watchdog();
+            }
+        } else {
+            error!(alive, expected, "an inference or event thread has died; withholding the watchdog ping");
         }
     }
 }

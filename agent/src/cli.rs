@@ -30,6 +30,27 @@ pub enum Command {
         /// The config file (TOML).
         config: PathBuf,
     },
+    /// Check one camera before adding it: codec, resolution, frame rate, keyframe
+    /// interval, bitrate, and the model's detections on one frame (written as a JPEG).
+    Probe {
+        /// The camera's rtsp:// URL.
+        url: String,
+        /// Seconds to watch the stream (two keyframes are needed for their interval).
+        #[arg(long, default_value_t = 6)]
+        seconds: u64,
+        /// RTSP over UDP instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        /// Model manifest (default: the bundled person detector).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Report detections at or above this score.
+        #[arg(long, default_value_t = 0.5)]
+        min_score: f32,
+        /// Where to write the frame with boxes drawn.
+        #[arg(long, default_value = "probe.jpg")]
+        out: PathBuf,
+    },
     /// Run everything locally: the bundled clip served over RTSP, a local broker, the
     /// default model; prints one line per published message.
     Demo {

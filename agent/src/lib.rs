@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod infer;
+pub mod probe;
 pub mod publish;
 pub mod source;
 pub mod telemetry;

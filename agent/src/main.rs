@@ -39,6 +39,24 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Probe { url, seconds, udp, manifest, min_score, out } => {
+            let manifest = match manifest.map_or_else(lookout::demo::default_manifest, Ok) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let transport = if udp { lookout::config::Transport::Udp } else { lookout::config::Transport::Tcp };
+            let opts = lookout::probe::ProbeOptions { url, seconds, transport, manifest, min_score, out };
+            match lookout::probe::run(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { cameras, mqtt, fps, seconds } => block_on(async move {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -181,6 +181,8 @@ async fn camera_resumes_after_its_rtsp_server_restarts_while_another_camera_neve
     let dir = scratch("restart");
     let config = write_config(&dir, &broker.url(), &cams).expect("config");
     let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
+    let status =
+        Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/flaky/status").await.expect("sub");
     let agent = AgentProcess::start(&config).expect("agent");
     rec.wait_for(WAIT, "both cameras streaming", |m| {
         ["flaky", "steady"].iter().all(|id| m.iter().filter(|r| r.json["camera"] == *id).count() >= 2)
@@ -201,6 +203,15 @@ async fn camera_resumes_after_its_rtsp_server_restarts_while_another_camera_neve
     let quiet_from = killed + Duration::from_secs(2);
     let flaky_during_outage = rec.from_camera("flaky").iter().filter(|r| r.at > quiet_from).count();
     assert_eq!(flaky_during_outage, 0, "the flaky camera cannot publish while its server is down");
+    // Its retained status says so, with the reason, and never claims it streams meanwhile.
+    let states: Vec<String> = status
+        .snapshot()
+        .iter()
+        .filter(|r| r.at > killed)
+        .map(|r| format!("{} ({})", r.json["state"], r.json["reason"]))
+        .collect();
+    assert!(states.iter().any(|s| s.starts_with("\"reconnecting\"")), "status during the outage: {states:?}");
+    assert!(!states.iter().any(|s| s.starts_with("\"streaming\"")), "status during the outage: {states:?}");
 
     let _server_a = RtspProcess::start(&serve, hold.release(), &["/cam=h264"]).expect("server a again");
     let restarted = Instant::now();
@@ -276,4 +287,36 @@ fn missing_onnx_runtime_is_refused_with_instructions() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("/nonexistent/libonnxruntime.so.1") && err.contains("scripts/setup.sh"), "{err}");
+}
+
+#[test]
+fn probe_reports_the_stream_and_writes_the_frame_with_boxes() {
+    let server = RtspServer::start(
+        0,
+        vec![("/img".into(), Media::Still { image: media_file("grace_hopper.jpg").expect("media") })],
+    )
+    .expect("rtsp server");
+    let out = scratch("probe").join("frame.jpg");
+    let run = std::process::Command::new(lookout_bin())
+        .args(["probe", &server.url("/img"), "--seconds", "4", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run probe");
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{text}\n{}", String::from_utf8_lossy(&run.stderr));
+    for expected in [
+        "codec:              H264",
+        "resolution:         512x600",
+        "frame rate:         5.0 fps",
+        "detections (≥ 0.5):  1",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains("keyframe interval:  1.0") || text.contains("keyframe interval:  0.9"), "{text}");
+    let img = image::open(&out).expect("the frame is a readable JPEG");
+    assert_eq!((img.width(), img.height()), (512, 600));
+    // The box is drawn in red along the person's edges (the reference box starts near x=0.003 w, y=0.027 h).
+    let px = img.to_rgb8();
+    let reds = px.pixels().filter(|p| p[0] > 200 && p[1] < 90 && p[2] < 90).count();
+    assert!(reds > 1000, "expected a drawn box, found {reds} red pixels");
 }

@@ -41,6 +41,12 @@ pub fn default_manifest() -> anyhow::Result<PathBuf> {
             dirs.push(root.join("models"));
         }
     }
+    if let Some(root) =
+        std::env::current_exe().ok().and_then(|e| e.parent().and_then(|p| p.parent()).map(|p| p.to_path_buf()))
+    {
+        // /usr/bin/lookout → /usr/share/lookout/models (packaged installs).
+        dirs.push(root.join("share/lookout/models"));
+    }
     dirs.push("/usr/share/lookout/models".into());
     dirs.iter()
         .map(|d| d.join(REL))

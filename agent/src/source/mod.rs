@@ -285,6 +285,8 @@ async fn watch_bus(
     pipeline.set_state(gst::State::Playing).map_err(|e| SourceError::build(&camera, e))?;
     ctx.touch();
     let started = Instant::now();
+    // The counter is cumulative over the camera's life: this run streams once it grows.
+    let frames_before = ctx.stats.sampled_frames.load(Ordering::Relaxed);
     let mut streaming = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -297,7 +299,7 @@ async fn watch_bus(
                     return Err(SourceError::Stalled { camera, seconds: quiet.as_secs() });
                 }
                 let frames = ctx.stats.sampled_frames.load(Ordering::Relaxed);
-                if !streaming && frames > 0 {
+                if !streaming && frames > frames_before {
                     streaming = true;
                     ctx.set_state(CameraState::Streaming, None);
                     info!("camera streaming");
