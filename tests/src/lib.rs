@@ -119,11 +119,17 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start(config: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(config, &[])
+    }
+
+    /// With extra environment variables (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let log = config.with_extension("log");
         let err = std::fs::File::create(&log)?;
         let child = Command::new(lookout_bin())
             .args(["run", "--summary", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -374,3 +374,42 @@ async fn will_marks_the_agent_offline_when_it_is_killed() {
     assert_eq!(got[0].json["state"], "offline");
     assert_eq!(got[0].json["reason"], "connection lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_when_ready_pings_the_watchdog_and_says_when_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let broker = Mosquitto::start().expect("mosquitto");
+    let s = setup("notify", &broker.url(), 1, 1.0, "");
+    let socket_path = s.dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let agent = AgentProcess::start_with_env(
+        &s.config,
+        &[("NOTIFY_SOCKET", &socket_path.display().to_string()), ("WATCHDOG_USEC", "2000000")],
+    )
+    .expect("agent");
+    // One entry per datagram: systemd reads each as one notification.
+    let mut got: Vec<String> = Vec::new();
+    let read = |got: &mut Vec<String>| {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    let has = |got: &[String], line: &str| got.iter().filter(|d| d.lines().any(|l| l == line)).count();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(has(&got, "READY=1") > 0 && has(&got, "WATCHDOG=1") >= 2) {
+        assert!(std::time::Instant::now() < deadline, "no READY and watchdog pings: {got:?}\n{}", agent.log());
+        read(&mut got);
+    }
+    // Ready, with its status line, only once MQTT was connected (the broker is up).
+    let ready = got.iter().find(|d| d.lines().any(|l| l == "READY=1")).expect("ready");
+    assert!(ready.contains("STATUS=") && ready.contains("MQTT connected"), "{ready}");
+    assert_eq!(has(&got, "READY=1"), 1, "READY only once: {got:?}");
+    let (status_code, _) = agent.stop().expect("stop");
+    assert!(status_code.success());
+    for _ in 0..10 {
+        read(&mut got);
+    }
+    assert_eq!(has(&got, "STOPPING=1"), 1, "{got:?}");
+}
