@@ -21,8 +21,8 @@ use crate::infer::{self, Analysed, Detector};
 use crate::publish::gaps::{GapAnnouncer, Range};
 use crate::publish::outbox::{GapReason, Outbox, OutboxConfig, OutboxError};
 use crate::publish::{self, Delivery, Presence};
-use crate::source::{self, CameraCtx, CameraState, FrameFormat};
-use crate::telemetry::{self, Liveness};
+use crate::source::{self, CameraCtx, FrameFormat};
+use crate::telemetry::{self, Liveness, http::Health};
 
 /// Capacity of the inference → event channel, in analysed frames. When full, inference
 /// waits (see `infer`).
@@ -151,12 +151,26 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         )));
     }
     info!(cameras = cameras.len(), "agent running");
-    let health = tokio::spawn(health_loop(cameras.clone(), delivery.clone(), liveness.clone(), shutdown.clone()));
+    let health = Arc::new(Health {
+        cameras: cameras.clone(),
+        delivery: delivery.clone(),
+        expected_threads: liveness.alive(),
+        liveness: liveness.clone(),
+        ready: std::sync::atomic::AtomicBool::new(false),
+    });
+    let health_task = tokio::spawn(health_loop(health.clone(), shutdown.clone()));
+    let http = config
+        .telemetry
+        .listen
+        .map(|addr| tokio::spawn(telemetry::http::serve(addr, health.clone(), shutdown.clone())));
 
     shutdown.cancelled().await;
     info!("shutting down");
     telemetry::systemd::stopping();
-    let _ = health.await;
+    let _ = health_task.await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     for t in camera_tasks {
         let _ = t.await;
     }
@@ -250,15 +264,8 @@ fn run_events(rx: Receiver<Analysed>, delivery: &Delivery, topics: &Topics, site
 /// one: the outbox buffers meanwhile), keeps its status line current, and pings the
 /// watchdog only while every inference and event thread is alive, so a dead one gets the
 /// service restarted.
-async fn health_loop(
-    cameras: Vec<Arc<CameraCtx>>,
-    delivery: Arc<Delivery>,
-    liveness: Liveness,
-    shutdown: CancellationToken,
-) {
-    let expected = liveness.alive();
+async fn health_loop(health: Arc<Health>, shutdown: CancellationToken) {
     let started = Instant::now();
-    let mut ready = false;
     let watchdog = telemetry::systemd::watchdog_interval();
     let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5)));
     loop {
@@ -266,27 +273,26 @@ async fn health_loop(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let streaming = cameras.iter().filter(|c| c.state().0 == CameraState::Streaming).count();
-        let connected = delivery.stats.connected.load(Ordering::Relaxed);
-        let pending = delivery.outbox().stats().pending_records;
-        let status = format!(
-            "{streaming}/{} cameras streaming; MQTT {}; {pending} messages awaiting the broker",
-            cameras.len(),
-            if connected { "connected" } else { "not connected" }
-        );
-        if !ready && (connected || started.elapsed() >= telemetry::READY_WITHOUT_MQTT_AFTER) {
-            ready = true;
+        let status = health.status_line();
+        let connected = health.delivery.stats.connected.load(Ordering::Relaxed);
+        if !health.ready.load(Ordering::Relaxed)
+            && (connected || started.elapsed() >= telemetry::READY_WITHOUT_MQTT_AFTER)
+        {
+            health.ready.store(true, Ordering::Relaxed);
             telemetry::systemd::ready(&status);
         } else {
             telemetry::systemd::status(&status);
         }
-        let alive = liveness.alive();
-        if alive == expected {
+        if health.healthy() {
             if watchdog.is_some() {
                 telemetry::systemd::watchdog();
             }
         } else {
-            error!(alive, expected, "an inference or event thread has died; withholding the watchdog ping");
+            error!(
+                alive = health.liveness.alive(),
+                expected = health.expected_threads,
+                "an inference or event thread has died; withholding the watchdog ping"
+            );
         }
     }
 }

@@ -88,7 +88,7 @@ pub fn write_config(dir: &Path, broker_url: &str, cams: &[Cam<'_>]) -> anyhow::R
     std::fs::create_dir_all(dir)?;
     let mut s = format!(
         "[agent]\nsite = \"test-site\"\nid = \"gw-test\"\nstate_dir = \"{}\"\n\n[mqtt]\nurl = \"{broker_url}\"\n\n\
-         [inference]\nthreads = 1\n\n[[models]]\nname = \"person\"\nmanifest = \"{}\"\n",
+         [inference]\nthreads = 1\n\n[telemetry]\nlisten = \"off\"\n\n[[models]]\nname = \"person\"\nmanifest = \"{}\"\n",
         dir.join("state").display(),
         default_manifest().display()
     );
@@ -280,6 +280,19 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no status line")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
 }
 
 /// Intersection over union of two `{x,y,w,h}` JSON boxes.

@@ -413,3 +413,41 @@ async fn tells_systemd_when_ready_pings_the_watchdog_and_says_when_stopping() {
     }
     assert_eq!(has(&got, "STOPPING=1"), 1, "{got:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_readiness_health_and_metrics() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let s = setup("telemetry", &broker.url(), 1, 2.0, "");
+    let port = free_port().expect("port");
+    let text = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(&s.config, text.replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\"")))
+        .expect("write");
+    let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
+    let agent = AgentProcess::start(&s.config).expect("agent");
+    rec.wait_for(WAIT, "messages", |m| count_seq(m) >= 3).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let (code, body) = http_get(port, "/readyz").expect("readyz");
+    assert_eq!(code, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(ready["ready"], true);
+    assert!(ready["status"].as_str().is_some_and(|s| s.contains("1/1 cameras streaming")), "{body}");
+    assert_eq!(http_get(port, "/healthz").expect("healthz").0, 200);
+    let (code, metrics) = http_get(port, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    assert!(value("lookout_frames_analysed_total{camera=\"cam-0\"}") >= 3.0);
+    assert!(
+        value("lookout_frames_received_total{camera=\"cam-0\"}")
+            > value("lookout_frames_decoded_total{camera=\"cam-0\"}") - 1.0
+    );
+    assert_eq!(value("lookout_mqtt_connected"), 1.0);
+    assert_eq!(value("lookout_up"), 1.0);
+    assert!(value("lookout_mqtt_acked_total") >= 1.0);
+    drop(agent);
+}

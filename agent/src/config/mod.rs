@@ -45,6 +45,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub inference: InferenceConfig,
     pub outbox: OutboxSettings,
+    pub telemetry: TelemetryConfig,
     pub models: Vec<ModelConfig>,
     pub cameras: Vec<CameraConfig>,
 }
@@ -151,6 +152,14 @@ pub struct InferenceConfig {
     /// `spinning` (default false): ONNX Runtime's intra-op spin-wait. Off because spinning
     /// made latency erratic on a busy 2-core gateway (see docs/BENCHMARKS.md).
     pub spinning: bool,
+}
+
+/// `[telemetry]` (optional section)
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `listen` (default "127.0.0.1:9464"; "off" disables): where `/readyz`, `/healthz`
+    /// and `/metrics` are served. Loopback by default: it is for the gateway itself.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[[models]]`
@@ -391,6 +400,28 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         t.finish(&mut issues);
     }
 
+    let mut telemetry = TelemetryConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))) };
+    if let Some(mut t) = root.table(&mut issues, "telemetry", false) {
+        if let Some(l) = t.opt::<String>(&mut issues, "listen") {
+            telemetry.listen = match l.as_str() {
+                "off" | "" => None,
+                addr => match addr.parse() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        let s = t.raw("listen").map(|v| v.span());
+                        issues.push(
+                            &t.field_path("listen"),
+                            s.as_ref(),
+                            format!("\"{addr}\" is not host:port (e.g. \"127.0.0.1:9464\") or \"off\""),
+                        );
+                        None
+                    }
+                },
+            };
+        }
+        t.finish(&mut issues);
+    }
+
     let mut models = Vec::new();
     let before = issues.list.len();
     let model_tables = root.tables(&mut issues, "models");
@@ -465,6 +496,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 mqtt,
                 inference,
                 outbox,
+                telemetry,
                 models,
                 cameras,
             })

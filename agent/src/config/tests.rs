@@ -169,7 +169,10 @@ fn unknown_keys_are_reported_with_their_line_and_the_accepted_keys() {
     let all = issues(&src);
     assert_eq!(all.len(), 3, "{all:#?}");
     assert_issue(&all, &src, "debug", "debug = true", "unknown field");
-    assert!(only(&all, "debug").message.contains("agent, mqtt, outbox, inference, models, cameras"), "{all:#?}");
+    assert!(
+        only(&all, "debug").message.contains("agent, mqtt, outbox, inference, telemetry, models, cameras"),
+        "{all:#?}"
+    );
     assert_issue(
         &all,
         &src,
@@ -513,7 +516,7 @@ min_score = true
         (24, "cameras[1].model", "unknown model \"bus\" (models: car, person)"),
         (25, "cameras[1].transport", "unknown value \"carrier-pigeon\""),
         (30, "cameras[2].min_score", "expected a number, found boolean"),
-        (2, "lookout", "unknown field, expected one of: agent, mqtt, outbox, inference, models, cameras"),
+        (2, "lookout", "unknown field, expected one of: agent, mqtt, outbox, inference, telemetry, models, cameras"),
     ];
     assert_eq!(err.issues.len(), expected.len(), "{err}");
     let shown = err.to_string();

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
+pub mod http;
+
 /// Logs to stderr (the journal under systemd); `RUST_LOG` overrides the default level (`info`).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

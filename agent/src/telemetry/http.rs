@@ -1,0 +1,152 @@
+//! The telemetry listener (`[telemetry] listen`, loopback by default):
+//!
+//! - `GET /healthz`: 200 while every inference and event thread is alive, else 503.
+//! - `GET /readyz`: 200 once the agent is ready (models loaded and MQTT connected, or 20 s
+//!   without a broker, exactly when systemd is told READY), else 503; the body is the
+//!   status line as JSON either way.
+//! - `GET /metrics`: Prometheus text format, `lookout_<name>_<unit>[_total]`, per-camera
+//!   series labelled `camera`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::Liveness;
+use crate::publish::Delivery;
+use crate::source::{CameraCtx, CameraState};
+
+/// What the endpoints report on.
+pub struct Health {
+    pub cameras: Vec<Arc<CameraCtx>>,
+    pub delivery: Arc<Delivery>,
+    pub liveness: Liveness,
+    /// Threads that must be alive (counted when they were started).
+    pub expected_threads: usize,
+    /// Set by the health loop when systemd is told READY.
+    pub ready: AtomicBool,
+}
+
+impl Health {
+    pub fn healthy(&self) -> bool {
+        self.liveness.alive() == self.expected_threads
+    }
+
+    /// The one-line status also sent to systemd.
+    pub fn status_line(&self) -> String {
+        let streaming = self.cameras.iter().filter(|c| c.state().0 == CameraState::Streaming).count();
+        let connected = self.delivery.stats.connected.load(Ordering::Relaxed);
+        let pending = self.delivery.outbox().stats().pending_records;
+        format!(
+            "{streaming}/{} cameras streaming; MQTT {}; {pending} messages awaiting the broker",
+            self.cameras.len(),
+            if connected { "connected" } else { "not connected" }
+        )
+    }
+}
+
+/// Serves until `shutdown`. A listener that cannot bind is logged and skipped: telemetry
+/// must never stop the agent.
+pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: CancellationToken) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(%addr, error = %e, "cannot listen for telemetry; /readyz and /metrics are off");
+            return;
+        }
+    };
+    info!(addr = %listener.local_addr().unwrap_or(addr), "telemetry listening");
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health);
+    let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+    if let Err(e) = result {
+        error!(error = %e, "telemetry listener failed");
+    }
+}
+
+async fn healthz(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    if h.healthy() { (StatusCode::OK, "ok\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "a worker thread died\n") }
+}
+
+async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    let ready = h.ready.load(Ordering::Relaxed) && h.healthy();
+    let body = serde_json::json!({ "ready": ready, "status": h.status_line() }).to_string();
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&h))
+}
+
+/// A per-camera series: name, help, how to read it.
+type CameraSeries = (&'static str, &'static str, fn(&CameraCtx) -> u64);
+
+fn render(h: &Health) -> String {
+    let mut out = String::new();
+    let per_camera: [CameraSeries; 7] = [
+        ("lookout_frames_received_total", "Encoded frames received from the camera.", |c| {
+            c.stats.encoded_frames.load(Ordering::Relaxed)
+        }),
+        ("lookout_frames_decoded_total", "Frames passed to the decoder.", |c| {
+            c.stats.decoded_frames.load(Ordering::Relaxed)
+        }),
+        (
+            "lookout_frames_replaced_total",
+            "Sampled frames replaced by a newer one before analysis (dropped on purpose).",
+            |c| c.stats.replaced_frames.load(Ordering::Relaxed),
+        ),
+        ("lookout_frames_analysed_total", "Frames the model analysed.", |c| {
+            c.stats.analysed_frames.load(Ordering::Relaxed)
+        }),
+        ("lookout_messages_total", "Messages appended to the outbox.", |c| c.stats.messages.load(Ordering::Relaxed)),
+        ("lookout_camera_restarts_total", "Pipeline restarts after a failure.", |c| {
+            c.stats.restarts.load(Ordering::Relaxed)
+        }),
+        ("lookout_camera_streaming", "1 while the camera streams.", |c| {
+            u64::from(c.state().0 == CameraState::Streaming)
+        }),
+    ];
+    for (name, help, get) in per_camera {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for c in &h.cameras {
+            let _ = writeln!(out, "{name}{{camera=\"{}\"}} {}", c.id, get(c));
+        }
+    }
+    let o = h.delivery.outbox().stats();
+    let s = &h.delivery.stats;
+    let global: [(&str, &str, &str, u64); 6] = [
+        (
+            "lookout_mqtt_connected",
+            "gauge",
+            "1 while connected to the broker.",
+            u64::from(s.connected.load(Ordering::Relaxed)),
+        ),
+        ("lookout_mqtt_acked_total", "counter", "Messages the broker acknowledged.", s.acked.load(Ordering::Relaxed)),
+        (
+            "lookout_outbox_pending_messages",
+            "gauge",
+            "Messages awaiting the broker's acknowledgement.",
+            o.pending_records,
+        ),
+        ("lookout_outbox_pending_bytes", "gauge", "Disk used by those messages.", o.pending_bytes),
+        ("lookout_outbox_dropped_total", "counter", "Messages dropped (announced as delivery.gap).", o.dropped_total),
+        ("lookout_up", "gauge", "1 while every worker thread is alive.", u64::from(h.healthy())),
+    ];
+    for (name, kind, help, v) in global {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    out
+}
