@@ -267,7 +267,9 @@ fn run_events(rx: Receiver<Analysed>, delivery: &Delivery, topics: &Topics, site
 async fn health_loop(health: Arc<Health>, shutdown: CancellationToken) {
     let started = Instant::now();
     let watchdog = telemetry::systemd::watchdog_interval();
-    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5)));
+    // Each second: readiness follows the first MQTT connection closely, and the
+    // watchdog (pinged at half its period at least) never starves.
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1)));
     loop {
         tokio::select! {
             _ = tick.tick() => {}

@@ -425,7 +425,15 @@ async fn serves_readiness_health_and_metrics() {
     let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
     let agent = AgentProcess::start(&s.config).expect("agent");
     rec.wait_for(WAIT, "messages", |m| count_seq(m) >= 3).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
-    let (code, body) = http_get(port, "/readyz").expect("readyz");
+    // Ready follows the first MQTT connection within the health loop's second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (code, body) = loop {
+        let (code, body) = http_get(port, "/readyz").expect("readyz");
+        if code == 200 || std::time::Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(code, 200, "{body}");
     let ready: Value = serde_json::from_str(&body).expect("readyz JSON");
     assert_eq!(ready["ready"], true);
