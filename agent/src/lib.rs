@@ -11,3 +11,4 @@ pub mod probe;
 pub mod publish;
 pub mod source;
 pub mod telemetry;
+pub mod track;
