@@ -117,10 +117,6 @@ impl Detector {
         Ok(())
     }
 
-    pub fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
     /// Fills `input[i]` from frame pixels: RGB bytes to `pixel * scale + offset`.
     fn preprocess(&self, frames: &[Frame]) -> Result<Array4<f32>, InferError> {
         let (h, w) = self.spec.input_size();

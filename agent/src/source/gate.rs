@@ -31,10 +31,6 @@ impl Sampler {
         Self { interval_ns: (1e9 / fps.max(1e-3)) as u64, origin_ns: None, last_index: None }
     }
 
-    pub fn interval(&self) -> Duration {
-        Duration::from_nanos(self.interval_ns)
-    }
-
     /// Whether a frame with this timestamp is due; a `true` answer consumes the interval.
     pub fn accept(&mut self, pts_ns: u64) -> bool {
         let (pts, interval) = (pts_ns as i128, self.interval_ns.max(1) as i128);
