@@ -11,4 +11,5 @@ pub mod probe;
 pub mod publish;
 pub mod source;
 pub mod telemetry;
+pub mod rules;
 pub mod track;
