@@ -8,7 +8,7 @@
 
 mod reader;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +18,8 @@ use reader::{Issues, Keyword, TableReader};
 
 use crate::infer::model::ModelSpec;
 use crate::publish::outbox::OutboxFullPolicy;
+use crate::rules::geometry::{self, Point};
+use crate::rules::{LineRule, ReferencePoint, RulesConfig, ZoneRule};
 
 /// Every problem found in a config file. Display lists them one per line.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,40 @@ pub struct CameraConfig {
     pub decode: DecodePolicy,
     /// `reconnect_min_secs` / `reconnect_max_secs` (defaults 1 and 30).
     pub reconnect: ReconnectPolicy,
+    /// `lost_after` (seconds, default the larger of 5 and 3 analysed frames, `3 / fps`): a
+    /// tracked object unseen this long ends (`object.end`).
+    pub lost_after: Duration,
+    /// `count_interval` (seconds, default 60, at least 1): how often the camera's
+    /// `counts` message is published.
+    pub count_interval: Duration,
+    /// `[[cameras.zones]]`, `[[cameras.lines]]`, `reference_point` (default
+    /// "bottom_center") and `update_interval` (seconds, default off): the camera's rules,
+    /// with class names resolved to the model's class ids.
+    pub rules: RulesConfig,
+    /// `snapshots` (default true), `snapshot_max_side` (default 640 px, 32 to 4096) and
+    /// `snapshot_quality` (default 80, 1 to 100): JPEG snapshots of `object.new` and
+    /// `object.end`.
+    pub snapshots: SnapshotPolicy,
+}
+
+/// Whether and how a camera publishes JPEG snapshots of its objects.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotPolicy {
+    pub enabled: bool,
+    /// Longest side of the JPEG in pixels; smaller frames are not enlarged.
+    pub max_side: u32,
+    pub quality: u8,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self { enabled: true, max_side: 640, quality: 80 }
+    }
+}
+
+impl Keyword for ReferencePoint {
+    const ALL: &'static [(&'static str, Self)] =
+        &[("bottom_center", ReferencePoint::BottomCenter), ("center", ReferencePoint::Center)];
 }
 
 /// RTSP lower transport for a camera.
@@ -468,6 +504,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     // Names of models whose manifests failed still count as known, so their cameras
     // don't get a second, misleading "unknown model" error.
     let model_names: HashSet<String> = root_model_names(doc.get_ref());
+    let labels: HashMap<&str, &[String]> = models.iter().map(|m| (m.name.as_str(), &m.spec.labels[..])).collect();
 
     let mut cameras: Vec<CameraConfig> = Vec::new();
     let before = issues.list.len();
@@ -478,7 +515,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     // Every id seen, including those of cameras with other problems.
     let mut camera_ids: Vec<String> = Vec::new();
     for mut t in camera_tables {
-        if let Some(c) = read_camera(&mut issues, &mut t, &model_names, &mut camera_ids) {
+        if let Some(c) = read_camera(&mut issues, &mut t, &model_names, &labels, &mut camera_ids) {
             cameras.push(c);
         }
         t.finish(&mut issues);
@@ -514,6 +551,7 @@ fn read_camera(
     issues: &mut Issues<'_>,
     t: &mut TableReader<'_, '_>,
     model_names: &HashSet<String>,
+    labels: &HashMap<&str, &[String]>,
     seen_ids: &mut Vec<String>,
 ) -> Option<CameraConfig> {
     let id = t.req::<String>(issues, "id");
@@ -525,6 +563,18 @@ fn read_camera(
     let decode = t.keyword(issues, "decode", DecodePolicy::Auto);
     let rmin = t.opt::<f64>(issues, "reconnect_min_secs").unwrap_or(1.0);
     let rmax = t.opt::<f64>(issues, "reconnect_max_secs").unwrap_or(30.0);
+    let lost_after = t.opt::<f64>(issues, "lost_after");
+    let count_interval = t.opt::<f64>(issues, "count_interval").unwrap_or(60.0);
+    let update_interval = t.opt::<f64>(issues, "update_interval");
+    let reference = t.keyword(issues, "reference_point", ReferencePoint::BottomCenter);
+    let snapshots = SnapshotPolicy {
+        enabled: t.opt::<bool>(issues, "snapshots").unwrap_or(true),
+        max_side: t.opt::<u64>(issues, "snapshot_max_side").unwrap_or(640).min(u32::MAX as u64) as u32,
+        quality: t.opt::<u64>(issues, "snapshot_quality").unwrap_or(80).min(255) as u8,
+    };
+    let class_ids = model.as_deref().and_then(|m| labels.get(m).copied());
+    let zones = read_zones(issues, t, class_ids);
+    let lines = read_lines(issues, t, class_ids);
 
     let span_of = |t: &mut TableReader<'_, '_>, key: &str| t.raw(key).map(|v| v.span());
     if let Some(id) = &id {
@@ -571,7 +621,31 @@ fn read_camera(
             "need 0 < reconnect_min_secs ≤ reconnect_max_secs",
         );
     }
+    let mut positive = |key: &str, v: Option<f64>, min: f64| {
+        if let Some(v) = v
+            && !(v >= min && v.is_finite())
+        {
+            let s = span_of(t, key);
+            issues.push(&t.field_path(key), s.as_ref(), format!("must be at least {min} seconds, got {v}"));
+        }
+    };
+    positive("lost_after", lost_after, 0.1);
+    positive("count_interval", Some(count_interval), 1.0);
+    positive("update_interval", update_interval, 0.1);
+    if !(32..=4096).contains(&snapshots.max_side) {
+        let s = span_of(t, "snapshot_max_side");
+        issues.push(&t.field_path("snapshot_max_side"), s.as_ref(), "must be from 32 to 4096 pixels");
+    }
+    if !(1..=100).contains(&snapshots.quality) {
+        let s = span_of(t, "snapshot_quality");
+        issues.push(&t.field_path("snapshot_quality"), s.as_ref(), "must be from 1 to 100");
+    }
+    let secs = |v: f64| Duration::from_secs_f64(v.clamp(0.1, 1e9));
     Some(CameraConfig {
+        lost_after: secs(lost_after.unwrap_or((3.0 / fps.max(0.01)).max(5.0))),
+        count_interval: secs(count_interval),
+        rules: RulesConfig { zones, lines, reference, update_interval: update_interval.map(secs) },
+        snapshots,
         id: id?,
         url: url?,
         model: model?,
@@ -688,3 +762,136 @@ fn resolve_path(base_dir: &Path, cwd: &Path, p: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests;
+
+/// Class names to the model's class ids, reporting unknown ones; `None` labels (the
+/// model failed to load, already reported) accept every name and give no ids.
+fn read_classes(
+    issues: &mut Issues<'_>,
+    t: &mut TableReader<'_, '_>,
+    labels: Option<&[String]>,
+) -> Vec<u32> {
+    let Some(names) = t.opt::<Vec<String>>(issues, "classes") else { return Vec::new() };
+    let Some(labels) = labels else { return Vec::new() };
+    let mut ids = Vec::new();
+    for n in names {
+        match labels.iter().position(|l| *l == n) {
+            Some(i) => ids.push(i as u32),
+            None => {
+                let s = t.raw("classes").map(|v| v.span());
+                issues.push(
+                    &t.field_path("classes"),
+                    s.as_ref(),
+                    format!("unknown class \"{n}\" (the model's classes: {})", labels.join(", ")),
+                );
+            }
+        }
+    }
+    ids
+}
+
+/// A rule's name: non-empty, unique among the camera's zones (or lines).
+fn check_rule_name(issues: &mut Issues<'_>, t: &mut TableReader<'_, '_>, name: &str, seen: &mut Vec<String>) {
+    let s = t.raw("name").map(|v| v.span());
+    if name.trim().is_empty() {
+        issues.push(&t.field_path("name"), s.as_ref(), "must not be empty");
+    } else if seen.iter().any(|n| n == name) {
+        issues.push(&t.field_path("name"), s.as_ref(), format!("duplicate name \"{name}\""));
+    }
+    seen.push(name.to_string());
+}
+
+/// Normalised points: every coordinate in [0, 1].
+fn read_points(issues: &mut Issues<'_>, t: &mut TableReader<'_, '_>, key: &str) -> Option<Vec<Point>> {
+    let pts = t.req::<Vec<[f64; 2]>>(issues, key)?;
+    if let Some((i, _)) = pts.iter().enumerate().find(|(_, p)| !p.iter().all(|c| (0.0..=1.0).contains(c))) {
+        let s = t.raw(key).map(|v| v.span());
+        issues.push(
+            &t.field_path(key),
+            s.as_ref(),
+            format!("point {i} is outside the frame: coordinates are normalised to [0, 1] (x right, y down)"),
+        );
+        return None;
+    }
+    Some(pts.iter().map(|p| Point::new(p[0] as f32, p[1] as f32)).collect())
+}
+
+fn read_zones(issues: &mut Issues<'_>, cam: &mut TableReader<'_, '_>, labels: Option<&[String]>) -> Vec<ZoneRule> {
+    let mut zones = Vec::new();
+    let mut names = Vec::new();
+    for mut t in cam.tables(issues, "zones") {
+        let name = t.req::<String>(issues, "name");
+        let polygon = read_points(issues, &mut t, "polygon");
+        let loiter = t.opt::<f64>(issues, "loiter_seconds");
+        let max_objects = t.opt::<usize>(issues, "max_objects");
+        let classes = read_classes(issues, &mut t, labels);
+        if let Some(n) = &name {
+            check_rule_name(issues, &mut t, n, &mut names);
+        }
+        let polygon = polygon.filter(|poly| {
+            let problem = if poly.len() < 3 {
+                Some("needs at least 3 points")
+            } else if geometry::self_intersects(poly) {
+                Some("crosses itself: list the points in order around the zone")
+            } else if geometry::area2(poly).abs() < 1e-9 {
+                Some("has no area (its points are on one line)")
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                let s = t.raw("polygon").map(|v| v.span());
+                issues.push(&t.field_path("polygon"), s.as_ref(), p);
+            }
+            problem.is_none()
+        });
+        if let Some(l) = loiter
+            && !(l > 0.0 && l.is_finite())
+        {
+            let s = t.raw("loiter_seconds").map(|v| v.span());
+            issues.push(&t.field_path("loiter_seconds"), s.as_ref(), format!("must be > 0, got {l}"));
+        }
+        t.finish(issues);
+        if let (Some(name), Some(polygon)) = (name, polygon) {
+            let loiter = loiter.filter(|l| *l > 0.0 && l.is_finite()).map(Duration::from_secs_f64);
+            zones.push(ZoneRule { name, polygon, loiter, max_objects, classes });
+        }
+    }
+    zones
+}
+
+fn read_lines(issues: &mut Issues<'_>, cam: &mut TableReader<'_, '_>, labels: Option<&[String]>) -> Vec<LineRule> {
+    let mut lines = Vec::new();
+    let mut names = Vec::new();
+    for mut t in cam.tables(issues, "lines") {
+        let name = t.req::<String>(issues, "name");
+        let points = read_points(issues, &mut t, "points");
+        let directions = t.req::<[String; 2]>(issues, "directions");
+        let classes = read_classes(issues, &mut t, labels);
+        if let Some(n) = &name {
+            check_rule_name(issues, &mut t, n, &mut names);
+        }
+        let points = points.and_then(|p| {
+            let problem = match p.as_slice() {
+                [a, b] if a.dist(*b) < 1e-6 => Some("the two points are the same".to_string()),
+                [_, _] => None,
+                other => Some(format!("needs exactly 2 points (A, B), found {}", other.len())),
+            };
+            if let Some(m) = problem {
+                let s = t.raw("points").map(|v| v.span());
+                issues.push(&t.field_path("points"), s.as_ref(), m);
+                return None;
+            }
+            Some((p[0], p[1]))
+        });
+        if let Some([d0, d1]) = &directions
+            && (d0.trim().is_empty() || d1.trim().is_empty() || d0 == d1)
+        {
+            let s = t.raw("directions").map(|v| v.span());
+            issues.push(&t.field_path("directions"), s.as_ref(), "needs two different, non-empty names");
+        }
+        t.finish(issues);
+        if let (Some(name), Some((a, b)), Some(directions)) = (name, points, directions) {
+            lines.push(LineRule { name, a, b, directions, classes });
+        }
+    }
+    lines
+}

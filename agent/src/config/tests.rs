@@ -612,3 +612,110 @@ fn outbox_section_has_safe_defaults_and_checked_limits() {
     assert_issue(&all, &src, "outbox.max_bytes", "max_bytes", "at least twice segment_bytes");
     assert_issue(&all, &src, "outbox.full_policy", "full_policy", "\"drop_oldest\", \"drop_newest\"");
 }
+
+/// The rules example of issue 3, verbatim.
+const RULES: &str = r#"
+[[cameras.zones]]
+name = "entrance"
+polygon = [[0.1, 0.5], [0.5, 0.5], [0.5, 1.0], [0.1, 1.0]]
+loiter_seconds = 30      # optional
+max_objects = 5          # optional
+[[cameras.lines]]
+name = "gate"
+points = [[0.5, 0.0], [0.5, 1.0]]   # A, B
+directions = ["east", "west"]
+"#;
+
+#[test]
+fn zones_and_lines_are_read_as_written_in_the_spec() {
+    let c = parse_ok(&(minimal() + RULES));
+    let cam = &c.cameras[0];
+    let z = &cam.rules.zones[0];
+    assert_eq!(z.name, "entrance");
+    assert_eq!(z.polygon.len(), 4);
+    assert_eq!(z.polygon[2], Point::new(0.5, 1.0));
+    assert_eq!(z.loiter, Some(Duration::from_secs(30)));
+    assert_eq!(z.max_objects, Some(5));
+    assert!(z.classes.is_empty());
+    let l = &cam.rules.lines[0];
+    assert_eq!((l.name.as_str(), l.a, l.b), ("gate", Point::new(0.5, 0.0), Point::new(0.5, 1.0)));
+    assert_eq!(l.directions, ["east".to_string(), "west".to_string()]);
+    assert_eq!(cam.rules.reference, ReferencePoint::BottomCenter);
+    // Defaults: fps 2 → lost_after max(5, 1.5) = 5 s; counts every minute; snapshots on.
+    assert_eq!(cam.lost_after, Duration::from_secs(5));
+    assert_eq!(cam.count_interval, Duration::from_secs(60));
+    assert_eq!(cam.rules.update_interval, None);
+    assert_eq!(cam.snapshots, SnapshotPolicy { enabled: true, max_side: 640, quality: 80 });
+}
+
+#[test]
+fn lifecycle_and_snapshot_keys_are_read_and_classes_become_ids() {
+    let src = minimal().replace("min_score = 0.5\n", "min_score = 0.5\nfps = 0.5\n").replace("fps = 2.0\n", "")
+        + "lost_after = 12\ncount_interval = 10\nupdate_interval = 30\nreference_point = \"center\"\n"
+        + "snapshots = false\nsnapshot_max_side = 320\nsnapshot_quality = 60\n"
+        + &RULES.replace("max_objects = 5", "classes = [\"person\"]");
+    let cam = &parse_ok(&src).cameras[0];
+    assert_eq!(cam.lost_after, Duration::from_secs(12));
+    assert_eq!(cam.count_interval, Duration::from_secs(10));
+    assert_eq!(cam.rules.update_interval, Some(Duration::from_secs(30)));
+    assert_eq!(cam.rules.reference, ReferencePoint::Center);
+    assert_eq!(cam.snapshots, SnapshotPolicy { enabled: false, max_side: 320, quality: 60 });
+    assert_eq!(cam.rules.zones[0].classes, vec![0]);
+    // At 0.5 fps the lost_after default is 3 frames: 6 s.
+    let slow = minimal().replace("fps = 2.0", "fps = 0.5");
+    assert_eq!(parse_ok(&slow).cameras[0].lost_after, Duration::from_secs(6));
+}
+
+#[test]
+fn bad_zones_and_lines_are_all_reported_with_their_lines() {
+    let src = minimal()
+        + r#"
+[[cameras.zones]]
+name = "bow"
+polygon = [[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+[[cameras.zones]]
+name = "bow"
+polygon = [[0.1, 0.1], [1.5, 0.1], [0.1, 0.9]]
+loiter_seconds = -1
+classes = ["car"]
+[[cameras.zones]]
+name = "flat"
+polygon = [[0.1, 0.1], [0.2, 0.2]]
+[[cameras.lines]]
+name = "gate"
+points = [[0.5, 0.0], [0.5, 0.0]]
+directions = ["in", "in"]
+[[cameras.lines]]
+name = "no-dirs"
+points = [[0.5, 0.0], [0.5, 1.0], [0.6, 1.0]]
+colour = "red"
+"#;
+    let all = issues(&src);
+    assert_issue(&all, &src, "cameras[0].zones[0].polygon", "[[0.0, 0.0], [1.0, 1.0]", "crosses itself");
+    assert_issue(&all, &src, "cameras[0].zones[1].polygon", "[[0.1, 0.1], [1.5", "point 1 is outside the frame");
+    assert_issue(&all, &src, "cameras[0].zones[1].loiter_seconds", "loiter_seconds = -1", "must be > 0");
+    assert_issue(&all, &src, "cameras[0].zones[1].classes", "classes = [\"car\"]", "unknown class \"car\"");
+    assert!(only(&all, "cameras[0].zones[1].name").message.contains("duplicate name \"bow\""));
+    assert_issue(&all, &src, "cameras[0].zones[2].polygon", "[[0.1, 0.1], [0.2, 0.2]]", "at least 3 points");
+    assert_issue(&all, &src, "cameras[0].lines[0].points", "[[0.5, 0.0], [0.5, 0.0]]", "the same");
+    assert_issue(&all, &src, "cameras[0].lines[0].directions", "[\"in\", \"in\"]", "two different");
+    assert_issue(&all, &src, "cameras[0].lines[1].points", "[0.6, 1.0]]", "exactly 2 points");
+    // Missing keys are reported at their table's header, the line above its name.
+    let missing = only(&all, "cameras[0].lines[1].directions");
+    assert_eq!(missing.line, Some(line_of(&src, "name = \"no-dirs\"") - 1), "{missing:?}");
+    assert_issue(&all, &src, "cameras[0].lines[1].colour", "colour = ", "unknown field");
+}
+
+#[test]
+fn bad_lifecycle_and_snapshot_values_are_reported() {
+    let src = minimal()
+        + "lost_after = 0\ncount_interval = 0.5\nupdate_interval = -3\nsnapshot_max_side = 10\nsnapshot_quality = 0\n"
+        + "reference_point = \"feet\"\n";
+    let all = issues(&src);
+    assert_issue(&all, &src, "cameras[0].lost_after", "lost_after = 0", "at least 0.1 seconds");
+    assert_issue(&all, &src, "cameras[0].count_interval", "count_interval", "at least 1 seconds");
+    assert_issue(&all, &src, "cameras[0].update_interval", "update_interval", "at least 0.1 seconds");
+    assert_issue(&all, &src, "cameras[0].snapshot_max_side", "snapshot_max_side", "32 to 4096");
+    assert_issue(&all, &src, "cameras[0].snapshot_quality", "snapshot_quality", "1 to 100");
+    assert_issue(&all, &src, "cameras[0].reference_point", "reference_point", "\"bottom_center\", \"center\"");
+}
