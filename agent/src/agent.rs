@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::event::{AgentInfo, Topics, detections_message, gap_message};
+use crate::event::stage::{CameraEvents, CameraSpec, Outgoing};
+use crate::event::{AgentInfo, ModelOut, Topics, detections_message, gap_message};
 use crate::infer::queue::FrameQueue;
 use crate::infer::{self, Analysed, Detector};
 use crate::publish::gaps::{GapAnnouncer, Range};
@@ -118,16 +119,39 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         cameras.push(Arc::new(CameraCtx::new(&cam.id, min_score)));
     }
 
-    // Event stage: its own thread, as appends and fsyncs block.
+    // Event stage: its own thread, as appends, fsyncs and snapshot encoding block.
     let events = {
         let (delivery, topics, site, agent_id) = (delivery.clone(), topics.clone(), site.clone(), agent_id.clone());
         let fsync = config.outbox.fsync_interval;
+        let stages: Vec<(Arc<CameraCtx>, CameraEvents)> = config
+            .cameras
+            .iter()
+            .zip(&cameras)
+            .filter_map(|(cam, ctx)| {
+                let m = config.model(&cam.model)?;
+                let spec = CameraSpec {
+                    id: cam.id.clone(),
+                    min_score: ctx.min_score,
+                    lost_after: cam.lost_after,
+                    count_interval: cam.count_interval,
+                    rules: cam.rules.clone(),
+                    snapshots: cam.snapshots,
+                    labels: m.spec.labels.clone().into(),
+                    model: ModelOut {
+                        name: m.name.clone(),
+                        version: m.spec.version.clone(),
+                        sha256: m.spec.sha256.clone(),
+                    },
+                };
+                Some((ctx.clone(), CameraEvents::new(spec, &site, &agent_id, topics.clone(), SystemTime::now())))
+            })
+            .collect();
         let alive = liveness.guard();
         std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
                 let _alive = alive;
-                run_events(rx, &delivery, &topics, &site, &agent_id, fsync)
+                run_events(rx, stages, &delivery, &topics, &site, &agent_id, fsync)
             })
             .context("spawning event thread")?
     };
@@ -210,10 +234,22 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     })
 }
 
-/// The event stage: analysed frames become messages appended to the outbox. Syncs the
-/// outbox at most every `fsync` (0: after every message) and wakes the MQTT task when
-/// more is on disk; expires old messages; announces every drop as `delivery.gap`.
-fn run_events(rx: Receiver<Analysed>, delivery: &Delivery, topics: &Topics, site: &str, agent: &str, fsync: Duration) {
+/// The event stage: analysed frames become messages appended to the outbox (per-frame
+/// detections, then each camera's tracks, rules and snapshots; counts on their interval).
+/// Syncs the outbox at most every `fsync` (0: after every message) and wakes the MQTT
+/// task when more is on disk; expires old messages; announces every drop as `delivery.gap`.
+/// At the end every camera's tracks end and its partial counts go out.
+fn run_events(
+    rx: Receiver<Analysed>,
+    mut stages: Vec<(Arc<CameraCtx>, CameraEvents)>,
+    delivery: &Delivery,
+    topics: &Topics,
+    site: &str,
+    agent: &str,
+    fsync: Duration,
+) {
+    let index: HashMap<String, usize> = stages.iter().enumerate().map(|(i, (c, _))| (c.id.clone(), i)).collect();
+    let mut last_tick = Instant::now();
     let mut gaps = GapAnnouncer::default();
     let mut last_sync = Instant::now();
     let mut last_expire = Instant::now();
@@ -221,21 +257,25 @@ fn run_events(rx: Receiver<Analysed>, delivery: &Delivery, topics: &Topics, site
     let mut open = true;
     while open {
         match rx.recv_timeout(fsync.clamp(Duration::from_millis(10), Duration::from_secs(1))) {
-            Ok(a) if !a.detections.is_empty() => {
-                let topic = topics.detections(&a.camera.id);
-                match delivery.outbox().append(&topic, |seq| detections_message(&a, site, agent, seq)) {
-                    Ok(_) => {
-                        a.camera.stats.messages.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Counted and announced as a gap like any other drop.
-                    Err(OutboxError::Refused { seq }) => {
-                        warn!(camera = %a.camera.id, seq, "outbox full: message refused (full_policy = drop_newest)")
-                    }
-                    Err(e) => error!(camera = %a.camera.id, error = %e, "cannot append a message to the outbox"),
+            Ok(a) => {
+                if a.detections.iter().any(|d| d.score >= a.camera.min_score) {
+                    let topic = topics.detections(&a.camera.id);
+                    append(delivery, &a.camera, &topic, |seq| detections_message(&a, site, agent, seq));
+                }
+                if let Some(&i) = index.get(&a.camera.id) {
+                    append_outgoing(delivery, &a.camera, topics, stages[i].1.on_frame(&a));
                 }
             }
-            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        if last_tick.elapsed() >= Duration::from_millis(250) || !open {
+            let now = SystemTime::now();
+            for (ctx, stage) in &mut stages {
+                let outs = if open { stage.tick(now) } else { stage.finish(now) };
+                append_outgoing(delivery, ctx, topics, outs);
+            }
+            last_tick = Instant::now();
         }
         if last_expire.elapsed() >= Duration::from_secs(60) {
             if let Err(e) = delivery.outbox().expire(SystemTime::now()) {
@@ -257,6 +297,36 @@ fn run_events(rx: Receiver<Analysed>, delivery: &Delivery, topics: &Topics, site
             last_sync = Instant::now();
             delivery.wake.notify_one();
         }
+    }
+}
+
+/// Appends one message, counting it for its camera; returns its `seq`. A refusal
+/// (outbox full with `drop_newest`) is counted and announced as a gap like any other drop.
+fn append(delivery: &Delivery, camera: &CameraCtx, topic: &str, build: impl FnOnce(u64) -> Vec<u8>) -> Option<u64> {
+    match delivery.outbox().append(topic, build) {
+        Ok(seq) => {
+            camera.stats.messages.fetch_add(1, Ordering::Relaxed);
+            Some(seq)
+        }
+        Err(OutboxError::Refused { seq }) => {
+            warn!(camera = %camera.id, seq, "outbox full: message refused (full_policy = drop_newest)");
+            Some(seq)
+        }
+        Err(e) => {
+            error!(camera = %camera.id, error = %e, "cannot append a message to the outbox");
+            None
+        }
+    }
+}
+
+/// Appends a camera's messages in order; an event gets the `seq` of the snapshot
+/// appended just before it.
+fn append_outgoing(delivery: &Delivery, camera: &CameraCtx, topics: &Topics, outs: Vec<Outgoing>) {
+    let mut snapshot_seq = None;
+    for out in outs {
+        let is_snapshot = matches!(out, Outgoing::Snapshot { .. });
+        let seq = append(delivery, camera, &out.topic(topics), |seq| out.into_payload(seq, snapshot_seq));
+        snapshot_seq = if is_snapshot { seq } else { None };
     }
 }
 

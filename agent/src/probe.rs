@@ -84,15 +84,8 @@ pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
     }
 
     let spec = ModelSpec::load(&opts.manifest)?;
-    let env = crate::infer::runtime::environment(None)?;
-    let mut det = Detector::new(&spec, &InferenceConfig { threads: 2, max_batch: 1, spinning: false }, &env)?;
-    let input = to_input(&still, &spec)?;
-    let params = NmsParams {
-        min_score: opts.min_score,
-        iou: spec.postprocess.nms_iou,
-        max_detections: spec.postprocess.max_detections,
-    };
-    let dets = det.run(input, &[params])?.into_iter().next().unwrap_or_default();
+    let img = image::RgbImage::from_raw(still.width, still.height, still.rgb.clone()).context("frame size")?;
+    let dets = detect_image(&img, &spec, opts.min_score)?;
     println!("  detections (≥ {}):  {}", opts.min_score, dets.len());
     for d in &dets {
         let label = spec.labels.get(d.class_id as usize).map_or("?", String::as_str);
@@ -215,14 +208,23 @@ fn watch(pipeline: &gst::Pipeline, duration: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn to_input(still: &Still, spec: &ModelSpec) -> anyhow::Result<Array4<f32>> {
-    let img = image::RgbImage::from_raw(still.width, still.height, still.rgb.clone()).context("frame size")?;
+/// Runs the model of `spec` on one image (scaled with `image`'s bilinear filter).
+pub fn detect_image(img: &image::RgbImage, spec: &ModelSpec, min_score: f32) -> anyhow::Result<Vec<Detection>> {
+    let env = crate::infer::runtime::environment(None)?;
+    let mut det = Detector::new(spec, &InferenceConfig { threads: 2, max_batch: 1, spinning: false }, &env)?;
+    let input = to_input(img, spec);
+    let params =
+        NmsParams { min_score, iou: spec.postprocess.nms_iou, max_detections: spec.postprocess.max_detections };
+    Ok(det.run(input, &[params])?.into_iter().next().unwrap_or_default())
+}
+
+fn to_input(img: &image::RgbImage, spec: &ModelSpec) -> Array4<f32> {
     let (h, w) = spec.input_size();
-    let small = image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle);
+    let small = image::imageops::resize(img, w, h, image::imageops::FilterType::Triangle);
     let (scale, offset) = (spec.input.scale, spec.input.offset);
-    Ok(Array4::from_shape_fn((1, h as usize, w as usize, 3), |(_, y, x, c)| {
+    Array4::from_shape_fn((1, h as usize, w as usize, 3), |(_, y, x, c)| {
         small.get_pixel(x as u32, y as u32)[c] as f32 * scale + offset
-    }))
+    })
 }
 
 /// The frame with a 3-pixel box per detection.

@@ -5,6 +5,11 @@
 
 use std::time::SystemTime;
 
+pub mod snapshot;
+pub mod stage;
+
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::infer::Analysed;
@@ -44,6 +49,19 @@ impl Topics {
     pub fn all_detections(&self) -> String {
         format!("{}/cameras/+/detections", self.root)
     }
+
+    pub fn events(&self, camera: &str) -> String {
+        format!("{}/cameras/{camera}/events", self.root)
+    }
+
+    pub fn counts(&self, camera: &str) -> String {
+        format!("{}/cameras/{camera}/counts", self.root)
+    }
+
+    /// A snapshot's topic: named by the id of the event that references it.
+    pub fn snapshot(&self, camera: &str, event_id: &str) -> String {
+        format!("{}/cameras/{camera}/snapshots/{event_id}", self.root)
+    }
 }
 
 /// `lookout.detections/1`: what one analysed frame showed.
@@ -74,6 +92,8 @@ pub struct FrameSize {
 pub struct ModelRef<'a> {
     pub name: &'a str,
     pub version: &'a str,
+    /// Of the model file: which exact weights produced this.
+    pub sha256: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,7 +106,7 @@ pub struct DetectionOut<'a> {
 
 /// Normalised to [0, 1] of the frame, origin top-left, rounded to 5 decimals (a tenth
 /// of a pixel on a 4K frame).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BBoxOut {
     pub x: f64,
     pub y: f64,
@@ -94,7 +114,7 @@ pub struct BBoxOut {
     pub h: f64,
 }
 
-fn round(v: f32, places: i32) -> f64 {
+pub(crate) fn round(v: f32, places: i32) -> f64 {
     let m = 10f64.powi(places);
     (v as f64 * m).round() / m
 }
@@ -116,10 +136,11 @@ pub fn detections_message(a: &Analysed, site: &str, agent: &str, seq: u64) -> Ve
         camera: &a.camera.id,
         ts: rfc3339_millis(a.captured),
         frame: FrameSize { width: a.native_width, height: a.native_height },
-        model: ModelRef { name: &a.model_name, version: &a.model_version },
+        model: ModelRef { name: &a.model_name, version: &a.model_version, sha256: &a.model_sha256 },
         detections: a
             .detections
             .iter()
+            .filter(|d| d.score >= a.camera.min_score)
             .map(|d| DetectionOut {
                 class: a.labels.get(d.class_id as usize).map(String::as_str).unwrap_or("unknown"),
                 class_id: d.class_id,
@@ -131,12 +152,150 @@ pub fn detections_message(a: &Analysed, site: &str, agent: &str, seq: u64) -> Ve
     to_json(&msg)
 }
 
+/// `schema` of object, zone and line events.
+pub const EVENT_SCHEMA: &str = "lookout.event/1";
+/// `schema` of the per-interval counts.
+pub const COUNTS_SCHEMA: &str = "lookout.counts/1";
+
+/// The model an event derives from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelOut {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// `lookout.event/1` on `.../cameras/{camera}/events`. `type` says which optional
+/// parts are present: `object` for object-related types, `zone` for `zone.*`, `line`
+/// for `line.cross`, `snapshot` for `object.new` / `object.end` when one was taken.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventMessage {
+    pub schema: &'static str,
+    pub id: String,
+    pub seq: u64,
+    /// When it happened: the capture time of the frame that showed it.
+    pub ts: String,
+    pub site: String,
+    pub agent: String,
+    pub camera: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub model: ModelOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<ZoneOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<LineOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRef>,
+}
+
+/// A tracked object.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectOut {
+    /// Unique per camera, also across restarts (see docs/EVENTS.md).
+    pub track_id: u64,
+    pub class: String,
+    pub class_id: u32,
+    /// Score of the latest detection.
+    pub score: f64,
+    /// Latest box, normalised.
+    pub bbox: BBoxOut,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// `last_seen − first_seen`, seconds.
+    pub dwell_seconds: f64,
+    pub best_score: f64,
+    /// Zones visited so far, in order of first entry.
+    pub zones: Vec<String>,
+    /// Zones it is in now.
+    pub in_zones: Vec<String>,
+    /// A few of its reference points, oldest first, `[x, y]` normalised.
+    pub path: Vec<[f64; 2]>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ZoneOut {
+    pub name: String,
+    /// `zone.loiter`: seconds inside so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    /// `zone.crowded` / `zone.crowd_cleared`: objects inside now, and the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_objects: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LineOut {
+    pub name: String,
+    /// One of the line's two configured direction names.
+    pub direction: String,
+}
+
+/// Where the event's JPEG snapshot is published (binary, retained = false).
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotRef {
+    /// Equal to the event's `id`.
+    pub id: String,
+    pub topic: String,
+    pub content_type: &'static str,
+    pub width: u32,
+    pub height: u32,
+    /// `ts` of the frame the snapshot shows (the object's best-scoring frame).
+    pub ts: String,
+    pub score: f64,
+    /// The object's box in that frame, normalised.
+    pub bbox: BBoxOut,
+    /// The `seq` the JPEG was published with (snapshots take a `seq` like every message
+    /// through the outbox; their payload cannot show it).
+    pub seq: u64,
+}
+
+/// `lookout.counts/1` on `.../cameras/{camera}/counts`, every `count_interval`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CountsMessage {
+    pub schema: &'static str,
+    pub id: String,
+    pub seq: u64,
+    /// The end of the interval.
+    pub ts: String,
+    pub site: String,
+    pub agent: String,
+    pub camera: String,
+    pub model: ModelOut,
+    pub interval: IntervalOut,
+    /// Frames analysed in the interval: 0 means the counts saw nothing (camera down),
+    /// not that nothing was there.
+    pub analysed_frames: u64,
+    /// Objects present at the end of the interval, per class (every class of the model).
+    pub classes: BTreeMap<String, usize>,
+    /// Per zone: objects inside at the end of the interval.
+    pub zones: BTreeMap<String, ZoneCountOut>,
+    /// Per line: crossings during the interval, by direction name.
+    pub lines: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IntervalOut {
+    pub start: String,
+    pub end: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ZoneCountOut {
+    pub occupancy: usize,
+}
+
 /// A new message id: UUIDv7, so ids sort by creation time.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-fn to_json(msg: &impl Serialize) -> Vec<u8> {
+pub(crate) fn to_json(msg: &impl Serialize) -> Vec<u8> {
     // Plain structs of strings and numbers always serialise.
     serde_json::to_vec(msg).unwrap_or_default()
 }
@@ -195,6 +354,7 @@ pub const STATUS_SCHEMA: &str = "lookout.status/1";
 #[derive(Debug, Serialize)]
 pub struct StatusMessage<'a> {
     pub schema: &'static str,
+    pub id: String,
     pub site: &'a str,
     pub agent: &'a str,
     pub state: &'static str,
@@ -240,6 +400,7 @@ pub fn status_message(info: &AgentInfo, state: &'static str, reason: Option<&'st
     let online = state == "online";
     to_json(&StatusMessage {
         schema: STATUS_SCHEMA,
+        id: new_id(),
         site: &info.site,
         agent: &info.agent,
         state,
@@ -264,6 +425,7 @@ pub const CAMERA_STATUS_SCHEMA: &str = "lookout.camera_status/1";
 #[derive(Debug, Serialize)]
 pub struct CameraStatusMessage<'a> {
     pub schema: &'static str,
+    pub id: String,
     pub site: &'a str,
     pub agent: &'a str,
     pub camera: &'a str,
@@ -293,6 +455,7 @@ pub fn camera_status_message(
 ) -> Vec<u8> {
     to_json(&CameraStatusMessage {
         schema: CAMERA_STATUS_SCHEMA,
+        id: new_id(),
         site,
         agent,
         camera,
@@ -329,6 +492,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
+mod schema_tests;
+
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::Duration;
@@ -356,8 +522,14 @@ mod tests {
             native_height: 576,
             model_name: "m".into(),
             model_version: "1".into(),
+            model_sha256: "ab".into(),
             labels: vec!["person".to_string()].into(),
-            detections: vec![Detection { class_id: 0, score: 0.912345, bbox: BBox { x: 0.1, y: 0.2, w: 0.3, h: 0.4 } }],
+            detections: vec![
+                Detection { class_id: 0, score: 0.912345, bbox: BBox { x: 0.1, y: 0.2, w: 0.3, h: 0.4 } },
+                // Below min_score: for the tracker only.
+                Detection { class_id: 0, score: 0.4, bbox: BBox { x: 0.5, y: 0.2, w: 0.3, h: 0.4 } },
+            ],
+            original: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&detections_message(&a, "s", "g", 42)).expect("json");
         assert_eq!(v["schema"], DETECTIONS_SCHEMA);
@@ -372,6 +544,8 @@ mod tests {
         assert_eq!(v["detections"][0]["class"], "person");
         assert_eq!(v["detections"][0]["score"], 0.9123);
         assert_eq!(v["detections"][0]["bbox"]["w"], 0.3);
+        assert_eq!(v["detections"].as_array().map(Vec::len), Some(1), "only detections ≥ min_score");
+        assert_eq!(v["model"]["sha256"], "ab");
     }
 
     #[test]

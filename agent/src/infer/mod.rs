@@ -52,9 +52,13 @@ pub struct Analysed {
     pub native_height: u32,
     pub model_name: Arc<str>,
     pub model_version: Arc<str>,
+    pub model_sha256: Arc<str>,
     pub labels: Arc<[String]>,
-    /// At or above the camera's `min_score`, highest first.
+    /// At or above the camera's tracking floor (below `min_score`, see
+    /// [`CameraCtx::track_floor`]), highest first.
     pub detections: Vec<Detection>,
+    /// The decoded frame, kept only when something was detected (snapshots need it).
+    pub original: Option<crate::source::Original>,
 }
 
 /// An ONNX Runtime session for one model plus its pre- and post-processing.
@@ -63,6 +67,7 @@ pub struct Detector {
     spec: ModelSpec,
     name: Arc<str>,
     version: Arc<str>,
+    sha256: Arc<str>,
     labels: Arc<[String]>,
 }
 
@@ -96,6 +101,7 @@ impl Detector {
             spec: spec.clone(),
             name: spec.name.as_str().into(),
             version: spec.version.as_str().into(),
+            sha256: spec.sha256.as_str().into(),
             labels: spec.labels.clone().into(),
         };
         det.check_signature()?;
@@ -200,7 +206,7 @@ impl Detector {
         let params: Vec<NmsParams> = frames
             .iter()
             .map(|f| NmsParams {
-                min_score: f.camera.min_score,
+                min_score: f.camera.track_floor(),
                 iou: self.spec.postprocess.nms_iou,
                 max_detections: self.spec.postprocess.max_detections,
             })
@@ -234,8 +240,10 @@ pub fn run_worker(
             }
         };
         debug!(batch = frames.len(), "batch analysed");
-        for (frame, detections) in frames.into_iter().zip(results) {
+        for (mut frame, detections) in frames.into_iter().zip(results) {
             frame.camera.stats.analysed_frames.fetch_add(1, Ordering::Relaxed);
+            // Without detections no track can improve its snapshot: release the decoder's buffer now.
+            let original = if detections.is_empty() { None } else { frame.original.take() };
             let a = Analysed {
                 camera: frame.camera.clone(),
                 captured: frame.captured,
@@ -243,8 +251,10 @@ pub fn run_worker(
                 native_height: frame.native_height,
                 model_name: det.name.clone(),
                 model_version: det.version.clone(),
+                model_sha256: det.sha256.clone(),
                 labels: det.labels.clone(),
                 detections,
+                original,
             };
             // Blocks while the event stage is behind: back-pressure, not loss.
             if out.send(a).is_err() {

@@ -127,6 +127,12 @@ impl CameraCtx {
         }
     }
 
+    /// Detections down to this score reach the tracker: weaker than `min_score` ones
+    /// may continue a track (partial occlusion) but never start one or get reported.
+    pub fn track_floor(&self) -> f32 {
+        self.min_score * crate::track::LOW_SCORE_FRACTION
+    }
+
     /// The camera's state and, when it failed, why.
     pub fn state(&self) -> (CameraState, Option<String>) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -182,6 +188,16 @@ pub struct Frame {
     pub height: u32,
     pub stride: usize,
     pub pixels: Box<dyn AsRef<[u8]> + Send>,
+    /// The decoded frame before scaling, for snapshots (cameras with snapshots only).
+    pub original: Option<Original>,
+}
+
+/// A decoded frame at the camera's resolution, in whatever raw format the decoder gave.
+/// Holding it holds one of the decoder's buffers (no copy).
+#[derive(Debug, Clone)]
+pub struct Original {
+    pub buffer: gstreamer::Buffer,
+    pub caps: gstreamer::Caps,
 }
 
 #[cfg(test)]
@@ -197,6 +213,7 @@ pub(crate) fn test_frame(slot: usize, pts_ns: u64) -> Frame {
         height: 2,
         stride: 6,
         pixels: Box::new(vec![0u8; 12]),
+        original: None,
     }
 }
 

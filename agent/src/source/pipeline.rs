@@ -11,6 +11,9 @@
 //!   conversion so the conversion touches model-size frames only.
 //! - The appsink never blocks the pipeline: `max-buffers=1, drop=true, sync=false`, and
 //!   its callback only hands the buffer to the model's latest-frame slot.
+//! - For snapshots the sampler also keeps a reference to the decoded frame it passes
+//!   (no copy); the appsink attaches it to the scaled frame with the same timestamp.
+//!   All of this runs on the one streaming thread after the decoder.
 //!
 //! Probes and callbacks never panic: a poisoned lock is recovered, missing data skips
 //! the buffer.
@@ -24,7 +27,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::gate::{Gate, GateVerdict};
-use super::{CameraCtx, Frame, SourceError};
+use super::{CameraCtx, Frame, Original, SourceError};
 use crate::config::{CameraConfig, Transport};
 use crate::infer::queue::FrameQueue;
 
@@ -79,7 +82,8 @@ pub fn build(
     gst::Element::link_many([&scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
 
     let gate = Arc::new(Mutex::new(Gate::new(cam.decode, cam.fps)));
-    install_appsink(&sink, ctx.clone(), queue, slot);
+    let originals: Option<OriginalSlot> = cam.snapshots.enabled.then(OriginalSlot::default);
+    install_appsink(&sink, ctx.clone(), queue, slot, originals.clone());
 
     // Only video streams are set up (audio would need a sink of its own).
     src.connect("select-stream", false, |args| {
@@ -94,7 +98,7 @@ pub fn build(
     let camera_id = cam.id.clone();
     src.connect_pad_added(move |_src, pad| {
         let Some(pipeline) = weak_pipeline.upgrade() else { return };
-        if let Err(e) = link_decoder(&pipeline, pad, &scale, &gate, &ctx) {
+        if let Err(e) = link_decoder(&pipeline, pad, &scale, &gate, &ctx, originals.as_ref()) {
             // Posting to the bus makes the camera's run loop restart it.
             tracing::error!(camera = %camera_id, error = %e, "cannot set up decoding");
             gst::element_error!(pipeline, gst::StreamError::CodecNotFound, ("{}", e));
@@ -117,6 +121,7 @@ fn link_decoder(
     scale: &gst::Element,
     gate: &Arc<Mutex<Gate>>,
     ctx: &Arc<CameraCtx>,
+    originals: Option<&OriginalSlot>,
 ) -> Result<(), SourceError> {
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
     let encoding = caps
@@ -172,16 +177,22 @@ fn link_decoder(
     if let Some(dec_src) = dec.static_pad("src") {
         let gate = gate.clone();
         let ctx = ctx.clone();
+        let originals = originals.cloned();
         dec_src.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
             let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
             let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
             if !gate.lock().unwrap_or_else(|e| e.into_inner()).on_decoded(pts.nseconds()) {
                 return gst::PadProbeReturn::Drop;
             }
-            if let Some(s) = pad.current_caps().as_ref().and_then(|c| c.structure(0))
+            let caps = pad.current_caps();
+            if let Some(s) = caps.as_ref().and_then(|c| c.structure(0))
                 && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
             {
                 ctx.set_native_size(w.max(0) as u32, h.max(0) as u32);
+            }
+            if let (Some(slot), Some(caps)) = (&originals, caps) {
+                let original = Original { buffer: buffer.clone(), caps };
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((pts.nseconds(), original));
             }
             gst::PadProbeReturn::Ok
         });
@@ -189,7 +200,16 @@ fn link_decoder(
     Ok(())
 }
 
-fn install_appsink(sink: &gst_app::AppSink, ctx: Arc<CameraCtx>, queue: Arc<FrameQueue>, slot: usize) {
+/// The decoded frame the sampler last passed, with its timestamp.
+type OriginalSlot = Arc<Mutex<Option<(u64, Original)>>>;
+
+fn install_appsink(
+    sink: &gst_app::AppSink,
+    ctx: Arc<CameraCtx>,
+    queue: Arc<FrameQueue>,
+    slot: usize,
+    originals: Option<OriginalSlot>,
+) {
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
@@ -202,10 +222,16 @@ fn install_appsink(sink: &gst_app::AppSink, ctx: Arc<CameraCtx>, queue: Arc<Fram
                 let captured = capture_time(sink, &sample, pts);
                 let Ok(pixels) = buffer.into_mapped_buffer_readable() else { return Ok(gst::FlowSuccess::Ok) };
                 let (native_w, native_h) = ctx.native_size();
+                let pts_ns = pts.map(|p| p.nseconds()).unwrap_or(0);
+                let original = originals
+                    .as_ref()
+                    .and_then(|o| o.lock().unwrap_or_else(|e| e.into_inner()).take())
+                    .filter(|(t, _)| *t == pts_ns)
+                    .map(|(_, o)| o);
                 let frame = Frame {
                     slot,
                     camera: ctx.clone(),
-                    pts_ns: pts.map(|p| p.nseconds()).unwrap_or(0),
+                    pts_ns,
                     captured,
                     native_width: native_w.max(1),
                     native_height: native_h.max(1),
@@ -213,6 +239,7 @@ fn install_appsink(sink: &gst_app::AppSink, ctx: Arc<CameraCtx>, queue: Arc<Fram
                     height: info.height(),
                     stride: info.stride()[0].max(0) as usize,
                     pixels: Box::new(pixels),
+                    original,
                 };
                 ctx.stats.sampled_frames.fetch_add(1, Ordering::Relaxed);
                 ctx.set_last_frame(captured);

@@ -24,6 +24,9 @@ use std::time::Duration;
 
 use crate::infer::ssd::{BBox, Detection};
 
+/// `low` as a fraction of `high` (the camera's `min_score`): 0.5 → 0.3, ByteTrack's pair.
+pub const LOW_SCORE_FRACTION: f32 = 0.6;
+
 /// Tracker knobs; defaults suit 0.5–5 fps.
 #[derive(Debug, Clone, Copy)]
 pub struct TrackerConfig {
@@ -97,7 +100,12 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(cfg: TrackerConfig) -> Self {
-        Self { cfg, tracks: Vec::new(), next_id: 1 }
+        Self::with_first_id(cfg, 1)
+    }
+
+    /// A tracker whose first track gets `first_id`.
+    pub fn with_first_id(cfg: TrackerConfig, first_id: u64) -> Self {
+        Self { cfg, tracks: Vec::new(), next_id: first_id }
     }
 
     /// Confirmed tracks currently alive.

@@ -1,0 +1,395 @@
+//! The event stage of one camera: analysed frames → tracker → rules → messages, with
+//! snapshots and interval counts. No I/O here: the caller appends what comes out to the
+//! outbox, in order (a snapshot always precedes the event that references it).
+//!
+//! **Snapshot memory.** Per live track the stage keeps one JPEG of its best-scoring frame
+//! (at most `max_side` px, typically 20–60 kB at 640 px), for at most
+//! [`MAX_SNAPSHOT_TRACKS`] tracks per camera: 64 × a JPEG, a few MB in the worst case.
+//! A JPEG is encoded only when a track's score beats its kept one by
+//! [`SNAPSHOT_MIN_GAIN`], once per frame however many tracks improve in it. Raw frames
+//! are never kept beyond the frame being processed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::warn;
+
+use super::snapshot::{self, Jpeg};
+use super::{
+    BBoxOut, COUNTS_SCHEMA, CountsMessage, EVENT_SCHEMA, EventMessage, IntervalOut, LineOut, ModelOut, ObjectOut,
+    SnapshotRef, Topics, ZoneCountOut, ZoneOut, new_id, rfc3339_millis, round, to_json,
+};
+use crate::config::SnapshotPolicy;
+use crate::infer::Analysed;
+use crate::infer::ssd::BBox;
+use crate::rules::{Kind, ObjectView, RuleEvent, Rules, RulesConfig};
+use crate::track::{TrackEvent, Tracker, TrackerConfig};
+
+/// Most live tracks per camera holding a snapshot; later ones get theirs at `object.new`
+/// only (from the frame at hand).
+pub const MAX_SNAPSHOT_TRACKS: usize = 64;
+/// A track's snapshot is replaced only by a frame scoring at least this much higher.
+pub const SNAPSHOT_MIN_GAIN: f32 = 0.02;
+
+/// What one camera's event stage needs to know.
+#[derive(Debug, Clone)]
+pub struct CameraSpec {
+    pub id: String,
+    pub min_score: f32,
+    pub lost_after: Duration,
+    pub count_interval: Duration,
+    pub rules: RulesConfig,
+    pub snapshots: SnapshotPolicy,
+    pub labels: Arc<[String]>,
+    pub model: ModelOut,
+}
+
+/// A message to append to the outbox.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Event(Box<EventMessage>),
+    Counts(Box<CountsMessage>),
+    /// Raw JPEG bytes.
+    Snapshot { topic: String, jpeg: Arc<Jpeg> },
+}
+
+#[derive(Debug)]
+struct Best {
+    score: f32,
+    t: f64,
+    bbox: BBox,
+    jpeg: Arc<Jpeg>,
+}
+
+impl Outgoing {
+    pub fn topic(&self, topics: &Topics) -> String {
+        match self {
+            Outgoing::Event(m) => topics.events(&m.camera),
+            Outgoing::Counts(m) => topics.counts(&m.camera),
+            Outgoing::Snapshot { topic, .. } => topic.clone(),
+        }
+    }
+
+    /// The payload numbered `seq`. An event referencing a snapshot also gets
+    /// `snapshot_seq`: the `seq` its JPEG was appended with, just before it.
+    pub fn into_payload(self, seq: u64, snapshot_seq: Option<u64>) -> Vec<u8> {
+        match self {
+            Outgoing::Event(mut m) => {
+                m.seq = seq;
+                if let (Some(s), Some(ss)) = (m.snapshot.as_mut(), snapshot_seq) {
+                    s.seq = ss;
+                }
+                to_json(&m)
+            }
+            Outgoing::Counts(mut m) => {
+                m.seq = seq;
+                to_json(&m)
+            }
+            Outgoing::Snapshot { jpeg, .. } => jpeg.bytes.clone(),
+        }
+    }
+}
+
+/// One camera's tracker, rules, snapshots and counters.
+pub struct CameraEvents {
+    spec: CameraSpec,
+    site: String,
+    agent: String,
+    topics: Topics,
+    tracker: Tracker,
+    rules: Rules,
+    best: HashMap<u64, Best>,
+    last_frame: Option<f64>,
+    analysed: u64,
+    next_count: f64,
+    snapshot_failed: bool,
+}
+
+/// Seconds since the Unix epoch.
+pub fn secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn time(t: f64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0))
+}
+
+fn ts(t: f64) -> String {
+    rfc3339_millis(time(t))
+}
+
+/// First track id of a camera started at `now`: ids stay unique across restarts as
+/// long as a run averages under a million new tracks per second, and below 2^53 (exact
+/// in JSON doubles) until the year 2255.
+pub fn first_track_id(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map_or(1, |d| d.as_secs().max(1) * 1_000_000)
+}
+
+impl CameraEvents {
+    /// `now` starts the first counting interval.
+    pub fn new(spec: CameraSpec, site: &str, agent: &str, topics: Topics, now: SystemTime) -> Self {
+        let tc = TrackerConfig {
+            high: spec.min_score,
+            low: spec.min_score * crate::track::LOW_SCORE_FRACTION,
+            lost_after: spec.lost_after,
+            ..TrackerConfig::default()
+        };
+        let t0 = secs(now);
+        Self {
+            tracker: Tracker::with_first_id(tc, first_track_id(now)),
+            rules: Rules::new(spec.rules.clone(), t0),
+            next_count: t0 + spec.count_interval.as_secs_f64(),
+            spec,
+            site: site.to_string(),
+            agent: agent.to_string(),
+            topics,
+            best: HashMap::new(),
+            last_frame: None,
+            analysed: 0,
+            snapshot_failed: false,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// Live (confirmed) tracks.
+    pub fn live_tracks(&self) -> usize {
+        self.rules.objects().count()
+    }
+
+    /// JPEGs held for live tracks (bounded by [`MAX_SNAPSHOT_TRACKS`]).
+    pub fn held_snapshots(&self) -> usize {
+        self.best.len()
+    }
+
+    /// One analysed frame.
+    pub fn on_frame(&mut self, a: &Analysed) -> Vec<Outgoing> {
+        let t = secs(a.captured);
+        self.last_frame = Some(t);
+        self.analysed += 1;
+        if *a.model_version != *self.spec.model.version || *a.model_sha256 != *self.spec.model.sha256 {
+            self.spec.model =
+                ModelOut { name: a.model_name.to_string(), version: a.model_version.to_string(), sha256: a.model_sha256.to_string() };
+        }
+        let track_events = self.tracker.update(t, &a.detections);
+        self.keep_best_frames(t, a, &track_events);
+        let rule_events = self.rules.update(t, &track_events);
+        self.messages(rule_events, Some(a))
+    }
+
+    /// Periodic work at `now`: counts when due; ends the tracks of a camera that stopped
+    /// delivering frames (they would otherwise never end).
+    pub fn tick(&mut self, now: SystemTime) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let lost = self.spec.lost_after.as_secs_f64();
+        let n = secs(now);
+        if let Some(last) = self.last_frame
+            && n - last > lost
+            && self.live_tracks() > 0
+        {
+            // As if an empty frame came just late enough: every confirmed track ends.
+            let t = last + lost;
+            let te = self.tracker.update(t, &[]);
+            let re = self.rules.update(t, &te);
+            out.extend(self.messages(re, None));
+        }
+        if n >= self.next_count {
+            out.push(self.counts(n));
+            let interval = self.spec.count_interval.as_secs_f64();
+            self.next_count += interval;
+            if self.next_count <= n {
+                // Fell behind (suspended?): realign rather than burst.
+                self.next_count = n + interval;
+            }
+        }
+        out
+    }
+
+    /// The camera stops: every track ends, and the counts of the partial interval.
+    pub fn finish(&mut self, now: SystemTime) -> Vec<Outgoing> {
+        let n = secs(now);
+        let te = self.tracker.finish();
+        let t = self.last_frame.unwrap_or(n);
+        let re = self.rules.update(t, &te);
+        let mut out = self.messages(re, None);
+        out.push(self.counts(n));
+        out
+    }
+
+    fn counts(&mut self, n: f64) -> Outgoing {
+        let c = self.rules.take_counts(n, self.spec.labels.len());
+        let cfg = self.rules.config();
+        let label = |id: u32| self.spec.labels.get(id as usize).cloned().unwrap_or_else(|| format!("class_{id}"));
+        let msg = CountsMessage {
+            schema: COUNTS_SCHEMA,
+            id: new_id(),
+            seq: 0,
+            ts: ts(c.end),
+            site: self.site.clone(),
+            agent: self.agent.clone(),
+            camera: self.spec.id.clone(),
+            model: self.spec.model.clone(),
+            interval: IntervalOut {
+                start: ts(c.start),
+                end: ts(c.end),
+                seconds: ((c.end - c.start) * 1000.0).round() / 1000.0,
+            },
+            analysed_frames: std::mem::take(&mut self.analysed),
+            classes: c.present.iter().map(|(id, n)| (label(*id), *n)).collect(),
+            zones: cfg
+                .zones
+                .iter()
+                .zip(&c.zones)
+                .map(|(z, n)| (z.name.clone(), ZoneCountOut { occupancy: *n }))
+                .collect(),
+            lines: cfg
+                .lines
+                .iter()
+                .zip(&c.lines)
+                .map(|(l, n)| {
+                    let by_dir: BTreeMap<String, u64> =
+                        [(l.directions[0].clone(), n[0]), (l.directions[1].clone(), n[1])].into_iter().collect();
+                    (l.name.clone(), by_dir)
+                })
+                .collect(),
+        };
+        Outgoing::Counts(Box::new(msg))
+    }
+
+    /// Keeps, per confirmed track, a JPEG of its best frame so far.
+    fn keep_best_frames(&mut self, t: f64, a: &Analysed, track_events: &[TrackEvent]) {
+        let (Some(original), true) = (&a.original, self.spec.snapshots.enabled) else { return };
+        let mut frame_jpeg: Option<Option<Arc<Jpeg>>> = None;
+        for ev in track_events {
+            let (TrackEvent::New(tr) | TrackEvent::Update(tr)) = ev else { continue };
+            let improves = match self.best.get(&tr.id) {
+                Some(b) => tr.score >= b.score + SNAPSHOT_MIN_GAIN,
+                None => self.best.len() < MAX_SNAPSHOT_TRACKS,
+            };
+            if !improves {
+                continue;
+            }
+            let jpeg = frame_jpeg.get_or_insert_with(|| {
+                let p = self.spec.snapshots;
+                match snapshot::encode(original, p.max_side, p.quality) {
+                    Ok(j) => Some(Arc::new(j)),
+                    Err(e) => {
+                        if !std::mem::replace(&mut self.snapshot_failed, true) {
+                            warn!(camera = %self.spec.id, error = %e, "cannot make a snapshot; events go without");
+                        }
+                        None
+                    }
+                }
+            });
+            if let Some(j) = jpeg {
+                self.best.insert(tr.id, Best { score: tr.score, t, bbox: tr.bbox, jpeg: j.clone() });
+            }
+        }
+    }
+
+    fn messages(&mut self, events: Vec<RuleEvent>, frame: Option<&Analysed>) -> Vec<Outgoing> {
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let id = new_id();
+            let cfg = self.rules.config();
+            let (zone, line) = match &ev.kind {
+                Kind::ZoneEnter { zone } | Kind::ZoneExit { zone } => (Some(self.zone_out(*zone, None, None)), None),
+                Kind::ZoneLoiter { zone, seconds } => (Some(self.zone_out(*zone, Some(*seconds), None)), None),
+                Kind::ZoneCrowded { zone, count } | Kind::ZoneCrowdCleared { zone, count } => {
+                    (Some(self.zone_out(*zone, None, Some(*count))), None)
+                }
+                Kind::LineCross { line, direction } => {
+                    let l = &cfg.lines[*line];
+                    (None, Some(LineOut { name: l.name.clone(), direction: l.directions[*direction].clone() }))
+                }
+                Kind::ObjectNew | Kind::ObjectUpdate | Kind::ObjectEnd => (None, None),
+            };
+            let mut snapshot = None;
+            if let (Kind::ObjectNew | Kind::ObjectEnd, Some(obj), true) =
+                (&ev.kind, &ev.object, self.spec.snapshots.enabled)
+            {
+                let tid = obj.track.id;
+                let best = if ev.kind == Kind::ObjectEnd { self.best.remove(&tid) } else { self.best_or_now(tid, frame) };
+                if let Some(b) = best {
+                    let topic = self.topics.snapshot(&self.spec.id, &id);
+                    snapshot = Some(SnapshotRef {
+                        id: id.clone(),
+                        topic: topic.clone(),
+                        content_type: "image/jpeg",
+                        width: b.jpeg.width,
+                        height: b.jpeg.height,
+                        ts: ts(b.t),
+                        score: round(b.score, 4),
+                        bbox: BBoxOut::from(b.bbox),
+                        seq: 0,
+                    });
+                    out.push(Outgoing::Snapshot { topic, jpeg: b.jpeg });
+                }
+            }
+            let msg = EventMessage {
+                schema: EVENT_SCHEMA,
+                id,
+                seq: 0,
+                ts: ts(ev.t),
+                site: self.site.clone(),
+                agent: self.agent.clone(),
+                camera: self.spec.id.clone(),
+                kind: ev.kind.type_name(),
+                model: self.spec.model.clone(),
+                object: ev.object.as_ref().map(|o| self.object_out(o)),
+                zone,
+                line,
+                snapshot,
+            };
+            out.push(Outgoing::Event(Box::new(msg)));
+        }
+        out
+    }
+
+    /// The kept best frame of a new track, else (over the snapshot cap, or encoding
+    /// failed before) one made from the frame at hand.
+    fn best_or_now(&mut self, tid: u64, frame: Option<&Analysed>) -> Option<Best> {
+        if let Some(b) = self.best.get(&tid) {
+            return Some(Best { score: b.score, t: b.t, bbox: b.bbox, jpeg: b.jpeg.clone() });
+        }
+        let a = frame?;
+        let original = a.original.as_ref()?;
+        let p = self.spec.snapshots;
+        let jpeg = snapshot::encode(original, p.max_side, p.quality).ok()?;
+        let tr = self.rules.objects().find(|t| t.id == tid)?;
+        Some(Best { score: tr.score, t: secs(a.captured), bbox: tr.bbox, jpeg: Arc::new(jpeg) })
+    }
+
+    fn zone_out(&self, z: usize, seconds: Option<f64>, count: Option<usize>) -> ZoneOut {
+        let zone = &self.rules.config().zones[z];
+        ZoneOut {
+            name: zone.name.clone(),
+            seconds: seconds.map(|s| (s * 1000.0).round() / 1000.0),
+            count,
+            max_objects: count.and(zone.max_objects),
+        }
+    }
+
+    fn object_out(&self, o: &ObjectView) -> ObjectOut {
+        let tr = &o.track;
+        let zones = &self.rules.config().zones;
+        let names = |idx: &[usize]| idx.iter().filter_map(|&i| zones.get(i).map(|z| z.name.clone())).collect();
+        ObjectOut {
+            track_id: tr.id,
+            class: self.spec.labels.get(tr.class_id as usize).cloned().unwrap_or_else(|| "unknown".into()),
+            class_id: tr.class_id,
+            score: round(tr.score, 4),
+            bbox: BBoxOut::from(tr.bbox),
+            first_seen: ts(tr.first_seen),
+            last_seen: ts(tr.last_seen),
+            dwell_seconds: ((tr.last_seen - tr.first_seen) * 1000.0).round() / 1000.0,
+            best_score: round(tr.best_score, 4),
+            zones: names(&o.zones),
+            in_zones: names(&o.in_zones),
+            path: o.path.iter().map(|p| [round(p.x, 4), round(p.y, 4)]).collect(),
+        }
+    }
+}
