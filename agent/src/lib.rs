@@ -9,7 +9,7 @@ pub mod event;
 pub mod infer;
 pub mod probe;
 pub mod publish;
+pub mod rules;
 pub mod source;
 pub mod telemetry;
-pub mod rules;
 pub mod track;

@@ -15,6 +15,7 @@ use serde_json::Value;
 pub use lookout::demo::broker::{Mosquitto, free_port};
 pub use lookout::demo::media::{Codec, clip, media_file};
 pub use lookout::demo::rtsp::{Media, RtspServer};
+pub use lookout::demo::scene::{Actor, Scene, Sprite, scene_media, standard_scene};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -184,16 +185,69 @@ impl Drop for AgentProcess {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub topic: String,
+    /// The payload as JSON (`Null` for binary payloads: snapshots).
     pub json: Value,
+    pub payload: Vec<u8>,
     pub at: Instant,
     /// Delivered as a retained message (on subscribe).
     pub retain: bool,
 }
 
-/// Subscribes to a topic filter and records everything that arrives.
+/// Subscribes to a topic filter and records everything that arrives. Every message is
+/// checked against the published contract as it arrives ([`Schemas`]): JSON messages
+/// against their JSON Schema, snapshots for being JPEG. A test whose recorder saw a
+/// violation fails when the recorder is dropped.
 pub struct Recorder {
     pub messages: Arc<Mutex<Vec<Received>>>,
+    violations: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The JSON Schemas of `docs/schemas`, by the `schema` value they describe
+/// (`lookout.event/1` is `docs/schemas/lookout.event.1.json`).
+pub struct Schemas {
+    validators: Vec<(String, jsonschema::Validator)>,
+}
+
+impl Schemas {
+    pub fn load() -> anyhow::Result<Self> {
+        let dir = workspace().join("docs/schemas");
+        let mut validators = Vec::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            // "lookout.event.1" → "lookout.event/1"
+            let Some((name, major)) = stem.rsplit_once('.') else { continue };
+            let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            let v = jsonschema::validator_for(&schema).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            validators.push((format!("{name}/{major}"), v));
+        }
+        if validators.is_empty() {
+            bail!("no schemas in {}", dir.display());
+        }
+        Ok(Self { validators })
+    }
+
+    /// Why `payload` on `topic` breaks the contract, if it does.
+    pub fn check(&self, topic: &str, payload: &[u8]) -> Option<String> {
+        if topic.contains("/snapshots/") {
+            let jpeg = payload.starts_with(&[0xFF, 0xD8]) && payload.ends_with(&[0xFF, 0xD9]);
+            return (!jpeg).then(|| format!("{topic}: snapshot is not a JPEG ({} bytes)", payload.len()));
+        }
+        let json: Value = match serde_json::from_slice(payload) {
+            Ok(v) => v,
+            Err(e) => return Some(format!("{topic}: not JSON: {e}")),
+        };
+        let Some(name) = json["schema"].as_str() else { return Some(format!("{topic}: no `schema` field: {json}")) };
+        let Some((_, v)) = self.validators.iter().find(|(n, _)| n == name) else {
+            return Some(format!("{topic}: no JSON Schema for {name:?} in docs/schemas"));
+        };
+        let errors: Vec<String> = v.iter_errors(&json).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        (!errors.is_empty()).then(|| format!("{topic}: {name} violated: {}\n  in {json}", errors.join("; ")))
+    }
 }
 
 impl Recorder {
@@ -215,8 +269,11 @@ impl Recorder {
             client.subscribe(*f, QoS::AtLeastOnce).await?;
         }
         let messages = Arc::new(Mutex::new(Vec::new()));
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let schemas = Schemas::load()?;
         let (suback_tx, suback_rx) = tokio::sync::oneshot::channel();
         let store = messages.clone();
+        let bad = violations.clone();
         let task = tokio::spawn(async move {
             let _client = client;
             let mut suback = Some(suback_tx);
@@ -229,9 +286,13 @@ impl Recorder {
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if let Some(v) = schemas.check(&p.topic, &p.payload) {
+                            bad.lock().expect("violations lock").push(v);
+                        }
                         store.lock().expect("recorder lock").push(Received {
                             topic: p.topic,
                             json,
+                            payload: p.payload.to_vec(),
                             at: Instant::now(),
                             retain: p.retain,
                         });
@@ -243,7 +304,7 @@ impl Recorder {
             }
         });
         tokio::time::timeout(Duration::from_secs(10), suback_rx).await.context("no SUBACK within 10 s")??;
-        Ok(Self { messages, task })
+        Ok(Self { messages, violations, task })
     }
 
     pub fn snapshot(&self) -> Vec<Received> {
@@ -276,9 +337,20 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Contract violations seen so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().expect("violations lock").clone()
+    }
+}
+
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.task.abort();
+        let v = self.violations();
+        if !v.is_empty() && !std::thread::panicking() {
+            panic!("{} received message(s) break the documented schema:\n{}", v.len(), v.join("\n"));
+        }
     }
 }
 

@@ -62,7 +62,7 @@ struct Setup {
 fn setup(name: &str, broker_url: &str, cameras: usize, fps: f64, extra: &str) -> Setup {
     let h264 = Arc::new(clip(Codec::H264).expect("clip"));
     let mounts = (0..cameras)
-        .map(|i| (format!("/c{i}"), Media::Clip { codec: Codec::H264, units: h264.clone(), fps: 10 }))
+        .map(|i| (format!("/c{i}"), Media::Clip { codec: Codec::H264, units: h264.clone(), fps: 10, loop_from: 0 }))
         .collect();
     let server = RtspServer::start(0, mounts).expect("rtsp server");
     let ids: Vec<String> = (0..cameras).map(|i| format!("cam-{i}")).collect();

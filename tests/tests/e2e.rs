@@ -60,9 +60,9 @@ async fn publishes_schema_complete_detections_for_every_h264_and_h265_camera() {
     let server = RtspServer::start(
         0,
         vec![
-            ("/a".into(), Media::Clip { codec: Codec::H264, units: h264.clone(), fps: 10 }),
-            ("/b".into(), Media::Clip { codec: Codec::H264, units: h264, fps: 10 }),
-            ("/c".into(), Media::Clip { codec: Codec::H265, units: h265, fps: 10 }),
+            ("/a".into(), Media::Clip { codec: Codec::H264, units: h264.clone(), fps: 10, loop_from: 0 }),
+            ("/b".into(), Media::Clip { codec: Codec::H264, units: h264, fps: 10, loop_from: 0 }),
+            ("/c".into(), Media::Clip { codec: Codec::H265, units: h265, fps: 10, loop_from: 0 }),
         ],
     )
     .expect("rtsp server");

@@ -765,11 +765,7 @@ mod tests;
 
 /// Class names to the model's class ids, reporting unknown ones; `None` labels (the
 /// model failed to load, already reported) accept every name and give no ids.
-fn read_classes(
-    issues: &mut Issues<'_>,
-    t: &mut TableReader<'_, '_>,
-    labels: Option<&[String]>,
-) -> Vec<u32> {
+fn read_classes(issues: &mut Issues<'_>, t: &mut TableReader<'_, '_>, labels: Option<&[String]>) -> Vec<u32> {
     let Some(names) = t.opt::<Vec<String>>(issues, "classes") else { return Vec::new() };
     let Some(labels) = labels else { return Vec::new() };
     let mut ids = Vec::new();

@@ -116,7 +116,7 @@ fn encode(src: &Path, codec: Codec) -> anyhow::Result<Vec<AccessUnit>> {
     result.map(|()| aus)
 }
 
-fn write_aus(path: &Path, aus: &[AccessUnit]) -> std::io::Result<()> {
+pub(crate) fn write_aus(path: &Path, aus: &[AccessUnit]) -> std::io::Result<()> {
     // Unique per writer: parallel tests may encode the same clip at once; the last rename wins.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let tmp = path.with_extension(format!("{}-{nanos}.tmp", std::process::id()));
@@ -130,7 +130,7 @@ fn write_aus(path: &Path, aus: &[AccessUnit]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-fn read_aus(path: &Path) -> std::io::Result<Vec<AccessUnit>> {
+pub(crate) fn read_aus(path: &Path) -> std::io::Result<Vec<AccessUnit>> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)?.read_to_end(&mut bytes)?;
     let mut aus = Vec::new();

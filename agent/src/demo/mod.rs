@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod media;
 pub mod rtsp;
+pub mod scene;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,7 +58,12 @@ pub fn default_manifest() -> anyhow::Result<PathBuf> {
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let units = Arc::new(tokio::task::spawn_blocking(|| media::clip(media::Codec::H264)).await??);
     let mounts = (1..=opts.cameras)
-        .map(|i| (format!("/cam{i}"), rtsp::Media::Clip { codec: media::Codec::H264, units: units.clone(), fps: 10 }))
+        .map(|i| {
+            (
+                format!("/cam{i}"),
+                rtsp::Media::Clip { codec: media::Codec::H264, units: units.clone(), fps: 10, loop_from: 0 },
+            )
+        })
         .collect();
     let server = rtsp::RtspServer::start(0, mounts)?;
     let broker = match &opts.mqtt {

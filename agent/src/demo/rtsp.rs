@@ -2,6 +2,8 @@
 //!
 //! Clips are served from pre-encoded access units pushed into an `appsrc` at the clip's
 //! frame rate, looping forever, so serving a stream costs almost nothing (no encoding).
+//! A clip starts from its first unit when the first client connects to its mount (a
+//! mount's pipeline is shared by its clients and torn down when the last one leaves).
 //! Still images are encoded live at 5 fps with a near-lossless quantizer.
 //! The server runs its own GLib main loop on a thread of its own.
 
@@ -22,8 +24,9 @@ use super::media::{AccessUnit, Codec};
 /// What a mount point serves.
 #[derive(Clone)]
 pub enum Media {
-    /// A looping clip at `fps`.
-    Clip { codec: Codec, units: Arc<Vec<AccessUnit>>, fps: u32 },
+    /// A clip at `fps`: `units` once, then `units[loop_from..]` over and over.
+    /// `loop_from` must index a keyframe; 0 loops the whole clip.
+    Clip { codec: Codec, units: Arc<Vec<AccessUnit>>, fps: u32, loop_from: usize },
     /// A still image (JPEG or PNG) as an H.264 stream.
     Still { image: PathBuf },
 }
@@ -45,6 +48,14 @@ impl RtspServer {
         // The default backlog (5) refuses connections when many cameras start at once.
         server.set_backlog(1024);
         let points = server.mount_points().context("RTSP server has no mount points")?;
+        for (path, media) in &mounts {
+            if let Media::Clip { units, loop_from, .. } = media
+                && !units.is_empty()
+                && !units.get(*loop_from).is_some_and(|u| u.keyframe)
+            {
+                anyhow::bail!("{path}: loop_from {loop_from} is not a keyframe of the {} units", units.len());
+            }
+        }
         for (path, media) in mounts {
             points.add_factory(&path, factory(media));
         }
@@ -94,7 +105,7 @@ fn factory(media: Media) -> rtsp::RTSPMediaFactory {
                 image.display()
             ));
         }
-        Media::Clip { codec, units, fps } => {
+        Media::Clip { codec, units, fps, loop_from } => {
             let (caps, parse, pay) = match codec {
                 Codec::H264 => ("video/x-h264", "h264parse", "rtph264pay"),
                 Codec::H265 => ("video/x-h265", "h265parse", "rtph265pay"),
@@ -112,7 +123,7 @@ fn factory(media: Media) -> rtsp::RTSPMediaFactory {
                     .and_then(|b| b.by_name_recurse_up("src"))
                     .and_then(|e| e.downcast::<gst_app::AppSrc>().ok());
                 if let Some(src) = src {
-                    feed(&src, units.clone(), fps);
+                    feed(&src, units.clone(), fps, loop_from);
                 }
             });
         }
@@ -120,9 +131,11 @@ fn factory(media: Media) -> rtsp::RTSPMediaFactory {
     f
 }
 
-/// Pushes one access unit per frame interval, in real time, looping; timestamps come
-/// from the pipeline clock (`do-timestamp`), so the stream is live like a camera's.
-fn feed(src: &gst_app::AppSrc, units: Arc<Vec<AccessUnit>>, fps: u32) {
+/// Pushes one access unit per frame interval, in real time, from the first unit, then
+/// looping from `loop_from`; timestamps come from the pipeline clock (`do-timestamp`), so
+/// the stream is live like a camera's. Called once per configured media, so each new
+/// shared pipeline starts the clip from its beginning.
+fn feed(src: &gst_app::AppSrc, units: Arc<Vec<AccessUnit>>, fps: u32, loop_from: usize) {
     let interval = Duration::from_secs(1) / fps.max(1);
     let mut next = 0usize;
     let mut due = Instant::now();
@@ -143,8 +156,11 @@ fn feed(src: &gst_app::AppSrc, units: Arc<Vec<AccessUnit>>, fps: u32) {
                     std::thread::sleep(due - now);
                 }
                 due += interval;
-                let au = &units[next % units.len()];
+                let Some(au) = units.get(next) else { return };
                 next += 1;
+                if next >= units.len() {
+                    next = if loop_from < units.len() { loop_from } else { 0 };
+                }
                 let mut buf = gst::Buffer::from_slice(au.data.clone());
                 if let Some(b) = buf.get_mut() {
                     b.set_duration(gst::ClockTime::from_nseconds(interval.as_nanos() as u64));

@@ -51,7 +51,10 @@ pub enum Outgoing {
     Event(Box<EventMessage>),
     Counts(Box<CountsMessage>),
     /// Raw JPEG bytes.
-    Snapshot { topic: String, jpeg: Arc<Jpeg> },
+    Snapshot {
+        topic: String,
+        jpeg: Arc<Jpeg>,
+    },
 }
 
 #[derive(Debug)]
@@ -171,8 +174,11 @@ impl CameraEvents {
         self.last_frame = Some(t);
         self.analysed += 1;
         if *a.model_version != *self.spec.model.version || *a.model_sha256 != *self.spec.model.sha256 {
-            self.spec.model =
-                ModelOut { name: a.model_name.to_string(), version: a.model_version.to_string(), sha256: a.model_sha256.to_string() };
+            self.spec.model = ModelOut {
+                name: a.model_name.to_string(),
+                version: a.model_version.to_string(),
+                sha256: a.model_sha256.to_string(),
+            };
         }
         let track_events = self.tracker.update(t, &a.detections);
         self.keep_best_frames(t, a, &track_events);
@@ -312,7 +318,8 @@ impl CameraEvents {
                 (&ev.kind, &ev.object, self.spec.snapshots.enabled)
             {
                 let tid = obj.track.id;
-                let best = if ev.kind == Kind::ObjectEnd { self.best.remove(&tid) } else { self.best_or_now(tid, frame) };
+                let best =
+                    if ev.kind == Kind::ObjectEnd { self.best.remove(&tid) } else { self.best_or_now(tid, frame) };
                 if let Some(b) = best {
                     let topic = self.topics.snapshot(&self.spec.id, &id);
                     snapshot = Some(SnapshotRef {

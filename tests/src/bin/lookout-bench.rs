@@ -2,6 +2,7 @@
 //!
 //! lookout-bench model                 bare ONNX Runtime throughput of the default model
 //! lookout-bench streams --streams 8   the real agent on N RTSP streams of the clip
+//! lookout-bench events                the real agent on one pass of the vtest clip: events per type
 //!
 //! `scripts/bench.sh` runs the set recorded in docs/BENCHMARKS.md.
 
@@ -63,6 +64,14 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// One pass of the vtest clip (79.5 s) through the agent with a counting line and a
+    /// zone: the events it produced per type, tracks and crossings (reported, not judged:
+    /// the clip has no ground truth).
+    Events {
+        /// Analysed fps.
+        #[arg(long, default_value_t = 5.0)]
+        fps: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(bench_streams(streams, fps, warmup, seconds))
         }
+        Cmd::Events { fps } => tokio::runtime::Runtime::new()?.block_on(vtest_events(fps)),
     }
 }
 
@@ -261,5 +271,83 @@ async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow:
         per_cam_msgs.iter().max().unwrap_or(&0),
     );
     drop(server);
+    Ok(())
+}
+
+/// The rules used on the vtest clip: a vertical line across the middle of the square
+/// (people cross it both ways) and the lower-left quarter as a zone.
+const VTEST_RULES: &str = r#"lost_after = 2
+count_interval = 10
+[[cameras.zones]]
+name = "lower_left"
+polygon = [[0.0, 0.5], [0.5, 0.5], [0.5, 1.0], [0.0, 1.0]]
+loiter_seconds = 10
+max_objects = 3
+[[cameras.lines]]
+name = "middle"
+points = [[0.5, 0.0], [0.5, 1.0]]
+directions = ["east", "west"]
+"#;
+
+async fn vtest_events(fps: f64) -> anyhow::Result<()> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let units = std::sync::Arc::new(clip(Codec::H264)?);
+    let pass = Duration::from_secs_f64(units.len() as f64 / 10.0);
+    let server = RtspServer::start(
+        0,
+        vec![("/vtest".into(), Media::Clip { codec: Codec::H264, units, fps: 10, loop_from: 0 })],
+    )?;
+    let broker = Mosquitto::start()?;
+    let dir = scratch("bench-events");
+    let config =
+        write_config(&dir, &broker.url(), &[Cam { id: "vtest", url: server.url("/vtest"), fps, min_score: 0.5 }])?;
+    std::fs::write(&config, std::fs::read_to_string(&config)? + VTEST_RULES)?;
+    let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/vtest/#").await?;
+    let agent = AgentProcess::start(&config)?;
+    // One pass from the agent's first frame; the clip loops after that.
+    rec.wait_for(Duration::from_secs(30), "the first detections", |m| {
+        m.iter().any(|r| r.topic.ends_with("/detections"))
+    })
+    .await?;
+    tokio::time::sleep(pass).await;
+    let (status, _) = agent.stop()?;
+    anyhow::ensure!(status.success(), "agent failed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = rec.snapshot();
+    let mut per_type: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tracks = BTreeSet::new();
+    let mut crossings: BTreeMap<String, usize> = BTreeMap::new();
+    let mut dwell = Vec::new();
+    for r in all.iter().filter(|r| r.topic.ends_with("/events")) {
+        let ty = r.json["type"].as_str().unwrap_or("?").to_string();
+        if let Some(t) = r.json["object"]["track_id"].as_u64() {
+            tracks.insert(t);
+        }
+        if ty == "line.cross" {
+            *crossings.entry(r.json["line"]["direction"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        }
+        if ty == "object.end" {
+            dwell.push(r.json["object"]["dwell_seconds"].as_f64().unwrap_or(0.0));
+        }
+        *per_type.entry(ty).or_default() += 1;
+    }
+    let snapshots = all.iter().filter(|r| r.topic.contains("/snapshots/")).count();
+    let snapshot_bytes: usize = all.iter().filter(|r| r.topic.contains("/snapshots/")).map(|r| r.payload.len()).sum();
+    let counts = all.iter().filter(|r| r.topic.ends_with("/counts")).count();
+    dwell.sort_by(f64::total_cmp);
+    println!("vtest clip, one pass ({:.1} s) at {fps} analysed fps, line \"middle\" at x = 0.5:", pass.as_secs_f64());
+    println!("| event type | count |\n|---|---|");
+    for (t, n) in &per_type {
+        println!("| {t} | {n} |");
+    }
+    println!("tracks: {}; crossings: {crossings:?}; counts messages: {counts}", tracks.len());
+    if !dwell.is_empty() {
+        println!("dwell seconds per object: median {:.1}, max {:.1}", dwell[dwell.len() / 2], dwell[dwell.len() - 1]);
+    }
+    if let Some(mean) = snapshot_bytes.checked_div(snapshots) {
+        println!("snapshots: {snapshots}, mean {mean} bytes");
+    }
+    let bad = rec.violations();
+    anyhow::ensure!(bad.is_empty(), "schema violations: {bad:?}");
     Ok(())
 }
