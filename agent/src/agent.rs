@@ -289,6 +289,14 @@ fn run_events(
             announce_gaps(delivery, &mut gaps, topics, site, agent);
             last_announce = Some(Instant::now());
         }
+        // Last round: appending a gap message into a full outbox can drop older records
+        // (even an earlier gap message); announce until nothing is left unannounced. Each
+        // round merges ranges, so this settles in a few rounds.
+        let mut rounds = 0;
+        while !open && !gaps.is_idle() && rounds < 16 {
+            announce_gaps(delivery, &mut gaps, topics, site, agent);
+            rounds += 1;
+        }
         let needs_sync = delivery.outbox().needs_sync();
         if needs_sync && (!open || last_sync.elapsed() >= fsync) {
             if let Err(e) = delivery.outbox().sync() {

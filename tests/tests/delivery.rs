@@ -20,6 +20,24 @@ fn unique(msgs: &[Received]) -> Vec<Received> {
     msgs.iter().filter(|m| m.json["seq"].is_u64() && seen.insert(m.json["id"].to_string())).cloned().collect()
 }
 
+/// Seqs of the snapshots that arrived: a JPEG cannot carry its seq, the event naming it does.
+fn snapshot_seqs(msgs: &[Received]) -> BTreeSet<u64> {
+    let topics: HashSet<&str> =
+        msgs.iter().filter(|m| m.topic.contains("/snapshots/")).map(|m| m.topic.as_str()).collect();
+    unique(msgs)
+        .iter()
+        .filter(|m| m.json["snapshot"]["topic"].as_str().is_some_and(|t| topics.contains(t)))
+        .filter_map(|m| m.json["snapshot"]["seq"].as_u64())
+        .collect()
+}
+
+/// Every seq delivered, snapshots included.
+fn delivered_seqs(msgs: &[Received]) -> BTreeSet<u64> {
+    let mut seqs: BTreeSet<u64> = unique(msgs).iter().filter_map(|m| m.json["seq"].as_u64()).collect();
+    seqs.extend(snapshot_seqs(msgs));
+    seqs
+}
+
 fn gaps(msgs: &[Received]) -> Vec<(u64, u64, u64)> {
     unique(msgs)
         .iter()
@@ -35,7 +53,7 @@ fn gaps(msgs: &[Received]) -> Vec<(u64, u64, u64)> {
 /// each camera's messages first arrived in seq order. Returns the highest seq.
 fn assert_complete(msgs: &[Received]) -> u64 {
     let u = unique(msgs);
-    let seqs: BTreeSet<u64> = u.iter().filter_map(|m| m.json["seq"].as_u64()).collect();
+    let seqs = delivered_seqs(msgs);
     let max = *seqs.iter().next_back().expect("some messages");
     let dropped = gaps(msgs);
     let missing: Vec<u64> =
@@ -80,8 +98,9 @@ fn setup(name: &str, broker_url: &str, cameras: usize, fps: f64, extra: &str) ->
     Setup { _server: server, config, dir }
 }
 
+/// Distinct messages delivered (by id; snapshots by their event).
 fn count_seq(msgs: &[Received]) -> usize {
-    unique(msgs).len()
+    unique(msgs).len() + snapshot_seqs(msgs).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +209,7 @@ async fn starts_past_a_corrupted_outbox_tail_and_reports_it() {
     let (status, _) = agent.stop().expect("stop");
     assert!(status.success());
     assert!(log.contains("damaged records"), "the skipped tail must be reported:\n{log}");
-    let seqs: BTreeSet<u64> = unique(&rec.snapshot()).iter().filter_map(|m| m.json["seq"].as_u64()).collect();
+    let seqs = delivered_seqs(&rec.snapshot());
     // Only the torn record (the last one written, seq = pending) may be missing.
     let missing: Vec<u64> = (1..pending).filter(|s| !seqs.contains(s)).collect();
     assert!(missing.is_empty(), "records before the torn one were lost: {missing:?}");
@@ -424,7 +443,10 @@ async fn serves_readiness_health_and_metrics() {
         .expect("write");
     let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
     let agent = AgentProcess::start(&s.config).expect("agent");
-    rec.wait_for(WAIT, "messages", |m| count_seq(m) >= 3).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    // Three frames with detections: three analysed frames at least.
+    rec.wait_for(WAIT, "detections", |m| m.iter().filter(|r| r.topic.ends_with("/detections")).count() >= 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     // Ready follows the first MQTT connection within the health loop's second.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let (code, body) = loop {

@@ -80,8 +80,15 @@ impl Outgoing {
         match self {
             Outgoing::Event(mut m) => {
                 m.seq = seq;
-                if let (Some(s), Some(ss)) = (m.snapshot.as_mut(), snapshot_seq) {
-                    s.seq = ss;
+                // A snapshot the outbox could not take (larger than max_bytes, I/O error)
+                // is not referenced.
+                match snapshot_seq {
+                    Some(ss) => {
+                        if let Some(s) = m.snapshot.as_mut() {
+                            s.seq = ss;
+                        }
+                    }
+                    None => m.snapshot = None,
                 }
                 to_json(&m)
             }
