@@ -14,3 +14,9 @@ echo "| streams | fps/camera | messages/s | agent CPU (% of one core) | per stre
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for n in 1 8 32; do $bench streams --streams "$n" --fps 1; done
 $bench streams --streams 8 --fps 2
+echo
+echo "## Events on one pass of the vtest clip"
+$bench events --fps 5
+echo
+echo "## Snapshot encoding"
+$bench snapshot

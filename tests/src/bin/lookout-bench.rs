@@ -3,6 +3,7 @@
 //! lookout-bench model                 bare ONNX Runtime throughput of the default model
 //! lookout-bench streams --streams 8   the real agent on N RTSP streams of the clip
 //! lookout-bench events                the real agent on one pass of the vtest clip: events per type
+//! lookout-bench snapshot              cost of one snapshot (decoded I420 frame → scaled JPEG)
 //!
 //! `scripts/bench.sh` runs the set recorded in docs/BENCHMARKS.md.
 
@@ -72,6 +73,14 @@ enum Cmd {
         #[arg(long, default_value_t = 5.0)]
         fps: f64,
     },
+    /// Encoding one snapshot from a 768×576 I420 frame (the vtest frame), as the event
+    /// stage does when a track's best frame improves.
+    Snapshot {
+        #[arg(long, value_delimiter = ',', default_values_t = [320u32, 640, 768])]
+        max_side: Vec<u32>,
+        #[arg(long, default_value_t = 200)]
+        iterations: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(bench_streams(streams, fps, warmup, seconds))
         }
         Cmd::Events { fps } => tokio::runtime::Runtime::new()?.block_on(vtest_events(fps)),
+        Cmd::Snapshot { max_side, iterations } => bench_snapshot(&max_side, iterations),
     }
 }
 
@@ -349,5 +359,59 @@ async fn vtest_events(fps: f64) -> anyhow::Result<()> {
     }
     let bad = rec.violations();
     anyhow::ensure!(bad.is_empty(), "schema violations: {bad:?}");
+    Ok(())
+}
+
+fn bench_snapshot(sides: &[u32], iterations: u32) -> anyhow::Result<()> {
+    use gstreamer as gst;
+    use gstreamer_video as gst_video;
+    use gstreamer_video::prelude::*;
+    use lookout::event::snapshot;
+    use lookout::source::Original;
+    gst::init()?;
+    let path = workspace().join("models/ssdlite-mobilenetv2-person/reference/vtest_frame200.png");
+    let img = image::open(&path).with_context(|| path.display().to_string())?.to_rgb8();
+    let (w, h) = img.dimensions();
+    // RGB → I420 with GStreamer's converter: the decoder's output format.
+    let rgb_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h).build()?;
+    let i420_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, w, h).build()?;
+    let mut rgb = gst::Buffer::with_size(rgb_info.size())?;
+    {
+        let b = rgb.get_mut().context("buffer")?;
+        let mut f =
+            gst_video::VideoFrameRef::from_buffer_ref_writable(b, &rgb_info).map_err(|_| anyhow::anyhow!("map"))?;
+        let stride = f.plane_stride()[0] as usize;
+        let data = f.plane_data_mut(0)?;
+        for (y, row) in img.as_raw().chunks_exact(w as usize * 3).enumerate() {
+            data[y * stride..y * stride + row.len()].copy_from_slice(row);
+        }
+    }
+    let conv = gst_video::VideoConverter::new(&rgb_info, &i420_info, None)?;
+    let src = gst_video::VideoFrame::from_buffer_readable(rgb, &rgb_info).map_err(|_| anyhow::anyhow!("map"))?;
+    let out = gst::Buffer::with_size(i420_info.size())?;
+    let mut dst = gst_video::VideoFrame::from_buffer_writable(out, &i420_info).map_err(|_| anyhow::anyhow!("map"))?;
+    conv.frame(&src, &mut dst);
+    let frame = Original { buffer: dst.into_buffer(), caps: i420_info.to_caps()? };
+    println!("| max side | JPEG size | bytes | ms per snapshot (median) | p90 |");
+    println!("|---|---|---|---|---|");
+    for &side in sides {
+        let mut ms = Vec::new();
+        let mut last = None;
+        for _ in 0..iterations {
+            let t = Instant::now();
+            last = Some(snapshot::encode(&frame, side, 80).map_err(anyhow::Error::msg)?);
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(f64::total_cmp);
+        let j = last.context("no iterations")?;
+        println!(
+            "| {side} | {}×{} | {} | {:.2} | {:.2} |",
+            j.width,
+            j.height,
+            j.bytes.len(),
+            ms[ms.len() / 2],
+            ms[ms.len() * 9 / 10]
+        );
+    }
     Ok(())
 }
