@@ -86,6 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let (tx, rx) = sync_channel::<Analysed>(ANALYSED_CHANNEL);
     let mut queues: HashMap<String, (Arc<FrameQueue>, FrameFormat)> = HashMap::new();
     let mut workers = Vec::new();
+    let mut model_stats = Vec::new();
     let liveness = Liveness::default();
     for m in &config.models {
         if !config.cameras.iter().any(|c| c.model == m.name) {
@@ -96,12 +97,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         let (h, w) = m.spec.input_size();
         let queue = Arc::new(FrameQueue::new());
         let (q, out, max_batch) = (queue.clone(), tx.clone(), config.inference.max_batch);
+        let max_wait = config.inference.max_wait;
+        let stats = Arc::new(infer::ModelStats::new(&m.name));
+        model_stats.push(stats.clone());
         let alive = liveness.guard();
         let handle = std::thread::Builder::new()
             .name(format!("infer-{}", m.name))
             .spawn(move || {
                 let _alive = alive;
-                infer::run_worker(det, q, max_batch, out)
+                infer::run_worker(det, q, max_batch, max_wait, stats, out)
             })
             .context("spawning inference thread")?;
         info!(model = %m.name, version = %m.spec.version, sha256 = %m.spec.sha256, "model loaded");
@@ -177,6 +181,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     info!(cameras = cameras.len(), "agent running");
     let health = Arc::new(Health {
         cameras: cameras.clone(),
+        models: model_stats,
         delivery: delivery.clone(),
         expected_threads: liveness.alive(),
         liveness: liveness.clone(),
@@ -264,6 +269,7 @@ fn run_events(
                 }
                 if let Some(&i) = index.get(&a.camera.id) {
                     append_outgoing(delivery, &a.camera, topics, stages[i].1.on_frame(&a));
+                    a.camera.live_tracks.store(stages[i].1.held_tracks(), Ordering::Relaxed);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -274,6 +280,7 @@ fn run_events(
             for (ctx, stage) in &mut stages {
                 let outs = if open { stage.tick(now) } else { stage.finish(now) };
                 append_outgoing(delivery, ctx, topics, outs);
+                ctx.live_tracks.store(stage.held_tracks(), Ordering::Relaxed);
             }
             last_tick = Instant::now();
         }

@@ -211,7 +211,11 @@ fn watch(pipeline: &gst::Pipeline, duration: Duration) -> anyhow::Result<()> {
 /// Runs the model of `spec` on one image (scaled with `image`'s bilinear filter).
 pub fn detect_image(img: &image::RgbImage, spec: &ModelSpec, min_score: f32) -> anyhow::Result<Vec<Detection>> {
     let env = crate::infer::runtime::environment(None)?;
-    let mut det = Detector::new(spec, &InferenceConfig { threads: 2, max_batch: 1, spinning: false }, &env)?;
+    let mut det = Detector::new(
+        spec,
+        &InferenceConfig { threads: 2, max_batch: 1, max_wait: Duration::ZERO, spinning: false },
+        &env,
+    )?;
     let input = to_input(img, spec);
     let params =
         NmsParams { min_score, iou: spec.postprocess.nms_iou, max_detections: spec.postprocess.max_detections };

@@ -13,7 +13,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 pub use lookout::demo::broker::{Mosquitto, free_port};
-pub use lookout::demo::media::{Codec, clip, media_file};
+pub use lookout::demo::media::{AccessUnit, Codec, clip, media_file};
 pub use lookout::demo::rtsp::{Media, RtspServer};
 pub use lookout::demo::scene::{Actor, Scene, Sprite, scene_media, standard_scene};
 

@@ -477,6 +477,14 @@ async fn serves_readiness_health_and_metrics() {
             > value("lookout_frames_decoded_total{camera=\"cam-0\"}") - 1.0
     );
     assert_eq!(value("lookout_mqtt_connected"), 1.0);
+    // Per model: every run is in the latency and batch histograms.
+    let runs = value("lookout_inference_duration_seconds_count{model=\"person\"}");
+    assert!(runs >= 3.0, "{metrics}");
+    assert_eq!(value("lookout_inference_batch_frames_count{model=\"person\"}"), runs);
+    assert_eq!(value("lookout_inference_duration_seconds_bucket{model=\"person\",le=\"+Inf\"}"), runs);
+    assert!(value("lookout_inference_batch_frames_sum{model=\"person\"}") >= runs);
+    // The clip always moves: motion gating skipped nothing.
+    assert_eq!(value("lookout_frames_motion_skipped_total{camera=\"cam-0\"}"), 0.0);
     assert_eq!(value("lookout_up"), 1.0);
     assert!(value("lookout_mqtt_acked_total") >= 1.0);
     drop(agent);

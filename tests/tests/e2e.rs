@@ -113,21 +113,25 @@ async fn publishes_schema_complete_detections_for_every_h264_and_h265_camera() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn detections_on_still_images_match_the_conversion_reference() {
+async fn detections_on_still_images_over_h264_and_mjpeg_match_the_conversion_reference() {
     let reference: Value = serde_json::from_str(
         &std::fs::read_to_string(workspace().join("models/ssdlite-mobilenetv2-person/reference/detections.json"))
             .expect("reference"),
     )
     .expect("reference JSON");
     let broker = Mosquitto::start().expect("mosquitto");
-    let images = ["grace_hopper.jpg", "messi5.jpg"];
+    // Two stills over H.264, one over MJPEG (RTP JPEG).
+    let images = ["grace_hopper.jpg", "messi5.jpg", "grace_hopper.jpg"];
     let mounts = images
         .iter()
         .enumerate()
-        .map(|(i, name)| (format!("/still{i}"), Media::Still { image: media_file(name).expect("media") }))
+        .map(|(i, name)| {
+            let image = media_file(name).expect("media");
+            (format!("/still{i}"), if i < 2 { Media::Still { image } } else { Media::MjpegStill { image } })
+        })
         .collect();
     let server = RtspServer::start(0, mounts).expect("rtsp server");
-    let ids = ["still-grace", "still-messi"];
+    let ids = ["still-grace", "still-messi", "mjpeg-grace"];
     let cams: Vec<Cam> = ids
         .iter()
         .enumerate()
@@ -321,4 +325,145 @@ fn probe_reports_the_stream_and_writes_the_frame_with_boxes() {
     let px = img.to_rgb8();
     let reds = px.pixels().filter(|p| p[0] > 200 && p[1] < 90 && p[2] < 90).count();
     assert!(reds > 1000, "expected a drawn box, found {reds} red pixels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_unauthorized_and_corrupt_cameras_get_clear_reasons_while_a_healthy_one_keeps_analysing() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let h264 = Arc::new(clip(Codec::H264).expect("clip"));
+    // A camera with a valid stream description (SPS/PPS intact) that sends no decodable
+    // picture: every slice is mangled into a reserved NAL type.
+    let garbage: Vec<AccessUnit> =
+        h264.iter().map(|au| AccessUnit { data: scramble_slices(&au.data), keyframe: au.keyframe }).collect();
+    let open = RtspServer::start(
+        0,
+        vec![("/ok".into(), Media::Clip { codec: Codec::H264, units: h264.clone(), fps: 10, loop_from: 0 })],
+    )
+    .expect("rtsp server");
+    // A server of its own: gst-rtsp-server handles its clients on one main loop, and a
+    // media that never prerolls (garbage) would hold up the other mounts' clients.
+    let bad = RtspServer::start(
+        0,
+        vec![("/garbage".into(), Media::Clip { codec: Codec::H264, units: Arc::new(garbage), fps: 10, loop_from: 0 })],
+    )
+    .expect("rtsp server");
+    let locked = RtspServer::start_with_auth(
+        0,
+        vec![("/cam".into(), Media::Clip { codec: Codec::H264, units: h264, fps: 10, loop_from: 0 })],
+        Some(("installer", "s3cret")),
+    )
+    .expect("rtsp server with auth");
+    // Nothing listens here (a port just freed; tests hold the ports they reuse).
+    let refused_url = format!("rtsp://127.0.0.1:{}/cam", free_port().expect("port"));
+    let cams = [
+        Cam { id: "ok", url: open.url("/ok"), fps: 2.0, min_score: 0.5 },
+        Cam { id: "refused", url: refused_url, fps: 2.0, min_score: 0.5 },
+        Cam { id: "locked", url: locked.url("/cam"), fps: 2.0, min_score: 0.5 },
+        Cam { id: "garbage", url: bad.url("/garbage"), fps: 2.0, min_score: 0.5 },
+    ];
+    let dir = scratch("faults");
+    let config = write_config(&dir, &broker.url(), &cams).expect("config");
+    let port = free_port().expect("port");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text
+        .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""))
+        .replace("reconnect_max_secs = 2\n", "reconnect_max_secs = 2\nstall_seconds = 5\n");
+    std::fs::write(&config, text).expect("config");
+    let status = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/status").await.expect("sub");
+    let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/ok/detections").await.expect("sub");
+    let agent = AgentProcess::start(&config).expect("agent");
+
+    let reason_of = |m: &[Received], id: &str, state: &str, says: &str| {
+        m.iter().any(|r| {
+            r.json["camera"] == id
+                && r.json["state"] == state
+                && r.json["reason"].as_str().is_some_and(|s| s.contains(says))
+        })
+    };
+    let expected = [
+        ("refused", "reconnecting", "connection refused"),
+        ("locked", "failed", "unauthorized (RTSP 401)"),
+        ("garbage", "reconnecting", "corrupt stream"),
+    ];
+    let started = Instant::now();
+    let got = status
+        .wait_for(WAIT, "a clear status and reason for every failing camera", |m| {
+            expected.iter().all(|(id, state, says)| reason_of(m, id, state, says))
+        })
+        .await;
+    let states: Vec<String> = status
+        .snapshot()
+        .iter()
+        .map(|r| format!("{} {} {}", r.json["camera"], r.json["state"], r.json["reason"]))
+        .collect();
+    if let Err(e) = got {
+        panic!("{e}\n{}\n{}", states.join("\n"), agent.log());
+    }
+    // The healthy camera kept analysing all along: detections in every third of the
+    // time it took the others to fail, and it never restarted.
+    let failed_by = started.elapsed();
+    let dets = rec.snapshot();
+    for k in 0..3u32 {
+        let (from, to) = (started + failed_by * k / 3, started + failed_by * (k + 1) / 3);
+        assert!(
+            dets.iter().any(|r| r.at >= from && r.at <= to),
+            "the healthy camera went quiet between {:?} and {:?} of {failed_by:?}",
+            failed_by * k / 3,
+            failed_by * (k + 1) / 3
+        );
+    }
+    assert!(states.iter().any(|s| s.starts_with("\"ok\" \"streaming\"")), "{states:?}");
+
+    // Readiness is about the agent (config, model, MQTT), not every camera; the status
+    // line and the metrics say which cameras stream.
+    let (code, body) = http_get(port, "/readyz").expect("readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("1/4 cameras streaming"), "{body}");
+    let (_, metrics) = http_get(port, "/metrics").expect("metrics");
+    assert!(metrics.contains("lookout_camera_streaming{camera=\"ok\"} 1"), "{metrics}");
+    for id in ["refused", "locked", "garbage"] {
+        assert!(metrics.contains(&format!("lookout_camera_streaming{{camera=\"{id}\"}} 0")), "{metrics}");
+        let restarts = format!("lookout_camera_restarts_total{{camera=\"{id}\"}} ");
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&restarts))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {restarts} in {metrics}"));
+        assert!(n >= 1, "{id} restarted {n} times");
+    }
+    let (exit, summary) = agent.stop().expect("stop");
+    assert!(exit.success());
+    let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
+    let ok = summary["cameras"].as_array().and_then(|c| c.iter().find(|c| c["camera"] == "ok").cloned());
+    assert_eq!(ok.and_then(|c| c["restarts"].as_u64()), Some(0), "{summary}");
+}
+
+/// Annex B access unit whose slice NALs (types 1–5) are turned into reserved NAL types
+/// with scrambled payloads; parameter sets are left alone, so the stream still describes
+/// itself as valid H.264.
+fn scramble_slices(au: &[u8]) -> Vec<u8> {
+    let mut out = au.to_vec();
+    let mut i = 0;
+    let mut in_slice = false;
+    let mut header = false;
+    while i < out.len() {
+        if i + 3 <= out.len() && out[i..i + 3] == [0, 0, 1] {
+            i += 3;
+            header = true;
+            continue;
+        }
+        if header {
+            in_slice = (1..=5).contains(&(out[i] & 0x1F));
+            if in_slice {
+                // Unknown NAL type 30 (reserved): nothing a decoder can use.
+                out[i] = (out[i] & 0xE0) | 30;
+            }
+            header = false;
+        } else if in_slice && out[i] != 0 {
+            // Never create a zero byte: no accidental start codes.
+            out[i] = out[i] ^ 0x5A | 1;
+        }
+        i += 1;
+    }
+    out
 }

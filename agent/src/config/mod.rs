@@ -20,6 +20,7 @@ use crate::infer::model::ModelSpec;
 use crate::publish::outbox::OutboxFullPolicy;
 use crate::rules::geometry::{self, Point};
 use crate::rules::{LineRule, ReferencePoint, RulesConfig, ZoneRule};
+use crate::source::motion::MotionPolicy;
 
 /// Every problem found in a config file. Display lists them one per line.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +152,10 @@ pub struct InferenceConfig {
     /// batches were slower per image on a 2-core CPU (docs/BENCHMARKS.md); raise it for
     /// accelerators that want them.
     pub max_batch: usize,
+    /// `max_wait_ms` (default 10, at most 1000): when fewer than `max_batch` frames are
+    /// ready, how long the model waits for more before running a smaller batch. Under
+    /// load frames are always ready and nothing waits.
+    pub max_wait: Duration,
     /// `spinning` (default false): ONNX Runtime's intra-op spin-wait. Off because spinning
     /// made latency erratic on a busy 2-core gateway (see docs/BENCHMARKS.md).
     pub spinning: bool,
@@ -193,8 +198,13 @@ pub struct CameraConfig {
     pub transport: Transport,
     /// `decode` (default "auto").
     pub decode: DecodePolicy,
+    /// `decoder` (default "auto"): which decoder element.
+    pub decoder: DecoderPolicy,
     /// `reconnect_min_secs` / `reconnect_max_secs` (defaults 1 and 30).
     pub reconnect: ReconnectPolicy,
+    /// `stall_seconds` (default 10, at least 1): no data for this long (twice as long
+    /// while starting) rebuilds the camera's pipeline.
+    pub stall: Duration,
     /// `lost_after` (seconds, default the larger of 5 and 3 analysed frames, `3 / fps`): a
     /// tracked object unseen this long ends (`object.end`).
     pub lost_after: Duration,
@@ -209,6 +219,10 @@ pub struct CameraConfig {
     /// `snapshot_quality` (default 80, 1 to 100): JPEG snapshots of `object.new` and
     /// `object.end`.
     pub snapshots: SnapshotPolicy,
+    /// `motion` (default true), `motion_threshold` (default 8 luma levels, 1 to 255) and
+    /// `keepalive` (default 10 s): frames without motion skip the model (see
+    /// `source::motion`), except while tracking and at least every `keepalive`.
+    pub motion: MotionPolicy,
 }
 
 /// Whether and how a camera publishes JPEG snapshots of its objects.
@@ -260,6 +274,18 @@ pub enum DecodePolicy {
 impl Keyword for DecodePolicy {
     const ALL: &'static [(&'static str, Self)] =
         &[("auto", DecodePolicy::Auto), ("keyframes", DecodePolicy::Keyframes), ("all", DecodePolicy::All)];
+}
+
+/// Which GStreamer decoder a camera uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecoderPolicy {
+    /// The highest-ranked decoder for the stream's codec: a hardware one (v4l2, VA-API,
+    /// NVIDIA) when its plugin is installed, else the software one. The default.
+    Auto,
+    /// libav's (`avdec_h264`, `avdec_h265`) or `jpegdec`.
+    Software,
+    /// This element, e.g. `"v4l2h264dec"`.
+    Element(String),
 }
 
 /// How a failed camera is retried: exponential back-off between `min` and `max`, reset
@@ -414,7 +440,8 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     }
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut inference = InferenceConfig { threads: cores.min(4), max_batch: 2, spinning: false };
+    let mut inference =
+        InferenceConfig { threads: cores.min(4), max_batch: 2, max_wait: Duration::from_millis(10), spinning: false };
     if let Some(mut t) = root.table(&mut issues, "inference", false) {
         if let Some(n) = t.opt::<usize>(&mut issues, "threads") {
             if n == 0 {
@@ -431,6 +458,13 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 );
             }
             inference.max_batch = n.clamp(1, 64);
+        }
+        if let Some(ms) = t.opt::<u64>(&mut issues, "max_wait_ms") {
+            if ms > 1000 {
+                let s = t.raw("max_wait_ms").map(|v| v.span());
+                issues.push(&t.field_path("max_wait_ms"), s.as_ref(), "must be at most 1000");
+            }
+            inference.max_wait = Duration::from_millis(ms.min(1000));
         }
         inference.spinning = t.opt::<bool>(&mut issues, "spinning").unwrap_or(false);
         t.finish(&mut issues);
@@ -561,8 +595,24 @@ fn read_camera(
     let min_score = t.opt::<f64>(issues, "min_score");
     let transport = t.keyword(issues, "transport", Transport::Tcp);
     let decode = t.keyword(issues, "decode", DecodePolicy::Auto);
+    let decoder = match t.opt::<String>(issues, "decoder").as_deref() {
+        None | Some("auto") => DecoderPolicy::Auto,
+        Some("software") => DecoderPolicy::Software,
+        Some(name) => {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                let s = t.raw("decoder").map(|v| v.span());
+                issues.push(
+                    &t.field_path("decoder"),
+                    s.as_ref(),
+                    format!("\"{name}\" is neither \"auto\", \"software\" nor a GStreamer element name"),
+                );
+            }
+            DecoderPolicy::Element(name.to_string())
+        }
+    };
     let rmin = t.opt::<f64>(issues, "reconnect_min_secs").unwrap_or(1.0);
     let rmax = t.opt::<f64>(issues, "reconnect_max_secs").unwrap_or(30.0);
+    let stall = t.opt::<f64>(issues, "stall_seconds").unwrap_or(10.0);
     let lost_after = t.opt::<f64>(issues, "lost_after");
     let count_interval = t.opt::<f64>(issues, "count_interval").unwrap_or(60.0);
     let update_interval = t.opt::<f64>(issues, "update_interval");
@@ -572,6 +622,9 @@ fn read_camera(
         max_side: t.opt::<u64>(issues, "snapshot_max_side").unwrap_or(640).min(u32::MAX as u64) as u32,
         quality: t.opt::<u64>(issues, "snapshot_quality").unwrap_or(80).min(255) as u8,
     };
+    let motion_on = t.opt::<bool>(issues, "motion").unwrap_or(true);
+    let motion_threshold = t.opt::<u64>(issues, "motion_threshold").unwrap_or(8);
+    let keepalive = t.opt::<f64>(issues, "keepalive").unwrap_or(10.0);
     let class_ids = model.as_deref().and_then(|m| labels.get(m).copied());
     let zones = read_zones(issues, t, class_ids);
     let lines = read_lines(issues, t, class_ids);
@@ -630,8 +683,14 @@ fn read_camera(
         }
     };
     positive("lost_after", lost_after, 0.1);
+    positive("stall_seconds", Some(stall), 1.0);
     positive("count_interval", Some(count_interval), 1.0);
     positive("update_interval", update_interval, 0.1);
+    positive("keepalive", Some(keepalive), 0.1);
+    if !(1..=255).contains(&motion_threshold) {
+        let s = span_of(t, "motion_threshold");
+        issues.push(&t.field_path("motion_threshold"), s.as_ref(), "must be from 1 to 255 (luma levels)");
+    }
     if !(32..=4096).contains(&snapshots.max_side) {
         let s = span_of(t, "snapshot_max_side");
         issues.push(&t.field_path("snapshot_max_side"), s.as_ref(), "must be from 32 to 4096 pixels");
@@ -642,10 +701,16 @@ fn read_camera(
     }
     let secs = |v: f64| Duration::from_secs_f64(v.clamp(0.1, 1e9));
     Some(CameraConfig {
+        stall: secs(stall),
         lost_after: secs(lost_after.unwrap_or((3.0 / fps.max(0.01)).max(5.0))),
         count_interval: secs(count_interval),
         rules: RulesConfig { zones, lines, reference, update_interval: update_interval.map(secs) },
         snapshots,
+        motion: MotionPolicy {
+            enabled: motion_on,
+            threshold: motion_threshold.clamp(1, 255) as u8,
+            keepalive: secs(keepalive),
+        },
         id: id?,
         url: url?,
         model: model?,
@@ -653,6 +718,7 @@ fn read_camera(
         min_score: min_score.map(|s| s as f32),
         transport,
         decode,
+        decoder,
         reconnect: ReconnectPolicy {
             min: Duration::from_secs_f64(rmin.max(0.01)),
             max: Duration::from_secs_f64(rmax.max(rmin).max(0.01)),

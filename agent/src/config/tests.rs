@@ -719,3 +719,16 @@ fn bad_lifecycle_and_snapshot_values_are_reported() {
     assert_issue(&all, &src, "cameras[0].snapshot_quality", "snapshot_quality", "1 to 100");
     assert_issue(&all, &src, "cameras[0].reference_point", "reference_point", "\"bottom_center\", \"center\"");
 }
+
+#[test]
+fn motion_gating_is_on_by_default_and_its_keys_are_read_and_checked() {
+    let cam = &parse_ok(&minimal()).cameras[0];
+    assert_eq!(cam.motion, MotionPolicy { enabled: true, threshold: 8, keepalive: Duration::from_secs(10) });
+    let src = minimal() + "motion = false\nmotion_threshold = 20\nkeepalive = 30\n";
+    let cam = &parse_ok(&src).cameras[0];
+    assert_eq!(cam.motion, MotionPolicy { enabled: false, threshold: 20, keepalive: Duration::from_secs(30) });
+    let bad = minimal() + "motion_threshold = 0\nkeepalive = 0\n";
+    let all = issues(&bad);
+    assert_issue(&all, &bad, "cameras[0].motion_threshold", "motion_threshold", "1 to 255");
+    assert_issue(&all, &bad, "cameras[0].keepalive", "keepalive", "at least 0.1 seconds");
+}

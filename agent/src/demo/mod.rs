@@ -82,7 +82,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     );
     for i in 1..=opts.cameras {
         toml.push_str(&format!(
-            "\n[[cameras]]\nid = \"cam-{i}\"\nurl = \"{}\"\nmodel = \"person\"\nfps = {:.1}\nmin_score = 0.5\n",
+            "\n[[cameras]]\nid = \"cam-{i}\"\nurl = \"{}\"\nmodel = \"person\"\nfps = {:.1}\nmin_score = 0.5\n{DEMO_RULES}",
             server.url(&format!("/cam{i}")),
             opts.fps
         ));
@@ -96,11 +96,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     println!("Lookout demo: {} camera(s) of the bundled clip at {} fps", opts.cameras, opts.fps);
     println!("  RTSP:   {}", server.url("/cam1"));
     println!("  config: {}", config_path.display());
-    println!("  topic:  {}", topics.all_detections());
-    println!("  watch:  mosquitto_sub -h {host} -p {port} -t '{}' -v", topics.all_detections());
+    let all = topics.all_cameras();
+    println!("  topics: {all} (detections, events, counts, snapshots)");
+    println!("  rules:  line \"middle\" at x = 0.5 (east/west), zone \"lower_left\", counts every 30 s");
+    println!("  watch:  mosquitto_sub -h {host} -p {port} -t '{}' -v", topics.events("+"));
     println!("Ctrl-C stops.\n");
 
-    let printer = tokio::spawn(print_messages(host, port, topics.all_detections(), shutdown.clone()));
+    let printer = tokio::spawn(print_messages(host, port, all, shutdown.clone()));
     let summary = crate::agent::run(config, shutdown, Duration::from_secs(5)).await;
     printer.abort();
     let _ = std::fs::remove_file(&config_path);
@@ -135,21 +137,42 @@ async fn print_messages(host: String, port: u16, topic: String, shutdown: Cancel
     }
 }
 
-/// `cam-1  2026-11-22T04:17:20.123Z  3 persons  best 0.93`
+/// The demo cameras' rules: the bundled clip is a square people cross in all directions.
+const DEMO_RULES: &str = "count_interval = 30\n\
+    [[cameras.zones]]\nname = \"lower_left\"\npolygon = [[0.0, 0.5], [0.5, 0.5], [0.5, 1.0], [0.0, 1.0]]\n\
+    loiter_seconds = 10\n\
+    [[cameras.lines]]\nname = \"middle\"\npoints = [[0.5, 0.0], [0.5, 1.0]]\ndirections = [\"east\", \"west\"]\n";
+
+/// One line per message, by kind:
+/// `cam-1  2026-11-22T04:17:20.123Z  3 persons  best 0.93`,
+/// `cam-1  2026-11-22T04:17:20.123Z  line.cross  middle east  person #1795…0003`.
 pub fn describe(payload: &[u8]) -> String {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        return format!("(unreadable message of {} bytes)", payload.len());
+        return format!("(snapshot: JPEG of {} bytes)", payload.len());
     };
+    let (camera, ts) = (v["camera"].as_str().unwrap_or("?"), v["ts"].as_str().unwrap_or("?"));
+    if let Some(kind) = v["type"].as_str() {
+        let what = v["zone"]["name"]
+            .as_str()
+            .map(|z| format!("zone {z}"))
+            .or_else(|| {
+                v["line"]["name"].as_str().map(|l| format!("{l} {}", v["line"]["direction"].as_str().unwrap_or("")))
+            })
+            .unwrap_or_default();
+        let object = v["object"]["track_id"]
+            .as_u64()
+            .map(|t| format!("{} #{t}", v["object"]["class"].as_str().unwrap_or("object")))
+            .unwrap_or_default();
+        return format!("{camera:<8} {ts}  {kind:<18} {what:<20} {object}");
+    }
+    if v["schema"] == crate::event::CAMERA_STATUS_SCHEMA {
+        return format!("{camera:<8} {ts}  status {}", v["state"].as_str().unwrap_or("?"));
+    }
+    if v["schema"] == crate::event::COUNTS_SCHEMA {
+        return format!("{camera:<8} {ts}  counts: present {} lines {}", v["classes"], v["lines"]);
+    }
     let dets = v["detections"].as_array().map(Vec::as_slice).unwrap_or_default();
     let best = dets.iter().filter_map(|d| d["score"].as_f64()).fold(0.0, f64::max);
     let class = dets.first().and_then(|d| d["class"].as_str()).unwrap_or("object");
-    format!(
-        "{:<8} {}  {:>2} {}{}  best {:.2}",
-        v["camera"].as_str().unwrap_or("?"),
-        v["ts"].as_str().unwrap_or("?"),
-        dets.len(),
-        class,
-        if dets.len() == 1 { "" } else { "s" },
-        best
-    )
+    format!("{camera:<8} {ts}  {:>2} {}{}  best {:.2}", dets.len(), class, if dets.len() == 1 { "" } else { "s" }, best)
 }

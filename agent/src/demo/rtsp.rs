@@ -29,6 +29,8 @@ pub enum Media {
     Clip { codec: Codec, units: Arc<Vec<AccessUnit>>, fps: u32, loop_from: usize },
     /// A still image (JPEG or PNG) as an H.264 stream.
     Still { image: PathBuf },
+    /// A still image as an MJPEG (RTP JPEG) stream, as older and cheaper cameras send.
+    MjpegStill { image: PathBuf },
 }
 
 /// A running server; stops when dropped.
@@ -41,6 +43,16 @@ pub struct RtspServer {
 impl RtspServer {
     /// Serves `mounts` (`("/cam1", media)`) on 127.0.0.1:`port` (0 picks a free port).
     pub fn start(port: u16, mounts: Vec<(String, Media)>) -> anyhow::Result<Self> {
+        Self::start_with_auth(port, mounts, None)
+    }
+
+    /// Like [`start`](Self::start), but every mount needs RTSP basic authentication with
+    /// `credentials` (user, password): others get 401.
+    pub fn start_with_auth(
+        port: u16,
+        mounts: Vec<(String, Media)>,
+        credentials: Option<(&str, &str)>,
+    ) -> anyhow::Result<Self> {
         gst::init()?;
         let server = rtsp::RTSPServer::new();
         server.set_address("127.0.0.1");
@@ -56,8 +68,22 @@ impl RtspServer {
                 anyhow::bail!("{path}: loop_from {loop_from} is not a keyframe of the {} units", units.len());
             }
         }
+        if let Some((user, password)) = credentials {
+            let auth = rtsp::RTSPAuth::new();
+            let token = rtsp::RTSPToken::builder().field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "user").build();
+            auth.add_basic(&rtsp::RTSPAuth::make_basic(user, password), &token);
+            server.set_auth(Some(&auth));
+        }
         for (path, media) in mounts {
-            points.add_factory(&path, factory(media));
+            let f = factory(media);
+            if credentials.is_some() {
+                let role = gst::Structure::builder("user")
+                    .field(rtsp::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                    .field(rtsp::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                    .build();
+                f.add_role_from_structure(&role);
+            }
+            points.add_factory(&path, f);
         }
         let ctx = glib::MainContext::new();
         let main_loop = glib::MainLoop::new(Some(&ctx), false);
@@ -102,6 +128,15 @@ fn factory(media: Media) -> rtsp::RTSPMediaFactory {
                 "( filesrc location=\"{}\" ! {dec} ! videoconvert ! video/x-raw,format=I420 ! imagefreeze is-live=true \
                  ! video/x-raw,framerate=5/1 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=5 pass=quant quantizer=10 \
                  ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
+                image.display()
+            ));
+        }
+        Media::MjpegStill { image } => {
+            let dec =
+                if image.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) { "pngdec" } else { "jpegdec" };
+            f.set_launch(&format!(
+                "( filesrc location=\"{}\" ! {dec} ! videoconvert ! video/x-raw,format=I420 ! imagefreeze is-live=true \
+                 ! video/x-raw,framerate=5/1 ! jpegenc quality=95 ! rtpjpegpay name=pay0 pt=26 )",
                 image.display()
             ));
         }

@@ -50,6 +50,11 @@ impl Topics {
         format!("{}/cameras/+/detections", self.root)
     }
 
+    /// Everything every camera publishes (for subscribers).
+    pub fn all_cameras(&self) -> String {
+        format!("{}/cameras/#", self.root)
+    }
+
     pub fn events(&self, camera: &str) -> String {
         format!("{}/cameras/{camera}/events", self.root)
     }

@@ -170,6 +170,11 @@ impl CameraEvents {
         self.rules.objects().count()
     }
 
+    /// Tracks held, tentative ones included (the motion gate stays open while any).
+    pub fn held_tracks(&self) -> usize {
+        self.tracker.len()
+    }
+
     /// JPEGs held for live tracks (bounded by [`MAX_SNAPSHOT_TRACKS`]).
     pub fn held_snapshots(&self) -> usize {
         self.best.len()

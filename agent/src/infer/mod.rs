@@ -14,7 +14,7 @@ pub mod runtime;
 pub mod ssd;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use ndarray::Array4;
@@ -41,6 +41,42 @@ pub enum InferError {
     Run { model: String, batch: usize, message: String },
     #[error("model {model}: frame from camera {camera} is {got}, expected {expected}")]
     BadFrame { model: String, camera: String, got: String, expected: String },
+}
+
+/// Upper bounds (seconds) of the inference latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+/// Upper bounds of the batch size histogram's buckets.
+pub const BATCH_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// A model's inference counters, read by `/metrics` (Prometheus histograms: cumulative
+/// bucket counts are computed when rendering).
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub name: String,
+    /// Per bucket of [`LATENCY_BUCKETS`] (non-cumulative), then +Inf.
+    pub latency_buckets: [AtomicU64; 11],
+    pub latency_sum_us: AtomicU64,
+    /// Per bucket of [`BATCH_BUCKETS`] (non-cumulative), then +Inf.
+    pub batch_buckets: [AtomicU64; 8],
+    pub frames: AtomicU64,
+    pub runs: AtomicU64,
+    pub failed_runs: AtomicU64,
+}
+
+impl ModelStats {
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_string(), ..Self::default() }
+    }
+
+    fn record(&self, seconds: f64, batch: usize) {
+        let i = LATENCY_BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        let j = BATCH_BUCKETS.iter().position(|b| batch as u64 <= *b).unwrap_or(BATCH_BUCKETS.len());
+        self.batch_buckets[j].fetch_add(1, Ordering::Relaxed);
+        self.frames.fetch_add(batch as u64, Ordering::Relaxed);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One analysed frame: what the event stage turns into messages.
@@ -222,23 +258,28 @@ pub fn run_worker(
     mut det: Detector,
     queue: Arc<FrameQueue>,
     max_batch: usize,
+    max_wait: Duration,
+    stats: Arc<ModelStats>,
     out: std::sync::mpsc::SyncSender<Analysed>,
 ) {
     info!(model = %det.name, version = %det.version, "inference worker started");
     loop {
-        let frames = match queue.take_batch(max_batch, Duration::from_millis(500)) {
+        let frames = match queue.take_batch(max_batch, Duration::from_millis(500), max_wait) {
             Take::Batch(f) => f,
             Take::Idle => continue,
             Take::Closed => break,
         };
+        let started = std::time::Instant::now();
         let results = match det.detect(&frames) {
             Ok(r) => r,
             Err(e) => {
                 // A failed batch loses those frames (video is lossy), never the worker.
+                stats.failed_runs.fetch_add(1, Ordering::Relaxed);
                 error!(error = %e, "inference failed");
                 continue;
             }
         };
+        stats.record(started.elapsed().as_secs_f64(), frames.len());
         debug!(batch = frames.len(), "batch analysed");
         for (mut frame, detections) in frames.into_iter().zip(results) {
             frame.camera.stats.analysed_frames.fetch_add(1, Ordering::Relaxed);

@@ -68,9 +68,10 @@ impl FrameQueue {
         self.ready.notify_all();
     }
 
-    /// Waits up to `timeout` for at least one frame, then takes up to `max` of them,
-    /// one per camera, round-robin.
-    pub fn take_batch(&self, max: usize, timeout: Duration) -> Take {
+    /// Waits up to `timeout` for at least one frame; then, while fewer than `max` are
+    /// ready, up to `max_wait` more for others to fill the batch; then takes up to `max`
+    /// frames, one per camera, round-robin.
+    pub fn take_batch(&self, max: usize, timeout: Duration, max_wait: Duration) -> Take {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
         loop {
@@ -85,6 +86,15 @@ impl FrameQueue {
                 return Take::Idle;
             }
             s = self.ready.wait_timeout(s, deadline - now).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+        }
+        let fill_by = Instant::now() + max_wait;
+        loop {
+            let ready = s.slots.iter().filter(|x| x.is_some()).count();
+            let now = Instant::now();
+            if ready >= max.min(s.slots.len()) || s.closed || now >= fill_by {
+                break;
+            }
+            s = self.ready.wait_timeout(s, fill_by - now).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
         }
         let n = s.slots.len();
         let start = s.cursor;
@@ -127,7 +137,7 @@ mod tests {
         assert!(q.put(a, test_frame(a, 1)).is_none());
         let replaced = q.put(a, test_frame(a, 2)).expect("first frame replaced");
         assert_eq!(replaced.pts_ns, 1);
-        let Take::Batch(b) = q.take_batch(8, Duration::ZERO) else { panic!("expected a batch") };
+        let Take::Batch(b) = q.take_batch(8, Duration::ZERO, Duration::ZERO) else { panic!("expected a batch") };
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].pts_ns, 2);
     }
@@ -142,7 +152,7 @@ mod tests {
                 q.put(s, test_frame(s, round));
             }
             // Capacity for only two frames per round: the rest get replaced.
-            let Take::Batch(b) = q.take_batch(2, Duration::ZERO) else { panic!("expected a batch") };
+            let Take::Batch(b) = q.take_batch(2, Duration::ZERO, Duration::ZERO) else { panic!("expected a batch") };
             for c in cams(&b) {
                 served[c] += 1;
             }
@@ -152,11 +162,31 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_batch_waits_up_to_max_wait_for_other_cameras() {
+        let q = std::sync::Arc::new(FrameQueue::new());
+        let (a, b) = (q.register(), q.register());
+        q.put(a, test_frame(a, 1));
+        let q2 = q.clone();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            q2.put(b, test_frame(b, 1));
+        });
+        // Generous max_wait: b's frame arrives within it and joins the batch.
+        let Take::Batch(batch) = q.take_batch(2, Duration::ZERO, Duration::from_secs(10)) else { panic!("batch") };
+        late.join().expect("thread");
+        assert_eq!(cams(&batch), vec![a, b]);
+        // No max_wait: whatever is ready goes at once.
+        q.put(a, test_frame(a, 2));
+        let Take::Batch(batch) = q.take_batch(2, Duration::ZERO, Duration::ZERO) else { panic!("batch") };
+        assert_eq!(cams(&batch), vec![a]);
+    }
+
+    #[test]
     fn take_times_out_when_idle_and_reports_close() {
         let q = FrameQueue::new();
         q.register();
-        assert!(matches!(q.take_batch(4, Duration::from_millis(5)), Take::Idle));
+        assert!(matches!(q.take_batch(4, Duration::from_millis(5), Duration::ZERO), Take::Idle));
         q.close();
-        assert!(matches!(q.take_batch(4, Duration::from_millis(5)), Take::Closed));
+        assert!(matches!(q.take_batch(4, Duration::from_millis(5), Duration::ZERO), Take::Closed));
     }
 }

@@ -6,6 +6,7 @@
 //! camera failing only ever restarts that camera.
 
 mod gate;
+pub mod motion;
 mod pipeline;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +33,10 @@ pub enum SourceError {
     MissingElement { camera: String, element: String },
     #[error("camera {camera}: cannot build the pipeline: {message}")]
     Build { camera: String, message: String },
-    #[error("camera {camera}: codec {codec:?} is not supported (H264, H265)")]
+    #[error("camera {camera}: codec {codec:?} is not supported (H264, H265, JPEG)")]
     UnsupportedCodec { camera: String, codec: String },
-    #[error("camera {camera}: stream error from {element}: {message}")]
-    Stream { camera: String, element: String, message: String },
+    #[error("camera {camera}: {}: {message} (from {element})", fault.describe())]
+    Stream { camera: String, element: String, message: String, fault: Fault },
     #[error("camera {camera}: stream ended")]
     Eos { camera: String },
     #[error("camera {camera}: no data for {seconds} s")]
@@ -47,10 +48,74 @@ impl SourceError {
         SourceError::Build { camera: camera.to_string(), message: e.to_string() }
     }
 
-    /// Missing plugins do not appear by waiting; everything else (network, camera
-    /// reboot, server restart) may heal, so the camera is retried with back-off.
+    /// Missing plugins, wrong credentials or paths and unsupported codecs do not heal by
+    /// waiting (the camera is still retried, slowly, in case someone fixes it); network
+    /// faults, camera reboots and server restarts may, so those are retried with back-off.
     pub fn retry_can_help(&self) -> bool {
-        !matches!(self, SourceError::MissingElement { .. })
+        match self {
+            SourceError::MissingElement { .. } | SourceError::UnsupportedCodec { .. } => false,
+            SourceError::Stream { fault, .. } => fault.retry_can_help(),
+            _ => true,
+        }
+    }
+}
+
+/// What kind of failure a GStreamer error on a camera's pipeline is, in the installer's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// RTSP 401: credentials missing or wrong.
+    Unauthorized,
+    /// RTSP 403.
+    Forbidden,
+    /// RTSP 404: wrong path.
+    NotFound,
+    /// TCP connection refused: nothing listens there.
+    Refused,
+    /// No answer in time, or the host is unreachable.
+    Timeout,
+    /// The decoder could not decode the stream.
+    Corrupt,
+    Other,
+}
+
+impl Fault {
+    /// Classifies a pipeline error from its GLib error and its debug text.
+    pub fn classify(error: &gst::glib::Error, debug: &str) -> Self {
+        let text = format!("{} {debug}", error.message()).to_ascii_lowercase();
+        if error.matches(gst::ResourceError::NotAuthorized) || text.contains("unauthorized") || text.contains(" 401") {
+            Fault::Unauthorized
+        } else if text.contains("forbidden") || text.contains(" 403") {
+            Fault::Forbidden
+        } else if error.matches(gst::ResourceError::NotFound) || text.contains("not found") || text.contains(" 404") {
+            Fault::NotFound
+        } else if text.contains("connection refused") {
+            Fault::Refused
+        } else if text.contains("timeout") || text.contains("timed out") || text.contains("unreachable") {
+            Fault::Timeout
+        } else if error.matches(gst::StreamError::Decode)
+            || error.matches(gst::StreamError::Format)
+            || text.contains("decod")
+        {
+            Fault::Corrupt
+        } else {
+            Fault::Other
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Fault::Unauthorized => "unauthorized (RTSP 401): check the user and password in the camera's url",
+            Fault::Forbidden => "forbidden (RTSP 403): the camera refuses this user or address",
+            Fault::NotFound => "not found (RTSP 404): check the path in the camera's url",
+            Fault::Refused => "connection refused: nothing listens at the camera's address and port",
+            Fault::Timeout => "timed out: the camera does not answer (network, address or firewall)",
+            Fault::Corrupt => "corrupt stream: the camera sends data the decoder cannot decode",
+            Fault::Other => "stream error",
+        }
+    }
+
+    pub fn retry_can_help(self) -> bool {
+        !matches!(self, Fault::Unauthorized | Fault::Forbidden | Fault::NotFound)
     }
 }
 
@@ -65,6 +130,8 @@ pub struct CameraStats {
     pub sampled_frames: AtomicU64,
     /// Sampled frames replaced by a newer one before the model took them.
     pub replaced_frames: AtomicU64,
+    /// Sampled frames the motion gate kept from the model (nothing moved).
+    pub motion_skipped_frames: AtomicU64,
     /// Frames the model analysed.
     pub analysed_frames: AtomicU64,
     /// Messages handed to the publisher.
@@ -83,10 +150,15 @@ pub struct CameraCtx {
     native_size: AtomicU64,
     /// Milliseconds since `epoch` at which the last encoded frame arrived.
     last_data_ms: AtomicU64,
+    /// Milliseconds since `epoch` at which the decoder last put out a frame.
+    last_decoded_ms: AtomicU64,
     epoch: Instant,
     state: Mutex<(CameraState, Option<String>)>,
     /// Capture time of the last sampled frame, ms since the Unix epoch (0: none yet).
     last_frame_ms: AtomicU64,
+    /// Tracks (tentative ones included) the event stage holds for this camera: while
+    /// any, the motion gate lets every sampled frame through.
+    pub live_tracks: std::sync::atomic::AtomicUsize,
 }
 
 /// Where a camera is in its life (reported in its retained status message).
@@ -121,9 +193,11 @@ impl CameraCtx {
             stats: CameraStats::default(),
             native_size: AtomicU64::new(0),
             last_data_ms: AtomicU64::new(0),
+            last_decoded_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             state: Mutex::new((CameraState::Starting, None)),
             last_frame_ms: AtomicU64::new(0),
+            live_tracks: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -165,6 +239,15 @@ impl CameraCtx {
 
     fn since_data(&self) -> Duration {
         let last = Duration::from_millis(self.last_data_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    pub(crate) fn touch_decoded(&self) {
+        self.last_decoded_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn since_decoded(&self) -> Duration {
+        let last = Duration::from_millis(self.last_decoded_ms.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
     }
 
@@ -219,8 +302,36 @@ pub(crate) fn test_frame(slot: usize, pts_ns: u64) -> Frame {
 
 /// How long a camera may deliver nothing before its pipeline is restarted. Longer at
 /// start, where RTSP set-up and the first keyframe take a while.
-const STALL_TIMEOUT: Duration = Duration::from_secs(10);
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// GStreamer says only "Failed to connect" when the RTSP connection cannot be opened;
+/// a plain TCP connect to the camera tells the installer why (refused, timed out,
+/// unreachable, unknown host).
+async fn diagnose(err: SourceError, url: &str) -> SourceError {
+    let SourceError::Stream { camera, element, message, fault: Fault::Other } = err else { return err };
+    if !message.contains("Could not open resource") {
+        return SourceError::Stream { camera, element, message, fault: Fault::Other };
+    }
+    let target = url::Url::parse(url).ok().and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port().unwrap_or(554))));
+    let Some(target) = target else { return SourceError::Stream { camera, element, message, fault: Fault::Other } };
+    let probe = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&target)).await;
+    let (fault, why) = match probe {
+        Err(_) => (Fault::Timeout, format!("TCP connect to {target} timed out")),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            (Fault::Refused, format!("TCP connect to {target}: {e}"))
+        }
+        Ok(Err(e)) => (Fault::Timeout, format!("TCP connect to {target}: {e}")),
+        // The port answers: the RTSP exchange itself failed.
+        Ok(Ok(_)) => (Fault::Other, format!("{target} accepts connections")),
+    };
+    SourceError::Stream { camera, element, message: format!("{message}; {why}"), fault }
+}
+
+/// `d` ± 20 %, so cameras that failed together (a switch reboot) do not all reconnect in
+/// the same instant. Not cryptographic: the clock's nanoseconds are random enough here.
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
+    let factor = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
+    d.mul_f64(factor)
+}
 
 /// Runs one camera until `shutdown`: (re)starts its pipeline, retrying failures with
 /// exponential back-off. Spawn it as the camera's task.
@@ -250,6 +361,7 @@ pub async fn run(
                 Err(e) => e,
             };
             ctx.stats.restarts.fetch_add(1, Ordering::Relaxed);
+            let err = diagnose(err, &cam.url).await;
             let state = if err.retry_can_help() { CameraState::Reconnecting } else { CameraState::Failed };
             ctx.set_state(state, Some(err.to_string()));
             if err.retry_can_help() {
@@ -259,7 +371,7 @@ pub async fn run(
                 backoff = cam.reconnect.max;
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(jittered(backoff)) => {}
                 _ = shutdown.cancelled() => break,
             }
             backoff = (backoff * 2).min(cam.reconnect.max);
@@ -280,7 +392,7 @@ async fn run_once(
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
     let pipeline = pipeline::build(cam, ctx.clone(), format, queue.clone(), slot)?;
-    let result = watch_bus(&pipeline, ctx, shutdown).await;
+    let result = watch_bus(&pipeline, ctx, cam.stall, shutdown).await;
     // Always back to Null, whatever happened: this closes the RTSP session (TEARDOWN)
     // and frees the decoder. It can block (a TEARDOWN to a dead server waits for its
     // timeout), so not on an async worker.
@@ -293,6 +405,7 @@ async fn run_once(
 async fn watch_bus(
     pipeline: &gst::Pipeline,
     ctx: &Arc<CameraCtx>,
+    stall: Duration,
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
     use futures_util::StreamExt;
@@ -311,9 +424,21 @@ async fn watch_bus(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {
                 let quiet = ctx.since_data();
-                let limit = if streaming { STALL_TIMEOUT } else { START_TIMEOUT };
+                // Starting gets twice as long: RTSP setup, the first keyframe.
+                let limit = if streaming { stall } else { stall * 2 };
                 if quiet > limit && started.elapsed() > limit {
                     return Err(SourceError::Stalled { camera, seconds: quiet.as_secs() });
+                }
+                // Data arrives but nothing comes out of the decoder: a corrupt or
+                // undecodable stream (the decoders mostly warn, not fail, on bad data).
+                let undecoded = ctx.since_decoded().min(started.elapsed());
+                if undecoded > limit && quiet < limit {
+                    return Err(SourceError::Stream {
+                        camera,
+                        element: "decoder".into(),
+                        message: format!("data arrives but no frame has decoded for {} s", undecoded.as_secs()),
+                        fault: Fault::Corrupt,
+                    });
                 }
                 let frames = ctx.stats.sampled_frames.load(Ordering::Relaxed);
                 if !streaming && frames > frames_before {
@@ -327,12 +452,14 @@ async fn watch_bus(
                 use gst::MessageView;
                 match msg.view() {
                     MessageView::Error(err) => {
+                        let debug = err.debug().map(|d| d.to_string()).unwrap_or_default();
                         return Err(SourceError::Stream {
                             camera,
                             element: err.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                            message: match err.debug() {
-                                Some(d) => format!("{} ({})", err.error(), d.lines().next().unwrap_or("")),
-                                None => err.error().to_string(),
+                            fault: Fault::classify(&err.error(), &debug),
+                            message: match debug.lines().next() {
+                                Some(d) if !d.is_empty() => format!("{} ({d})", err.error()),
+                                _ => err.error().to_string(),
                             },
                         });
                     }

@@ -1,11 +1,14 @@
 //! One camera's GStreamer pipeline:
 //!
 //! ```text
-//! rtspsrc ─▶ rtph26Xdepay ─▶ h26Xparse ─[gate]─▶ avdec_h26X ─[sampler]─▶ videoscale ─▶ videoconvert ─▶ appsink (RGB, model size)
+//! rtspsrc ─▶ depay ─▶ parse ─[gate]─▶ decoder ─[sampler, motion]─▶ videoscale ─▶ videoconvert ─▶ appsink (RGB, model size)
+//!
+//! H.264, H.265 and MJPEG (RTP JPEG); the decoder per the camera's `decoder` policy.
 //! ```
 //! - `[gate]` is a pad probe that drops delta frames (and keyframes not due) before the
-//!   decoder when only keyframes are needed; `[sampler]` drops decoded frames not due.
-//!   Both are [`super::gate::Gate`].
+//!   decoder when only keyframes are needed; `[sampler]` drops decoded frames not due
+//!   (both [`super::gate::Gate`]), then frames the motion gate finds static
+//!   ([`super::motion`]), before they cost scaling, conversion and inference.
 //! - videoscale uses 2-tap bilinear without anti-aliasing, the resize the default model
 //!   was trained with (TF1 `ResizeBilinear`); scaling happens before the colour
 //!   conversion so the conversion touches model-size frames only.
@@ -25,10 +28,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use gstreamer_video::prelude::*;
 
 use super::gate::{Gate, GateVerdict};
+use super::motion::{self, MotionGate};
 use super::{CameraCtx, Frame, Original, SourceError};
-use crate::config::{CameraConfig, Transport};
+use crate::config::{CameraConfig, DecoderPolicy, Transport};
 use crate::infer::queue::FrameQueue;
 
 /// The model input the frames are scaled to.
@@ -81,9 +86,14 @@ pub fn build(
     pipeline.add_many([&src, &scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
     gst::Element::link_many([&scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
 
-    let gate = Arc::new(Mutex::new(Gate::new(cam.decode, cam.fps)));
     let originals: Option<OriginalSlot> = cam.snapshots.enabled.then(OriginalSlot::default);
     install_appsink(&sink, ctx.clone(), queue, slot, originals.clone());
+    let taps = Taps {
+        decoder: cam.decoder.clone(),
+        gate: Arc::new(Mutex::new(Gate::new(cam.decode, cam.fps))),
+        motion: Arc::new(Mutex::new(MotionGate::new(cam.motion))),
+        originals,
+    };
 
     // Only video streams are set up (audio would need a sink of its own).
     src.connect("select-stream", false, |args| {
@@ -98,7 +108,7 @@ pub fn build(
     let camera_id = cam.id.clone();
     src.connect_pad_added(move |_src, pad| {
         let Some(pipeline) = weak_pipeline.upgrade() else { return };
-        if let Err(e) = link_decoder(&pipeline, pad, &scale, &gate, &ctx, originals.as_ref()) {
+        if let Err(e) = link_decoder(&pipeline, pad, &scale, &taps, &ctx) {
             // Posting to the bus makes the camera's run loop restart it.
             tracing::error!(camera = %camera_id, error = %e, "cannot set up decoding");
             gst::element_error!(pipeline, gst::StreamError::CodecNotFound, ("{}", e));
@@ -107,10 +117,41 @@ pub fn build(
     Ok(pipeline)
 }
 
+/// The decoder element for `media` caps: `auto` takes the highest-ranked decoder
+/// GStreamer has for them (hardware ones such as v4l2, VA-API or NVIDIA's rank above the
+/// software ones when their plugins are installed), `software` the libav/libjpeg one, and
+/// anything else is taken as an element name.
+fn pick_decoder(policy: &DecoderPolicy, media: &str, software: &str) -> String {
+    match policy {
+        DecoderPolicy::Software => software.to_string(),
+        DecoderPolicy::Element(name) => name.clone(),
+        DecoderPolicy::Auto => {
+            let caps = gst::Caps::new_empty_simple(media);
+            let mut decoders: Vec<gst::ElementFactory> = gst::ElementFactory::factories_with_type(
+                gst::ElementFactoryType::DECODER | gst::ElementFactoryType::MEDIA_VIDEO,
+                gst::Rank::MARGINAL,
+            )
+            .into_iter()
+            .filter(|f| f.can_sink_any_caps(&caps))
+            .collect();
+            decoders.sort_by_key(|f| std::cmp::Reverse(f.rank()));
+            decoders.first().map_or_else(|| software.to_string(), |f| f.name().to_string())
+        }
+    }
+}
+
 fn make(camera: &str, factory: &str) -> Result<gst::Element, SourceError> {
     gst::ElementFactory::make(factory)
         .build()
         .map_err(|_| SourceError::MissingElement { camera: camera.to_string(), element: factory.to_string() })
+}
+
+/// What the probes around the decoder share: one per pipeline.
+struct Taps {
+    decoder: DecoderPolicy,
+    gate: Arc<Mutex<Gate>>,
+    motion: Arc<Mutex<MotionGate>>,
+    originals: Option<OriginalSlot>,
 }
 
 /// On a new RTP pad: depayloader, parser and decoder for its codec, the gate in front
@@ -119,10 +160,10 @@ fn link_decoder(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     scale: &gst::Element,
-    gate: &Arc<Mutex<Gate>>,
+    taps: &Taps,
     ctx: &Arc<CameraCtx>,
-    originals: Option<&OriginalSlot>,
 ) -> Result<(), SourceError> {
+    let Taps { decoder, gate, motion, originals } = taps;
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
     let encoding = caps
         .as_ref()
@@ -130,14 +171,18 @@ fn link_decoder(
         .and_then(|s| s.get::<String>("encoding-name").ok())
         .unwrap_or_default()
         .to_ascii_uppercase();
-    let (depay, parse, dec) = match encoding.as_str() {
-        "H264" => ("rtph264depay", "h264parse", "avdec_h264"),
-        "H265" => ("rtph265depay", "h265parse", "avdec_h265"),
+    let (depay, parse, media, software) = match encoding.as_str() {
+        "H264" => ("rtph264depay", "h264parse", "video/x-h264", "avdec_h264"),
+        "H265" => ("rtph265depay", "h265parse", "video/x-h265", "avdec_h265"),
+        // MJPEG: every frame is a keyframe, so the gate's keyframe mode applies as is.
+        "JPEG" => ("rtpjpegdepay", "jpegparse", "image/jpeg", "jpegdec"),
         other => return Err(SourceError::UnsupportedCodec { camera: ctx.id.clone(), codec: other.to_string() }),
     };
+    let dec_name = pick_decoder(decoder, media, software);
+    tracing::info!(camera = %ctx.id, codec = %encoding, decoder = %dec_name, "stream set up");
     let depay = make(&ctx.id, depay)?;
     let parse = make(&ctx.id, parse)?;
-    let dec = make(&ctx.id, dec)?;
+    let dec = make(&ctx.id, &dec_name)?;
     // Decoder threads: one is enough at analysis rates, and hundreds of cameras with a
     // thread pool each would swamp the scheduler.
     if dec.has_property("max-threads") {
@@ -152,6 +197,15 @@ fn link_decoder(
     let sink_pad =
         depay.static_pad("sink").ok_or_else(|| SourceError::build(&ctx.id, "depayloader has no sink pad"))?;
     pad.link(&sink_pad).map_err(|e| SourceError::build(&ctx.id, e))?;
+    // Data arriving is noted at the RTP level, so a stream whose payload does not parse
+    // or decode is told apart from one that sends nothing.
+    {
+        let ctx = ctx.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |_, _| {
+            ctx.touch();
+            gst::PadProbeReturn::Ok
+        });
+    }
 
     // Gate: before the decoder.
     if let Some(parse_src) = parse.static_pad("src") {
@@ -160,7 +214,6 @@ fn link_decoder(
         parse_src.add_probe(gst::PadProbeType::BUFFER, move |_pad, info| {
             let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
             ctx.stats.encoded_frames.fetch_add(1, Ordering::Relaxed);
-            ctx.touch();
             let Some(pts) = buffer.pts().or(buffer.dts()) else { return gst::PadProbeReturn::Ok };
             let is_key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
             let verdict = gate.lock().unwrap_or_else(|e| e.into_inner()).on_encoded(pts.nseconds(), is_key);
@@ -177,14 +230,22 @@ fn link_decoder(
     if let Some(dec_src) = dec.static_pad("src") {
         let gate = gate.clone();
         let ctx = ctx.clone();
-        let originals = originals.cloned();
+        let originals = originals.clone();
+        let motion = motion.clone();
         dec_src.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
             let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
+            ctx.touch_decoded();
             let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
             if !gate.lock().unwrap_or_else(|e| e.into_inner()).on_decoded(pts.nseconds()) {
                 return gst::PadProbeReturn::Drop;
             }
             let caps = pad.current_caps();
+            let tracking = ctx.live_tracks.load(Ordering::Relaxed) > 0;
+            let cells = caps.as_ref().and_then(|c| luma_grid(buffer, c));
+            if !motion.lock().unwrap_or_else(|e| e.into_inner()).decide(pts.nseconds(), cells, tracking).analyse() {
+                ctx.stats.motion_skipped_frames.fetch_add(1, Ordering::Relaxed);
+                return gst::PadProbeReturn::Drop;
+            }
             if let Some(s) = caps.as_ref().and_then(|c| c.structure(0))
                 && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
             {
@@ -198,6 +259,19 @@ fn link_decoder(
         });
     }
     Ok(())
+}
+
+/// The motion grid of a decoded frame's luma (the first plane of every YUV format the
+/// decoders produce); `None` for other formats, which are then always analysed.
+fn luma_grid(buffer: &gst::BufferRef, caps: &gst::CapsRef) -> Option<Vec<u8>> {
+    let info = gstreamer_video::VideoInfo::from_caps(caps).ok()?;
+    if !info.format_info().is_yuv() {
+        return None;
+    }
+    let frame = gstreamer_video::VideoFrameRef::from_buffer_ref_readable(buffer, &info).ok()?;
+    let stride = usize::try_from(*frame.plane_stride().first()?).ok()?;
+    let luma = frame.plane_data(0).ok()?;
+    motion::grid(luma, info.width() as usize, info.height() as usize, stride)
 }
 
 /// The decoded frame the sampler last passed, with its timestamp.

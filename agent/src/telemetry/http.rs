@@ -5,7 +5,7 @@
 //!   without a broker, exactly when systemd is told READY), else 503; the body is the
 //!   status line as JSON either way.
 //! - `GET /metrics`: Prometheus text format, `lookout_<name>_<unit>[_total]`, per-camera
-//!   series labelled `camera`.
+//!   series labelled `camera`, per-model ones `model`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -21,12 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::Liveness;
+use crate::infer::{BATCH_BUCKETS, LATENCY_BUCKETS, ModelStats};
 use crate::publish::Delivery;
 use crate::source::{CameraCtx, CameraState};
 
 /// What the endpoints report on.
 pub struct Health {
     pub cameras: Vec<Arc<CameraCtx>>,
+    pub models: Vec<Arc<ModelStats>>,
     pub delivery: Arc<Delivery>,
     pub liveness: Liveness,
     /// Threads that must be alive (counted when they were started).
@@ -90,12 +92,57 @@ async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&h))
 }
 
+/// Per model: inference latency and batch size histograms, runs that failed.
+fn render_models(out: &mut String, models: &[Arc<ModelStats>]) {
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP lookout_inference_duration_seconds Time of one model run (a batch), preprocessing and decoding included.\n\
+         # TYPE lookout_inference_duration_seconds histogram"
+    );
+    for m in models {
+        let mut cum = 0;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            cum += l(&m.latency_buckets[i]);
+            let _ = writeln!(out, "lookout_inference_duration_seconds_bucket{{model=\"{}\",le=\"{b}\"}} {cum}", m.name);
+        }
+        cum += l(&m.latency_buckets[LATENCY_BUCKETS.len()]);
+        let sum = l(&m.latency_sum_us) as f64 / 1e6;
+        let _ = writeln!(out, "lookout_inference_duration_seconds_bucket{{model=\"{}\",le=\"+Inf\"}} {cum}", m.name);
+        let _ = writeln!(out, "lookout_inference_duration_seconds_sum{{model=\"{}\"}} {sum}", m.name);
+        let _ = writeln!(out, "lookout_inference_duration_seconds_count{{model=\"{}\"}} {cum}", m.name);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lookout_inference_batch_frames Frames per model run.\n# TYPE lookout_inference_batch_frames histogram"
+    );
+    for m in models {
+        let mut cum = 0;
+        for (i, b) in BATCH_BUCKETS.iter().enumerate() {
+            cum += l(&m.batch_buckets[i]);
+            let _ = writeln!(out, "lookout_inference_batch_frames_bucket{{model=\"{}\",le=\"{b}\"}} {cum}", m.name);
+        }
+        cum += l(&m.batch_buckets[BATCH_BUCKETS.len()]);
+        let _ = writeln!(out, "lookout_inference_batch_frames_bucket{{model=\"{}\",le=\"+Inf\"}} {cum}", m.name);
+        let _ = writeln!(out, "lookout_inference_batch_frames_sum{{model=\"{}\"}} {}", m.name, l(&m.frames));
+        let _ = writeln!(out, "lookout_inference_batch_frames_count{{model=\"{}\"}} {cum}", m.name);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lookout_inference_failures_total Model runs that failed (their frames are lost).\n\
+         # TYPE lookout_inference_failures_total counter"
+    );
+    for m in models {
+        let _ = writeln!(out, "lookout_inference_failures_total{{model=\"{}\"}} {}", m.name, l(&m.failed_runs));
+    }
+}
+
 /// A per-camera series: name, help, how to read it.
 type CameraSeries = (&'static str, &'static str, fn(&CameraCtx) -> u64);
 
 fn render(h: &Health) -> String {
     let mut out = String::new();
-    let per_camera: [CameraSeries; 7] = [
+    let per_camera: [CameraSeries; 8] = [
         ("lookout_frames_received_total", "Encoded frames received from the camera.", |c| {
             c.stats.encoded_frames.load(Ordering::Relaxed)
         }),
@@ -106,6 +153,11 @@ fn render(h: &Health) -> String {
             "lookout_frames_replaced_total",
             "Sampled frames replaced by a newer one before analysis (dropped on purpose).",
             |c| c.stats.replaced_frames.load(Ordering::Relaxed),
+        ),
+        (
+            "lookout_frames_motion_skipped_total",
+            "Sampled frames kept from the model because nothing moved (motion gating).",
+            |c| c.stats.motion_skipped_frames.load(Ordering::Relaxed),
         ),
         ("lookout_frames_analysed_total", "Frames the model analysed.", |c| {
             c.stats.analysed_frames.load(Ordering::Relaxed)
@@ -125,6 +177,7 @@ fn render(h: &Health) -> String {
             let _ = writeln!(out, "{name}{{camera=\"{}\"}} {}", c.id, get(c));
         }
     }
+    render_models(&mut out, &h.models);
     let o = h.delivery.outbox().stats();
     let s = &h.delivery.stats;
     let global: [(&str, &str, &str, u64); 6] = [

@@ -108,6 +108,15 @@ impl Tracker {
         Self { cfg, tracks: Vec::new(), next_id: first_id }
     }
 
+    /// Tracks held, tentative ones included.
+    pub fn len(&self) -> usize {
+        self.tracks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracks.is_empty()
+    }
+
     /// Confirmed tracks currently alive.
     pub fn tracks(&self) -> impl Iterator<Item = &Track> {
         self.tracks.iter().filter(|t| t.confirmed)

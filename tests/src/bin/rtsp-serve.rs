@@ -17,7 +17,7 @@ struct Args {
     /// Port to listen on (0 = any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    /// `/path=h264`, `/path=h265`, `/path=still:<image file>` or `/path=scene:standard`; repeatable.
+    /// `/path=h264`, `/path=h265`, `/path=still:<image file>`, `/path=mjpeg:<image file>` or `/path=scene:standard`; repeatable.
     #[arg(long = "mount", required = true)]
     mounts: Vec<String>,
 }
@@ -46,9 +46,10 @@ fn main() -> anyhow::Result<()> {
                 Some(media) => media.clone(),
                 None => scene.insert(scene_media(&standard_scene())?).clone(),
             },
-            other => match other.strip_prefix("still:") {
-                Some(image) => Media::Still { image: image.into() },
-                None => bail!("unknown media {other:?}"),
+            other => match (other.strip_prefix("still:"), other.strip_prefix("mjpeg:")) {
+                (Some(image), _) => Media::Still { image: image.into() },
+                (_, Some(image)) => Media::MjpegStill { image: image.into() },
+                _ => bail!("unknown media {other:?}"),
             },
         };
         mounts.push((path.to_string(), media));
