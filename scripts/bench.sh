@@ -9,11 +9,10 @@ bench=target/release/lookout-bench
 echo "## Bare ONNX Runtime, default model"
 $bench model --batch 1,2,4,8 --threads 1,2
 echo
-echo "## Agent on N streams (H.264 768x576, 10 fps, 1 s GOP)"
-echo "| streams | fps/camera | messages/s | agent CPU (% of one core) | per stream | RSS | threads | decoded/received frames | replaced | messages per camera (min..max) |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-for n in 1 8 32; do $bench streams --streams "$n" --fps 1; done
-$bench streams --streams 8 --fps 2
+echo "## Agent on N streams (H.264 768x576, 10 fps, 1 s GOP, 1 analysed fps each; rtsp-serve in its own process)"
+echo "| streams | fps/camera | agent CPU (% of one core) | per stream | RSS | per stream | threads | analysed fps per stream min / median / max | analysed fps total | capture→publish p50 / p99 | replaced | decoded/received frames |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+for n in 1 16 64 128 256; do $bench streams --streams "$n" --fps 1; done
 echo
 echo "## Events on one pass of the vtest clip"
 $bench events --fps 5

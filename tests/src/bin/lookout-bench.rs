@@ -4,6 +4,7 @@
 //! lookout-bench streams --streams 8   the real agent on N RTSP streams of the clip
 //! lookout-bench events                the real agent on one pass of the vtest clip: events per type
 //! lookout-bench snapshot              cost of one snapshot (decoded I420 frame → scaled JPEG)
+//! lookout-bench ingest --streams 64   where a stream's ingest cost goes, stage by stage
 //!
 //! `scripts/bench.sh` runs the set recorded in docs/BENCHMARKS.md.
 
@@ -81,6 +82,17 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         iterations: u32,
     },
+    /// CPU per stream of GStreamer ingest cut at each stage (in this process, the
+    /// server in its own): RTSP + depay only, + parse, + keyframe-only decode, + decode
+    /// of every frame.
+    Ingest {
+        #[arg(long, default_value_t = 32)]
+        streams: usize,
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Events { fps } => tokio::runtime::Runtime::new()?.block_on(vtest_events(fps)),
         Cmd::Snapshot { max_side, iterations } => bench_snapshot(&max_side, iterations),
+        Cmd::Ingest { streams, warmup, seconds } => bench_ingest(streams, warmup, seconds),
     }
 }
 
@@ -104,7 +117,7 @@ fn bench_model(batches: &[usize], threads: &[usize], seconds: u64, spinning: boo
     println!("| threads | batch | images/s | ms/image | run median ms | run p90 ms |");
     println!("|---|---|---|---|---|---|");
     for &t in threads {
-        let cfg = InferenceConfig { threads: t, max_batch: 64, spinning };
+        let cfg = InferenceConfig { threads: t, max_batch: 64, max_wait: Duration::ZERO, spinning };
         let mut det = Detector::new(&spec, &cfg, &env)?;
         for &b in batches {
             let input = Array4::from_shape_fn((b, img.dim().1, img.dim().2, 3), |(_, y, x, c)| img[[0, y, x, c]]);
@@ -240,6 +253,7 @@ async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow:
     let broker = Mosquitto::start()?;
     let mounts: Vec<String> = (0..n).map(|i| format!("/cam{i}=h264")).collect();
     let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    // The server is a process of its own, so the agent's CPU below is the agent's alone.
     let server = RtspProcess::start(&serve, free_port()?, &mount_refs)?;
     let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
     let cams: Vec<Cam> = ids
@@ -249,36 +263,71 @@ async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow:
         .collect();
     let dir = scratch(&format!("bench-{n}"));
     let config = write_config(&dir, &broker.url(), &cams)?;
-    // The benchmark uses the agent's default inference threads, not the tests' 1.
-    let text = std::fs::read_to_string(&config)?.replace("[inference]\nthreads = 1\n", "");
+    // The benchmark uses the agent's default inference threads, not the tests' 1, and
+    // reads per-camera counters from its metrics.
+    let port = free_port()?;
+    let text = std::fs::read_to_string(&config)?
+        .replace("[inference]\nthreads = 1\n", "")
+        .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""));
     std::fs::write(&config, text)?;
     let rec = Recorder::start(broker.port(), "lookout/v1/+/+/cameras/+/detections").await?;
     let agent = AgentProcess::start(&config)?;
     let pid = agent.pid().context("agent pid")?;
     tokio::time::sleep(Duration::from_secs(warmup)).await;
-    let (cpu0, t0, m0) = (cpu_seconds(pid)?, Instant::now(), rec.snapshot().len());
+    let analysed = |metrics: &str| -> Vec<f64> {
+        ids.iter()
+            .map(|id| {
+                let series = format!("lookout_frames_analysed_total{{camera=\"{id}\"}} ");
+                metrics.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+            })
+            .collect()
+    };
+    let (sys0, inst0) = (std::time::SystemTime::now(), Instant::now());
+    let (cpu0, a0) = (cpu_seconds(pid)?, analysed(&http_get(port, "/metrics")?.1));
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (cpu1, t1, m1) = (cpu_seconds(pid)?, Instant::now(), rec.snapshot().len());
-    let rss = status_field(pid, "VmRSS:");
+    let (cpu1, a1) = (cpu_seconds(pid)?, analysed(&http_get(port, "/metrics")?.1));
+    let win = inst0.elapsed().as_secs_f64();
+    let rss_kb =
+        status_field(pid, "VmRSS:").split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     let threads = status_field(pid, "Threads:");
     let (status, summary) = agent.stop()?;
     anyhow::ensure!(status.success(), "agent failed: {status}");
     let s: serde_json::Value = serde_json::from_str(summary.trim())?;
     let cams = s["cameras"].as_array().context("summary")?;
     let sum = |k: &str| cams.iter().filter_map(|c| c[k].as_u64()).sum::<u64>();
-    let win = (t1 - t0).as_secs_f64();
     let cpu = (cpu1 - cpu0) / win * 100.0;
-    let per_cam_msgs: Vec<usize> = ids.iter().map(|id| rec.from_camera(id).len()).collect();
+    let mut rates: Vec<f64> = a0.iter().zip(&a1).map(|(b, e)| (e - b) / win).collect();
+    rates.sort_by(f64::total_cmp);
+    let total_rate: f64 = rates.iter().sum();
+    // Capture → publish: the message's capture `ts` to its arrival at a subscriber on the
+    // same machine (fsync batching included).
+    let mut latency_ms: Vec<f64> = rec
+        .snapshot()
+        .iter()
+        .filter(|r| r.at >= inst0)
+        .filter_map(|r| {
+            let ts = r.json["ts"].as_str()?;
+            let captured = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+            let arrived = sys0 + (r.at - inst0);
+            let arrived = time::OffsetDateTime::from(arrived);
+            Some((arrived - captured).as_seconds_f64() * 1000.0)
+        })
+        .collect();
+    latency_ms.sort_by(f64::total_cmp);
+    let pct = |v: &[f64], p: f64| if v.is_empty() { f64::NAN } else { v[((v.len() - 1) as f64 * p) as usize] };
     println!(
-        "| {n} | {fps} | {:.1} | {:.0} % | {:.1} % | {rss} | {threads} | {}/{} | {} | {}..{} |",
-        (m1 - m0) as f64 / win,
-        cpu,
+        "| {n} | {fps} | {cpu:.0} % | {:.2} % | {:.0} MB | {:.1} MB | {threads} | {:.2} / {:.2} / {:.2} | {total_rate:.1} | {:.0} / {:.0} ms | {} | {}/{} |",
         cpu / n as f64,
+        rss_kb / 1024.0,
+        rss_kb / 1024.0 / n as f64,
+        pct(&rates, 0.0),
+        pct(&rates, 0.5),
+        pct(&rates, 1.0),
+        pct(&latency_ms, 0.5),
+        pct(&latency_ms, 0.99),
+        sum("replaced_frames"),
         sum("decoded_frames"),
         sum("encoded_frames"),
-        sum("replaced_frames"),
-        per_cam_msgs.iter().min().unwrap_or(&0),
-        per_cam_msgs.iter().max().unwrap_or(&0),
     );
     drop(server);
     Ok(())
@@ -413,5 +462,68 @@ fn bench_snapshot(sides: &[u32], iterations: u32) -> anyhow::Result<()> {
             ms[ms.len() * 9 / 10]
         );
     }
+    Ok(())
+}
+
+/// Per-stream CPU and threads of ingest pipelines cut at each stage, against the clip
+/// served by `rtsp-serve` (a separate process, so this process's CPU is ingest alone).
+fn bench_ingest(streams: usize, warmup: u64, seconds: u64) -> anyhow::Result<()> {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    gst::init()?;
+    let serve = std::env::current_exe()?.parent().map(|d| d.join("rtsp-serve")).context("exe dir")?;
+    let mounts: Vec<String> = (0..streams).map(|i| format!("/cam{i}=h264")).collect();
+    let refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let server = RtspProcess::start(&serve, free_port()?, &refs)?;
+    let src = "rtspsrc location={url} protocols=tcp latency=200 drop-on-latency=true ! rtph264depay";
+    // Keyframes only, as the agent's gate does at analysis rates ≤ the keyframe rate.
+    let key = "identity drop-buffer-flags=delta-unit";
+    let stages: [(&str, String); 5] = [
+        ("RTSP (rtspsrc, jitter buffer) + depay", format!("{src} ! fakesink sync=false")),
+        ("+ h264parse", format!("{src} ! h264parse ! fakesink sync=false")),
+        (
+            "+ decode keyframes (1 per s)",
+            format!("{src} ! h264parse ! {key} ! avdec_h264 max-threads=1 ! fakesink sync=false"),
+        ),
+        (
+            "+ decode every frame (10 fps)",
+            format!("{src} ! h264parse ! avdec_h264 max-threads=1 ! fakesink sync=false"),
+        ),
+        (
+            "+ decode keyframes, jitter buffer off (latency=0)",
+            format!(
+                "rtspsrc location={{url}} protocols=tcp latency=0 buffer-mode=none ! rtph264depay ! h264parse ! {key} ! avdec_h264 max-threads=1 ! fakesink sync=false"
+            ),
+        ),
+    ];
+    let me = std::process::id();
+    println!("{streams} streams of the clip (H.264 768×576, 10 fps, 1 s GOP):");
+    println!("| pipeline | CPU per stream (% of one core) | threads per stream |");
+    println!("|---|---|---|");
+    for (name, desc) in stages {
+        let threads0: f64 = status_field(me, "Threads:").trim().parse().unwrap_or(0.0);
+        let mut pipelines = Vec::new();
+        for i in 0..streams {
+            let d = desc.replace("{url}", &server.url(&format!("/cam{i}")));
+            let p =
+                gst::parse::launch(&d)?.downcast::<gst::Pipeline>().map_err(|_| anyhow::anyhow!("not a pipeline"))?;
+            p.set_state(gst::State::Playing)?;
+            pipelines.push(p);
+        }
+        std::thread::sleep(Duration::from_secs(warmup));
+        let (c0, t0) = (cpu_seconds(me)?, Instant::now());
+        std::thread::sleep(Duration::from_secs(seconds));
+        let (c1, win) = (cpu_seconds(me)?, t0.elapsed().as_secs_f64());
+        let threads: f64 = status_field(me, "Threads:").trim().parse().unwrap_or(0.0);
+        for p in &pipelines {
+            let _ = p.set_state(gst::State::Null);
+        }
+        println!(
+            "| {name} | {:.2} % | {:.1} |",
+            (c1 - c0) / win * 100.0 / streams as f64,
+            (threads - threads0) / streams as f64
+        );
+    }
+    drop(server);
     Ok(())
 }
