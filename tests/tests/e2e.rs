@@ -421,6 +421,7 @@ async fn refused_unauthorized_and_corrupt_cameras_get_clear_reasons_while_a_heal
     assert!(body.contains("1/4 cameras streaming"), "{body}");
     let (_, metrics) = http_get(port, "/metrics").expect("metrics");
     assert!(metrics.contains("lookout_camera_streaming{camera=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("lookout_camera_state{camera=\"locked\",state=\"failed\"} 1"), "{metrics}");
     for id in ["refused", "locked", "garbage"] {
         assert!(metrics.contains(&format!("lookout_camera_streaming{{camera=\"{id}\"}} 0")), "{metrics}");
         let restarts = format!("lookout_camera_restarts_total{{camera=\"{id}\"}} ");

@@ -62,6 +62,11 @@ impl FrameQueue {
         old
     }
 
+    /// Whether the camera at `slot` has a frame the model has not taken yet.
+    pub fn is_pending(&self, slot: usize) -> bool {
+        self.lock().slots.get(slot).is_some_and(Option::is_some)
+    }
+
     /// Wakes the consumer for good; later `take_batch` calls return `Closed` once empty.
     pub fn close(&self) {
         self.lock().closed = true;

@@ -73,8 +73,16 @@ pub struct Gate {
     pub sampler: Sampler,
     last_key_ns: Option<u64>,
     key_interval_ns: Option<u64>,
+    /// The last few keyframe intervals, newest last.
+    recent_ns: Vec<u64>,
     keyframes_only: bool,
 }
+
+/// Keyframe intervals remembered: the shortest of them is the camera's GOP. A loaded
+/// gateway stretches arrival-based timestamps, and taking one stretched interval for
+/// a longer GOP would switch to full decoding, four times the cost, just when the
+/// machine can least afford it.
+const RECENT_INTERVALS: usize = 4;
 
 impl Gate {
     pub fn new(policy: DecodePolicy, fps: f64) -> Self {
@@ -83,6 +91,7 @@ impl Gate {
             sampler: Sampler::new(fps),
             last_key_ns: None,
             key_interval_ns: None,
+            recent_ns: Vec::with_capacity(RECENT_INTERVALS),
             // Until the keyframe interval is known, assume it is short: cheap, and corrected
             // at the second keyframe.
             keyframes_only: policy != DecodePolicy::All,
@@ -102,10 +111,17 @@ impl Gate {
     /// Decides for an encoded frame at the decoder's input.
     pub fn on_encoded(&mut self, pts_ns: u64, is_key: bool) -> GateVerdict {
         if is_key {
-            if let Some(last) = self.last_key_ns
-                && pts_ns > last
-            {
-                self.key_interval_ns = Some(pts_ns - last);
+            match self.last_key_ns {
+                Some(last) if pts_ns > last => {
+                    if self.recent_ns.len() == RECENT_INTERVALS {
+                        self.recent_ns.remove(0);
+                    }
+                    self.recent_ns.push(pts_ns - last);
+                    self.key_interval_ns = self.recent_ns.iter().min().copied();
+                }
+                // Timestamps went back (stream restart): measure again.
+                Some(_) => self.recent_ns.clear(),
+                None => {}
             }
             self.last_key_ns = Some(pts_ns);
             self.keyframes_only = match self.policy {
@@ -136,6 +152,27 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn one_stretched_keyframe_interval_does_not_switch_to_full_decoding() {
+        // 1 s GOP at 10 fps, analysed at 1 fps; one keyframe arrives 600 ms late (a
+        // loaded machine stretches arrival-based timestamps).
+        let mut g = Gate::new(DecodePolicy::Auto, 1.0);
+        let mut t = 0u64;
+        for gop in 0..6 {
+            let late = if gop == 3 { 600 * MS } else { 0 };
+            t += late;
+            g.on_encoded(t, true);
+            assert!(g.keyframes_only(), "GOP {gop}: {:?}", g.key_interval());
+            t += 1000 * MS - late;
+        }
+        // A GOP that really is longer (3 s) is seen once the short ones age out.
+        let mut g = Gate::new(DecodePolicy::Auto, 1.0);
+        for k in 0..8u64 {
+            g.on_encoded(k * 3000 * MS, true);
+        }
+        assert!(!g.keyframes_only(), "{:?}", g.key_interval());
+    }
 
     #[test]
     fn sampler_passes_one_frame_per_interval_despite_jitter() {

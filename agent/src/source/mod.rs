@@ -174,6 +174,14 @@ pub enum CameraState {
 }
 
 impl CameraState {
+    pub const ALL: [CameraState; 5] = [
+        CameraState::Starting,
+        CameraState::Streaming,
+        CameraState::Reconnecting,
+        CameraState::Failed,
+        CameraState::Stopped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CameraState::Starting => "starting",

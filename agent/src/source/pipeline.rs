@@ -87,8 +87,10 @@ pub fn build(
     gst::Element::link_many([&scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
 
     let originals: Option<OriginalSlot> = cam.snapshots.enabled.then(OriginalSlot::default);
-    install_appsink(&sink, ctx.clone(), queue, slot, originals.clone());
+    install_appsink(&sink, ctx.clone(), queue.clone(), slot, originals.clone());
     let taps = Taps {
+        queue,
+        slot,
         decoder: cam.decoder.clone(),
         gate: Arc::new(Mutex::new(Gate::new(cam.decode, cam.fps))),
         motion: Arc::new(Mutex::new(MotionGate::new(cam.motion))),
@@ -148,6 +150,8 @@ fn make(camera: &str, factory: &str) -> Result<gst::Element, SourceError> {
 
 /// What the probes around the decoder share: one per pipeline.
 struct Taps {
+    queue: Arc<FrameQueue>,
+    slot: usize,
     decoder: DecoderPolicy,
     gate: Arc<Mutex<Gate>>,
     motion: Arc<Mutex<MotionGate>>,
@@ -163,7 +167,7 @@ fn link_decoder(
     taps: &Taps,
     ctx: &Arc<CameraCtx>,
 ) -> Result<(), SourceError> {
-    let Taps { decoder, gate, motion, originals } = taps;
+    let Taps { queue, slot, decoder, gate, motion, originals } = taps;
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
     let encoding = caps
         .as_ref()
@@ -211,12 +215,23 @@ fn link_decoder(
     if let Some(parse_src) = parse.static_pad("src") {
         let gate = gate.clone();
         let ctx = ctx.clone();
+        let (queue, slot) = (queue.clone(), *slot);
         parse_src.add_probe(gst::PadProbeType::BUFFER, move |_pad, info| {
             let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
             ctx.stats.encoded_frames.fetch_add(1, Ordering::Relaxed);
             let Some(pts) = buffer.pts().or(buffer.dts()) else { return gst::PadProbeReturn::Ok };
             let is_key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-            let verdict = gate.lock().unwrap_or_else(|e| e.into_inner()).on_encoded(pts.nseconds(), is_key);
+            let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
+            let verdict = g.on_encoded(pts.nseconds(), is_key);
+            // Decode on demand: while the model has not taken this camera's last frame,
+            // a new one would only replace it, so it is not decoded at all (keyframes
+            // only: a skipped delta frame would break the next). Under overload this keeps
+            // decoding to what inference consumes.
+            if verdict == GateVerdict::Pass && g.keyframes_only() && queue.is_pending(slot) {
+                ctx.stats.replaced_frames.fetch_add(1, Ordering::Relaxed);
+                return gst::PadProbeReturn::Drop;
+            }
+            drop(g);
             match verdict {
                 GateVerdict::Pass => {
                     ctx.stats.decoded_frames.fetch_add(1, Ordering::Relaxed);

@@ -151,7 +151,7 @@ fn render(h: &Health) -> String {
         }),
         (
             "lookout_frames_replaced_total",
-            "Sampled frames replaced by a newer one before analysis (dropped on purpose).",
+            "Frames dropped on purpose because the model was behind: replaced by a newer one before analysis, or not decoded while the previous one waited.",
             |c| c.stats.replaced_frames.load(Ordering::Relaxed),
         ),
         (
@@ -175,6 +175,23 @@ fn render(h: &Health) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for c in &h.cameras {
             let _ = writeln!(out, "{name}{{camera=\"{}\"}} {}", c.id, get(c));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lookout_camera_state 1 for the state the camera is in (starting, streaming, reconnecting, failed, stopped).\n\
+         # TYPE lookout_camera_state gauge"
+    );
+    for c in &h.cameras {
+        let now = c.state().0;
+        for st in CameraState::ALL {
+            let _ = writeln!(
+                out,
+                "lookout_camera_state{{camera=\"{}\",state=\"{}\"}} {}",
+                c.id,
+                st.as_str(),
+                u64::from(st == now)
+            );
         }
     }
     render_models(&mut out, &h.models);
