@@ -51,6 +51,9 @@ pub enum Command {
         #[arg(long, default_value = "probe.jpg")]
         out: PathBuf,
     },
+    /// Model maintenance: keys, signing and verifying manifests (see models/README.md).
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Run everything locally: the bundled clip served over RTSP, a local broker, the
     /// default model; prints one line per published message.
     Demo {
@@ -66,5 +69,32 @@ pub enum Command {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Create an ed25519 key pair for signing model manifests.
+    Keygen {
+        /// Where to write the secret key (created readable by its owner only).
+        #[arg(long)]
+        secret: PathBuf,
+        /// Where to write the public key (what gateways trust).
+        #[arg(long)]
+        public: PathBuf,
+    },
+    /// Add or replace a manifest's signature (over every other field, the artifact's sha256 included).
+    Sign {
+        manifest: PathBuf,
+        /// The secret key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check a manifest's signature and the artifact it names.
+    Verify {
+        manifest: PathBuf,
+        /// The public key file.
+        #[arg(long)]
+        pubkey: PathBuf,
     },
 }

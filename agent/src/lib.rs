@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod infer;
+pub mod model;
 pub mod probe;
 pub mod publish;
 pub mod rules;

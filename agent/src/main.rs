@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use lookout::cli::{Cli, Command};
+use lookout::cli::{Cli, Command, ModelCommand};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -54,6 +54,20 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Model(cmd) => {
+            let result = match cmd {
+                ModelCommand::Keygen { secret, public } => lookout::model::keygen(&secret, &public),
+                ModelCommand::Sign { manifest, key } => lookout::model::sign(&manifest, &key),
+                ModelCommand::Verify { manifest, pubkey } => lookout::model::verify(&manifest, &pubkey),
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -39,6 +39,13 @@ struct ManifestFile {
     #[serde(default)]
     #[allow(dead_code)]
     source: Option<String>,
+    /// The artifact's size in bytes, checked when given.
+    #[serde(default)]
+    size: Option<u64>,
+    /// ed25519 signature over the rest (see `model::signature`); checked by model updates.
+    #[serde(default)]
+    #[allow(dead_code)]
+    signature: Option<String>,
     input: InputSpec,
     output: OutputSpec,
     labels: LabelsFile,
@@ -142,6 +149,13 @@ impl ModelSpec {
             return Err(bad(format!("labels file {} is empty", labels_path.display())));
         }
         let path = dir.join(&m.file);
+        if let Some(size) = m.size {
+            let got =
+                std::fs::metadata(&path).map_err(|source| ModelError::ReadModel { path: path.clone(), source })?.len();
+            if got != size {
+                return Err(bad(format!("{} is {got} bytes, the manifest says size = {size}", path.display())));
+            }
+        }
         let actual = sha256_file(&path).map_err(|source| ModelError::ReadModel { path: path.clone(), source })?;
         if !actual.eq_ignore_ascii_case(m.sha256.trim()) {
             return Err(ModelError::Checksum { path, expected: m.sha256, actual });
