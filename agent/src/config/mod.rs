@@ -49,6 +49,7 @@ pub struct Config {
     pub inference: InferenceConfig,
     pub outbox: OutboxSettings,
     pub telemetry: TelemetryConfig,
+    pub model_updates: ModelUpdatesConfig,
     pub models: Vec<ModelConfig>,
     pub cameras: Vec<CameraConfig>,
 }
@@ -167,6 +168,21 @@ pub struct TelemetryConfig {
     /// `listen` (default "127.0.0.1:9464"; "off" disables): where `/readyz`, `/healthz`
     /// and `/metrics` are served. Loopback by default: it is for the gateway itself.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[model_updates]` (optional section): who may push models to this gateway.
+#[derive(Debug, Clone, Default)]
+pub struct ModelUpdatesConfig {
+    /// `trusted_keys` (default none): public key files (`lookout model keygen`); a
+    /// `model.update` is installed only when its manifest is signed by one of them. Each
+    /// file must exist and hold an ed25519 public key. Relative paths resolve against
+    /// the config file's folder.
+    pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// The files they came from, for messages.
+    pub trusted_key_files: Vec<PathBuf>,
+    /// `allow_unsigned` (default false): accept updates without a valid signature. For
+    /// labs only: anyone who can publish on the command topic can then replace models.
+    pub allow_unsigned: bool,
 }
 
 /// `[[models]]`
@@ -492,6 +508,27 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         t.finish(&mut issues);
     }
 
+    let mut model_updates = ModelUpdatesConfig::default();
+    if let Some(mut t) = root.table(&mut issues, "model_updates", false) {
+        if let Some(files) = t.opt::<Vec<String>>(&mut issues, "trusted_keys") {
+            for f in files {
+                let path = resolve_path(&base_dir, cwd, &f);
+                match crate::model::signature::read_public(&path) {
+                    Ok(k) => {
+                        model_updates.trusted_keys.push(k);
+                        model_updates.trusted_key_files.push(path);
+                    }
+                    Err(e) => {
+                        let s = t.raw("trusted_keys").map(|v| v.span());
+                        issues.push(&t.field_path("trusted_keys"), s.as_ref(), e.to_string());
+                    }
+                }
+            }
+        }
+        model_updates.allow_unsigned = t.opt::<bool>(&mut issues, "allow_unsigned").unwrap_or(false);
+        t.finish(&mut issues);
+    }
+
     let mut models = Vec::new();
     let before = issues.list.len();
     let model_tables = root.tables(&mut issues, "models");
@@ -568,6 +605,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 inference,
                 outbox,
                 telemetry,
+                model_updates,
                 models,
                 cameras,
             })

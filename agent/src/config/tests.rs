@@ -170,7 +170,9 @@ fn unknown_keys_are_reported_with_their_line_and_the_accepted_keys() {
     assert_eq!(all.len(), 3, "{all:#?}");
     assert_issue(&all, &src, "debug", "debug = true", "unknown field");
     assert!(
-        only(&all, "debug").message.contains("agent, mqtt, outbox, inference, telemetry, models, cameras"),
+        only(&all, "debug")
+            .message
+            .contains("agent, mqtt, outbox, inference, telemetry, model_updates, models, cameras"),
         "{all:#?}"
     );
     assert_issue(
@@ -516,7 +518,11 @@ min_score = true
         (24, "cameras[1].model", "unknown model \"bus\" (models: car, person)"),
         (25, "cameras[1].transport", "unknown value \"carrier-pigeon\""),
         (30, "cameras[2].min_score", "expected a number, found boolean"),
-        (2, "lookout", "unknown field, expected one of: agent, mqtt, outbox, inference, telemetry, models, cameras"),
+        (
+            2,
+            "lookout",
+            "unknown field, expected one of: agent, mqtt, outbox, inference, telemetry, model_updates, models, cameras",
+        ),
     ];
     assert_eq!(err.issues.len(), expected.len(), "{err}");
     let shown = err.to_string();
@@ -731,4 +737,24 @@ fn motion_gating_is_on_by_default_and_its_keys_are_read_and_checked() {
     let all = issues(&bad);
     assert_issue(&all, &bad, "cameras[0].motion_threshold", "motion_threshold", "1 to 255");
     assert_issue(&all, &bad, "cameras[0].keepalive", "keepalive", "at least 0.1 seconds");
+}
+
+#[test]
+fn trusted_keys_are_read_and_bad_key_files_are_reported() {
+    let dir = TempDir::new("keys");
+    let (_, public) = crate::model::signature::keygen().expect("keygen");
+    std::fs::write(dir.0.join("release.pub"), public).expect("write");
+    std::fs::write(dir.0.join("junk.pub"), "not a key").expect("write");
+    let file = dir.0.join("lookout.toml");
+    let src = minimal() + "[model_updates]\ntrusted_keys = [\"release.pub\"]\n";
+    let c = parse(&file, &src, Path::new(NO_CWD)).expect("valid");
+    assert_eq!(c.model_updates.trusted_keys.len(), 1);
+    assert!(!c.model_updates.allow_unsigned);
+    assert!(parse_ok(&minimal()).model_updates.trusted_keys.is_empty(), "no section: no trusted keys");
+    let bad = minimal() + "[model_updates]\ntrusted_keys = [\"junk.pub\", \"missing.pub\"]\n";
+    let Err(e) = parse(&file, &bad, Path::new(NO_CWD)) else { panic!("refused") };
+    let keys: Vec<&Issue> = e.issues.iter().filter(|i| i.field == "model_updates.trusted_keys").collect();
+    assert_eq!(keys.len(), 2, "{:#?}", e.issues);
+    assert!(keys[0].message.contains("junk.pub") && keys[0].message.contains("not a public key"), "{:?}", keys[0]);
+    assert!(keys[1].message.contains("missing.pub"), "{:?}", keys[1]);
 }
