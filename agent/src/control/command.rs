@@ -58,9 +58,13 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// `schema` of replies.
+pub const REPLY_SCHEMA: &str = "lookout.reply/1";
+
 /// A reply: `{"request_id": "…", "ok": true, …}` or `{"request_id": "…", "ok": false, "error": {…}}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Reply {
+    pub schema: &'static str,
     pub request_id: String,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,11 +76,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(request_id: &str, result: Map<String, Value>) -> Self {
-        Self { request_id: request_id.to_string(), ok: true, error: None, result }
+        Self { schema: REPLY_SCHEMA, request_id: request_id.to_string(), ok: true, error: None, result }
     }
 
     pub fn error(request_id: &str, code: &'static str, message: impl Into<String>) -> Self {
         Self {
+            schema: REPLY_SCHEMA,
             request_id: request_id.to_string(),
             ok: false,
             error: Some(ErrorBody { code, message: message.into() }),
@@ -220,11 +225,16 @@ mod tests {
     fn replies_have_the_documented_shape() {
         let ok = serde_json::to_value(Reply::ok("r1", Map::from_iter([("cameras".into(), Value::Array(vec![]))])))
             .expect("json");
-        assert_eq!(ok, serde_json::json!({"request_id": "r1", "ok": true, "cameras": []}));
+        assert_eq!(ok, serde_json::json!({"schema": "lookout.reply/1", "request_id": "r1", "ok": true, "cameras": []}));
         let e = serde_json::to_value(Reply::error("r1", "unknown_command", "no")).expect("json");
         assert_eq!(
             e,
-            serde_json::json!({"request_id": "r1", "ok": false, "error": {"code": "unknown_command", "message": "no"}})
+            serde_json::json!({
+                "schema": "lookout.reply/1",
+                "request_id": "r1",
+                "ok": false,
+                "error": {"code": "unknown_command", "message": "no"}
+            })
         );
     }
 

@@ -29,6 +29,20 @@ impl Topics {
         Self { root: format!("lookout/v1/{site}/{agent}") }
     }
 
+    /// Commands to this agent: `.../commands/{name}` (subscription filter).
+    pub fn commands(&self) -> String {
+        format!("{}/commands/+", self.root)
+    }
+
+    /// The command name of a topic under [`commands`](Self::commands), if it is one.
+    pub fn command_name<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic.strip_prefix(self.root.as_str())?.strip_prefix("/commands/")
+    }
+
+    pub fn reply(&self, request_id: &str) -> String {
+        format!("{}/replies/{request_id}", self.root)
+    }
+
     pub fn status(&self) -> String {
         format!("{}/status", self.root)
     }

@@ -35,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
 use crate::config::MqttConfig;
+use crate::control::ControlState;
+use crate::control::command::{self, NO_REQUEST_ID, Reply};
 use crate::event::{AgentInfo, Topics, camera_status_message, status_message};
 use crate::source::CameraCtx;
 use outbox::Outbox;
@@ -233,7 +235,13 @@ impl<'a> Connection<'a> {
                 info!(pending, "connected to MQTT broker");
                 self.publish_state(self.topics.status(), status_message(&self.presence.info, "online", None));
                 self.report_cameras(true);
+                // A fresh session each connection: subscribe again. Subscribe requests are
+                // not publish requests, so the pkid → seq FIFO is unaffected.
+                if let Err(e) = self.client.try_subscribe(self.topics.commands(), QoS::AtLeastOnce) {
+                    warn!(error = %e, "cannot subscribe to commands");
+                }
             }
+            Event::Incoming(Packet::Publish(p)) => self.on_command(&p.topic, &p.payload, p.retain),
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(Some(seq)) = self.requested.pop_front() {
                     self.unacked.insert(pkid, seq);
@@ -290,6 +298,34 @@ impl<'a> Connection<'a> {
                 self.cursor = r.seq;
                 self.delivery.stats.sent.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// A command: parsed, answered on `replies/{request_id}` (QoS 1, not retained, not
+    /// through the outbox: a reply to a request nobody waits for any more is worthless).
+    fn on_command(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        let Some(name) = self.topics.command_name(topic) else { return };
+        let reply = if retain {
+            // A retained command would run again at every reconnect.
+            Reply::error(NO_REQUEST_ID, "retained_command", "commands must not be retained")
+        } else {
+            match command::parse(name, payload) {
+                Ok(req) => {
+                    let state = ControlState { info: &self.presence.info, cameras: &self.presence.cameras };
+                    let reply = crate::control::handle(&req, &state);
+                    info!(command = name, request_id = %req.request_id, ok = reply.ok, "command");
+                    reply
+                }
+                Err(reply) => {
+                    let code = reply.error.as_ref().map_or("", |e| e.code);
+                    warn!(command = name, code, "command refused");
+                    reply
+                }
+            }
+        };
+        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        if self.client.try_publish(self.topics.reply(&reply.request_id), QoS::AtLeastOnce, false, body).is_ok() {
+            self.requested.push_back(None);
         }
     }
 
