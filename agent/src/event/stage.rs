@@ -57,7 +57,7 @@ pub enum Outgoing {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Best {
     score: f32,
     t: f64,
@@ -161,10 +161,6 @@ impl CameraEvents {
         }
     }
 
-    pub fn id(&self) -> &str {
-        &self.spec.id
-    }
-
     /// Live (confirmed) tracks.
     pub fn live_tracks(&self) -> usize {
         self.rules.objects().count()
@@ -173,11 +169,6 @@ impl CameraEvents {
     /// Tracks held, tentative ones included (the motion gate stays open while any).
     pub fn held_tracks(&self) -> usize {
         self.tracker.len()
-    }
-
-    /// JPEGs held for live tracks (bounded by [`MAX_SNAPSHOT_TRACKS`]).
-    pub fn held_snapshots(&self) -> usize {
-        self.best.len()
     }
 
     /// One analysed frame.
@@ -290,18 +281,7 @@ impl CameraEvents {
             if !improves {
                 continue;
             }
-            let jpeg = frame_jpeg.get_or_insert_with(|| {
-                let p = self.spec.snapshots;
-                match snapshot::encode(original, p.max_side, p.quality) {
-                    Ok(j) => Some(Arc::new(j)),
-                    Err(e) => {
-                        if !std::mem::replace(&mut self.snapshot_failed, true) {
-                            warn!(camera = %self.spec.id, error = %e, "cannot make a snapshot; events go without");
-                        }
-                        None
-                    }
-                }
-            });
+            let jpeg = frame_jpeg.get_or_insert_with(|| self.encode(original));
             if let Some(j) = jpeg {
                 self.best.insert(tr.id, Best { score: tr.score, t, bbox: tr.bbox, jpeg: j.clone() });
             }
@@ -372,14 +352,26 @@ impl CameraEvents {
     /// failed before) one made from the frame at hand.
     fn best_or_now(&mut self, tid: u64, frame: Option<&Analysed>) -> Option<Best> {
         if let Some(b) = self.best.get(&tid) {
-            return Some(Best { score: b.score, t: b.t, bbox: b.bbox, jpeg: b.jpeg.clone() });
+            return Some(b.clone());
         }
         let a = frame?;
-        let original = a.original.as_ref()?;
-        let p = self.spec.snapshots;
-        let jpeg = snapshot::encode(original, p.max_side, p.quality).ok()?;
+        let jpeg = self.encode(a.original.as_ref()?)?;
         let tr = self.rules.objects().find(|t| t.id == tid)?;
-        Some(Best { score: tr.score, t: secs(a.captured), bbox: tr.bbox, jpeg: Arc::new(jpeg) })
+        Some(Best { score: tr.score, t: secs(a.captured), bbox: tr.bbox, jpeg })
+    }
+
+    /// A snapshot of `original` per the camera's policy; a failure is logged once per camera.
+    fn encode(&mut self, original: &crate::source::Original) -> Option<Arc<Jpeg>> {
+        let p = self.spec.snapshots;
+        match snapshot::encode(original, p.max_side, p.quality) {
+            Ok(j) => Some(Arc::new(j)),
+            Err(e) => {
+                if !std::mem::replace(&mut self.snapshot_failed, true) {
+                    warn!(camera = %self.spec.id, error = %e, "cannot make a snapshot; events go without");
+                }
+                None
+            }
+        }
     }
 
     fn zone_out(&self, z: usize, seconds: Option<f64>, count: Option<usize>) -> ZoneOut {

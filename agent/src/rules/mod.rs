@@ -261,7 +261,9 @@ impl Rules {
             // An update for an object we never saw confirmed: treat it as new.
             return self.on_new(t, tr, out);
         };
-        let mut o = self.objects.swap_remove(idx);
+        // Taken out while lines and zones (which update `self`) look at it, then put back
+        // where it was: objects stay in the order they were confirmed.
+        let mut o = self.objects.remove(idx);
         o.track = tr.clone();
         let p = self.cfg.reference.of(&tr.bbox);
         o.push_path(p);
@@ -272,9 +274,7 @@ impl Rules {
             o.last_report = t;
             out.push(RuleEvent { kind: Kind::ObjectUpdate, t, object: Some(o.view()) });
         }
-        // Keep the order objects were confirmed in (swap_remove moved the last one).
-        self.objects.push(o);
-        self.objects.sort_by_key(|o| o.track.id);
+        self.objects.insert(idx, o);
     }
 
     fn on_end(&mut self, tr: &Track, out: &mut Vec<RuleEvent>) {

@@ -99,6 +99,11 @@ impl MotionGate {
         Self { policy, previous: None, last_analysed_ns: None }
     }
 
+    /// Whether gating is on (else there is no need to read frames for it).
+    pub fn enabled(&self) -> bool {
+        self.policy.enabled
+    }
+
     /// Decides for a sampled frame at `pts_ns` with cell grid `cells` (`None`: the frame
     /// could not be read, so it is analysed). `tracking`: the camera has live tracks.
     pub fn decide(&mut self, pts_ns: u64, cells: Option<Vec<u8>>, tracking: bool) -> Verdict {

@@ -256,8 +256,12 @@ fn link_decoder(
             }
             let caps = pad.current_caps();
             let tracking = ctx.live_tracks.load(Ordering::Relaxed) > 0;
-            let cells = caps.as_ref().and_then(|c| luma_grid(buffer, c));
-            if !motion.lock().unwrap_or_else(|e| e.into_inner()).decide(pts.nseconds(), cells, tracking).analyse() {
+            let mut motion_gate = motion.lock().unwrap_or_else(|e| e.into_inner());
+            // The luma grid is only read when gating is on: no per-frame work otherwise.
+            let cells = if motion_gate.enabled() { caps.as_ref().and_then(|c| luma_grid(buffer, c)) } else { None };
+            let analyse = motion_gate.decide(pts.nseconds(), cells, tracking).analyse();
+            drop(motion_gate);
+            if !analyse {
                 ctx.stats.motion_skipped_frames.fetch_add(1, Ordering::Relaxed);
                 return gst::PadProbeReturn::Drop;
             }
