@@ -3,9 +3,9 @@
 //! message to the outbox and syncs it → MQTT delivers what it can within the grace
 //! period (the rest stays in the outbox for the next start).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,19 +15,31 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::event::stage::{CameraEvents, CameraSpec, Outgoing};
-use crate::event::{AgentInfo, ModelOut, Topics, detections_message, gap_message};
-use crate::infer::queue::FrameQueue;
-use crate::infer::{self, Analysed, Detector};
+use crate::control::fleet::Fleet;
+use crate::control::supervisor::{Deps, Supervisor};
+use crate::event::stage::{CameraEvents, Outgoing};
+use crate::event::{Topics, detections_message, gap_message};
+use crate::infer::{self, Analysed};
 use crate::publish::gaps::{GapAnnouncer, Range};
 use crate::publish::outbox::{GapReason, Outbox, OutboxConfig, OutboxError};
 use crate::publish::{self, Delivery, Presence};
-use crate::source::{self, CameraCtx, FrameFormat};
+use crate::source::{self, CameraCtx};
 use crate::telemetry::{self, Liveness, http::Health};
 
 /// Capacity of the inference → event channel, in analysed frames. When full, inference
 /// waits (see `infer`).
 pub const ANALYSED_CHANNEL: usize = 256;
+
+/// Commands waiting for the supervisor; when full, a new one is refused as `busy`.
+pub const CONTROL_QUEUE: usize = 16;
+
+/// Cameras joining and leaving the event thread.
+pub enum EventsCtl {
+    Add(Arc<CameraCtx>, Box<CameraEvents>),
+    /// Ends the camera's tracks and sends its partial counts; ignored if the stage now
+    /// belongs to a newer context of the same id.
+    Remove(Arc<CameraCtx>),
+}
 
 /// Per-camera counters at the end of a run.
 #[derive(Debug, Serialize)]
@@ -81,117 +93,65 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     info!(pending = report.pending, dir = %outbox_dir.display(), "outbox open");
     let delivery = Arc::new(Delivery::new(outbox));
     let (site, agent_id) = (config.agent.site.clone(), config.agent.id.clone());
-
-    // Models: one detector, queue and worker thread per model some camera uses.
-    let (tx, rx) = sync_channel::<Analysed>(ANALYSED_CHANNEL);
-    let mut queues: HashMap<String, (Arc<FrameQueue>, FrameFormat)> = HashMap::new();
-    let mut workers = Vec::new();
-    let mut model_stats = Vec::new();
-    let liveness = Liveness::default();
-    for m in &config.models {
-        if !config.cameras.iter().any(|c| c.model == m.name) {
-            continue;
-        }
-        let det =
-            Detector::new(&m.spec, &config.inference, &env).with_context(|| format!("loading model {}", m.name))?;
-        let (h, w) = m.spec.input_size();
-        let queue = Arc::new(FrameQueue::new());
-        let (q, out, max_batch) = (queue.clone(), tx.clone(), config.inference.max_batch);
-        let max_wait = config.inference.max_wait;
-        let stats = Arc::new(infer::ModelStats::new(&m.name));
-        model_stats.push(stats.clone());
-        let alive = liveness.guard();
-        let handle = std::thread::Builder::new()
-            .name(format!("infer-{}", m.name))
-            .spawn(move || {
-                let _alive = alive;
-                infer::run_worker(det, q, max_batch, max_wait, stats, out)
-            })
-            .context("spawning inference thread")?;
-        info!(model = %m.name, version = %m.spec.version, sha256 = %m.spec.sha256, "model loaded");
-        workers.push(handle);
-        queues.insert(m.name.clone(), (queue, FrameFormat { width: w, height: h }));
-    }
-    drop(tx);
-
-    // Cameras' contexts (their tasks start after MQTT, below).
-    let mut cameras = Vec::new();
-    for cam in &config.cameras {
-        let min_score = cam
-            .min_score
-            .unwrap_or_else(|| config.model(&cam.model).map_or(0.5, |m| m.spec.postprocess.score_threshold));
-        cameras.push(Arc::new(CameraCtx::new(&cam.id, min_score)));
-    }
+    let config_sha256 = crate::infer::model::sha256_file(&config.file).unwrap_or_default();
+    let fleet = Arc::new(Fleet::new(&site, &agent_id, config_sha256));
 
     // Event stage: its own thread, as appends, fsyncs and snapshot encoding block.
+    // Cameras join and leave it through `EventsCtl`, sent by the supervisor.
+    let (tx, rx) = sync_channel::<Analysed>(ANALYSED_CHANNEL);
+    let (events_ctl, events_ctl_rx) = std::sync::mpsc::channel::<EventsCtl>();
+    let liveness = Liveness::default();
+    let expected_threads = Arc::new(AtomicUsize::new(0));
     let events = {
         let (delivery, topics, site, agent_id) = (delivery.clone(), topics.clone(), site.clone(), agent_id.clone());
         let fsync = config.outbox.fsync_interval;
-        let stages: Vec<(Arc<CameraCtx>, CameraEvents)> = config
-            .cameras
-            .iter()
-            .zip(&cameras)
-            .filter_map(|(cam, ctx)| {
-                let m = config.model(&cam.model)?;
-                let spec = CameraSpec {
-                    id: cam.id.clone(),
-                    min_score: ctx.min_score,
-                    lost_after: cam.lost_after,
-                    count_interval: cam.count_interval,
-                    rules: cam.rules.clone(),
-                    snapshots: cam.snapshots,
-                    labels: m.spec.labels.clone().into(),
-                    model: ModelOut {
-                        name: m.name.clone(),
-                        version: m.spec.version.clone(),
-                        sha256: m.spec.sha256.clone(),
-                    },
-                };
-                Some((ctx.clone(), CameraEvents::new(spec, &site, &agent_id, topics.clone(), SystemTime::now())))
-            })
-            .collect();
         let alive = liveness.guard();
+        expected_threads.fetch_add(1, Ordering::SeqCst);
         std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
                 let _alive = alive;
-                run_events(rx, stages, &delivery, &topics, &site, &agent_id, fsync)
+                run_events(rx, events_ctl_rx, &delivery, &topics, &site, &agent_id, fsync)
             })
             .context("spawning event thread")?
     };
 
+    // Models and cameras: the supervisor starts them (restoring runtime changes) and
+    // changes them on commands and SIGHUP.
+    let mqtt_config = config.mqtt.clone();
+    let listen = config.telemetry.listen;
+    let supervisor = Supervisor::start(
+        config,
+        Deps {
+            env,
+            fleet: fleet.clone(),
+            analysed: tx,
+            events: events_ctl,
+            liveness: liveness.clone(),
+            expected_threads: expected_threads.clone(),
+            topics: topics.clone(),
+            shutdown: shutdown.clone(),
+        },
+    )
+    .await?;
+    let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(CONTROL_QUEUE);
+
     // Publishing: its own token so it outlives the cameras and drains last.
     let mqtt_stop = CancellationToken::new();
-    let presence = Presence { info: agent_info(&config), cameras: cameras.clone() };
-    let mqtt_task = publish::spawn(config.mqtt.clone(), delivery.clone(), presence, mqtt_stop.clone(), grace);
+    let presence = Presence { fleet: fleet.clone(), requests: requests_tx };
+    let mqtt_task = publish::spawn(mqtt_config, delivery.clone(), presence, mqtt_stop.clone(), grace);
+    let supervisor_task = tokio::spawn(supervisor.run(requests_rx));
 
-    let mut camera_tasks = Vec::new();
-    for (cam, ctx) in config.cameras.iter().zip(&cameras) {
-        let Some((queue, format)) = queues.get(&cam.model) else { continue };
-        let slot = queue.register();
-        camera_tasks.push(tokio::spawn(source::run(
-            cam.clone(),
-            ctx.clone(),
-            *format,
-            queue.clone(),
-            slot,
-            shutdown.clone(),
-        )));
-    }
-    info!(cameras = cameras.len(), "agent running");
+    info!(cameras = fleet.cameras().len(), "agent running");
     let health = Arc::new(Health {
-        cameras: cameras.clone(),
-        models: model_stats,
+        fleet: fleet.clone(),
         delivery: delivery.clone(),
-        expected_threads: liveness.alive(),
+        expected_threads,
         liveness: liveness.clone(),
         ready: std::sync::atomic::AtomicBool::new(false),
     });
     let health_task = tokio::spawn(health_loop(health.clone(), shutdown.clone()));
-    let http = config
-        .telemetry
-        .listen
-        .map(|addr| tokio::spawn(telemetry::http::serve(addr, health.clone(), shutdown.clone())));
+    let http = listen.map(|addr| tokio::spawn(telemetry::http::serve(addr, health.clone(), shutdown.clone())));
 
     shutdown.cancelled().await;
     info!("shutting down");
@@ -200,21 +160,16 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     if let Some(h) = http {
         let _ = h.await;
     }
-    for t in camera_tasks {
-        let _ = t.await;
-    }
-    for (q, _) in queues.values() {
-        q.close();
-    }
+    // Cameras stop, inference workers finish their batch; then the event thread sees
+    // its inputs close, ends every track and syncs the outbox.
+    let _ = supervisor_task.await;
     let _ = tokio::task::spawn_blocking(move || {
-        for w in workers {
-            let _ = w.join();
-        }
         let _ = events.join();
     })
     .await;
     mqtt_stop.cancel();
     let _ = mqtt_task.await;
+    let cameras = fleet.cameras();
 
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let cameras = cameras
@@ -246,14 +201,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
 /// At the end every camera's tracks end and its partial counts go out.
 fn run_events(
     rx: Receiver<Analysed>,
-    mut stages: Vec<(Arc<CameraCtx>, CameraEvents)>,
+    ctl: Receiver<EventsCtl>,
     delivery: &Delivery,
     topics: &Topics,
     site: &str,
     agent: &str,
     fsync: Duration,
 ) {
-    let index: HashMap<String, usize> = stages.iter().enumerate().map(|(i, (c, _))| (c.id.clone(), i)).collect();
+    let mut stages: BTreeMap<String, (Arc<CameraCtx>, CameraEvents)> = BTreeMap::new();
     let mut last_tick = Instant::now();
     let mut gaps = GapAnnouncer::default();
     let mut last_sync = Instant::now();
@@ -261,15 +216,34 @@ fn run_events(
     let mut last_announce: Option<Instant> = None;
     let mut open = true;
     while open {
+        // Cameras joining and leaving (the supervisor); a leaving camera ends its tracks
+        // and sends its partial counts, as at shutdown.
+        while let Ok(c) = ctl.try_recv() {
+            match c {
+                EventsCtl::Add(ctx, stage) => {
+                    stages.insert(ctx.id.clone(), (ctx, *stage));
+                }
+                EventsCtl::Remove(ctx) => {
+                    if stages.get(&ctx.id).is_some_and(|(c, _)| Arc::ptr_eq(c, &ctx))
+                        && let Some((ctx, mut stage)) = stages.remove(&ctx.id)
+                    {
+                        append_outgoing(delivery, &ctx, topics, stage.finish(SystemTime::now()));
+                    }
+                }
+            }
+        }
         match rx.recv_timeout(fsync.clamp(Duration::from_millis(10), Duration::from_secs(1))) {
             Ok(a) => {
                 if a.detections.iter().any(|d| d.score >= a.camera.min_score) {
                     let topic = topics.detections(&a.camera.id);
                     append(delivery, &a.camera, &topic, |seq| detections_message(&a, site, agent, seq));
                 }
-                if let Some(&i) = index.get(&a.camera.id) {
-                    append_outgoing(delivery, &a.camera, topics, stages[i].1.on_frame(&a));
-                    a.camera.live_tracks.store(stages[i].1.held_tracks(), Ordering::Relaxed);
+                // Frames analysed for a camera since removed (or replaced) have no stage.
+                if let Some((ctx, stage)) = stages.get_mut(&a.camera.id)
+                    && Arc::ptr_eq(ctx, &a.camera)
+                {
+                    append_outgoing(delivery, &a.camera, topics, stage.on_frame(&a));
+                    a.camera.live_tracks.store(stage.held_tracks(), Ordering::Relaxed);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -277,7 +251,7 @@ fn run_events(
         }
         if last_tick.elapsed() >= Duration::from_millis(250) || !open {
             let now = SystemTime::now();
-            for (ctx, stage) in &mut stages {
+            for (ctx, stage) in stages.values_mut() {
                 let outs = if open { stage.tick(now) } else { stage.finish(now) };
                 append_outgoing(delivery, ctx, topics, outs);
                 ctx.live_tracks.store(stage.held_tracks(), Ordering::Relaxed);
@@ -377,7 +351,7 @@ async fn health_loop(health: Arc<Health>, shutdown: CancellationToken) {
         } else {
             error!(
                 alive = health.liveness.alive(),
-                expected = health.expected_threads,
+                expected = health.expected_threads.load(Ordering::SeqCst),
                 "an inference or event thread has died; withholding the watchdog ping"
             );
         }
@@ -423,24 +397,4 @@ fn announce_gaps(delivery: &Delivery, gaps: &mut GapAnnouncer, topics: &Topics, 
         }
     }
     collect_gaps(delivery, gaps);
-}
-
-fn agent_info(config: &Config) -> AgentInfo {
-    let config_sha256 = crate::infer::model::sha256_file(&config.file).unwrap_or_default();
-    AgentInfo {
-        site: config.agent.site.clone(),
-        agent: config.agent.id.clone(),
-        started: SystemTime::now(),
-        config_sha256,
-        cameras: config
-            .cameras
-            .iter()
-            .map(|c| {
-                let (v, h) = config
-                    .model(&c.model)
-                    .map_or((String::new(), String::new()), |m| (m.spec.version.clone(), m.spec.sha256.clone()));
-                (c.id.clone(), c.model.clone(), v, h)
-            })
-            .collect(),
-    }
 }

@@ -144,6 +144,16 @@ impl AgentProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends SIGHUP (reload the config file).
+    pub fn hup(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("not running")?;
+        let ok = Command::new("kill").args(["-HUP", &pid.to_string()]).status()?.success();
+        if !ok {
+            bail!("kill -HUP {pid} failed");
+        }
+        Ok(())
+    }
+
     /// The agent's log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -233,6 +243,10 @@ impl Schemas {
 
     /// Why `payload` on `topic` breaks the contract, if it does.
     pub fn check(&self, topic: &str, payload: &[u8]) -> Option<String> {
+        // An empty retained message clears a removed camera's status (EVENTS.md).
+        if payload.is_empty() && topic.contains("/cameras/") && topic.ends_with("/status") {
+            return None;
+        }
         if topic.contains("/snapshots/") {
             let jpeg = payload.starts_with(&[0xFF, 0xD8]) && payload.ends_with(&[0xFF, 0xD9]);
             return (!jpeg).then(|| format!("{topic}: snapshot is not a JPEG ({} bytes)", payload.len()));
@@ -420,5 +434,92 @@ impl Drop for RtspProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `lookout` with `args` (e.g. `model sign`); fails with its stderr when it fails.
+pub fn lookout(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(lookout_bin()).args(args).output().context("running lookout")?;
+    if !out.status.success() {
+        bail!("lookout {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A real HTTP server (Python's `http.server`) serving `dir` on loopback; stops when dropped.
+pub struct HttpServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl HttpServer {
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting python3 -m http.server")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("http.server did not listen on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { child, port })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, path.trim_start_matches('/'))
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An operator sending commands over MQTT and waiting for their replies.
+pub struct Operator {
+    client: AsyncClient,
+    root: String,
+    replies: Recorder,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    /// `root` is `lookout/v1/{site}/{agent}`.
+    pub async fn connect(port: u16, root: &str) -> anyhow::Result<Self> {
+        let replies = Recorder::start(port, &format!("{root}/replies/#")).await?;
+        let mut opts = MqttOptions::new(format!("e2e-operator-{}", std::process::id()), "127.0.0.1", port);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 16);
+        let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        Ok(Self { client, root: root.to_string(), replies, pump })
+    }
+
+    /// Sends `name` with `payload` (which must carry `request_id`) and waits for its reply.
+    pub async fn call(&self, name: &str, payload: Value, timeout: Duration) -> anyhow::Result<Value> {
+        let id = payload["request_id"].as_str().context("payload without request_id")?.to_string();
+        let topic = format!("{}/commands/{name}", self.root);
+        self.client.publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&payload)?).await?;
+        let want = format!("{}/replies/{id}", self.root);
+        let got = self
+            .replies
+            .wait_for(timeout, &format!("reply to {name} {id}"), |m| m.iter().any(|r| r.topic == want))
+            .await?;
+        got.into_iter().find(|r| r.topic == want).map(|r| r.json).context("reply vanished")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.pump.abort();
     }
 }

@@ -56,7 +56,7 @@ async fn commands_get_replies_and_bad_ones_never_stop_the_agent() {
     assert_eq!(list["cameras"][0]["model"], "person", "{list}");
     let models = by_id(&got, "models-1").expect("model.list reply");
     assert_eq!(models["models"][0]["name"], "person", "{models}");
-    assert_eq!(models["models"][0]["sha256"].as_str().map(str::len), Some(64), "{models}");
+    assert_eq!(models["models"][0]["active"]["sha256"].as_str().map(str::len), Some(64), "{models}");
     let code = |v: &Value| v["error"]["code"].as_str().unwrap_or("").to_string();
     let invalid: Vec<String> =
         got.iter().filter(|r| r.topic == format!("{ROOT}/replies/_invalid")).map(|r| code(&r.json)).collect();

@@ -171,7 +171,7 @@ pub struct TelemetryConfig {
 }
 
 /// `[model_updates]` (optional section): who may push models to this gateway.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ModelUpdatesConfig {
     /// `trusted_keys` (default none): public key files (`lookout model keygen`); a
     /// `model.update` is installed only when its manifest is signed by one of them. Each
@@ -183,6 +183,28 @@ pub struct ModelUpdatesConfig {
     /// `allow_unsigned` (default false): accept updates without a valid signature. For
     /// labs only: anyone who can publish on the command topic can then replace models.
     pub allow_unsigned: bool,
+    /// `max_bytes` (default 536870912, 512 MiB): the largest artifact a `model.update`
+    /// downloads; a bigger one (by its manifest's `size` or while streaming) is refused.
+    pub max_bytes: u64,
+    /// `timeout_secs` (default 300): the whole download of one update (manifest, labels,
+    /// artifact) must finish within this; connecting must within 10 s.
+    pub timeout: Duration,
+    /// `keep_versions` (default 3, at least 2): installed versions kept on disk per model
+    /// (the active one and the one before it are always kept, for rollback).
+    pub keep_versions: usize,
+}
+
+impl Default for ModelUpdatesConfig {
+    fn default() -> Self {
+        Self {
+            trusted_keys: Vec::new(),
+            trusted_key_files: Vec::new(),
+            allow_unsigned: false,
+            max_bytes: 512 << 20,
+            timeout: Duration::from_secs(300),
+            keep_versions: 3,
+        }
+    }
 }
 
 /// `[[models]]`
@@ -198,7 +220,7 @@ pub struct ModelConfig {
 }
 
 /// `[[cameras]]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CameraConfig {
     /// `id` (required): unique per agent; letters, digits, `-`, `_`, `.` (a topic segment).
     pub id: String,
@@ -526,6 +548,31 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
             }
         }
         model_updates.allow_unsigned = t.opt::<bool>(&mut issues, "allow_unsigned").unwrap_or(false);
+        if let Some(n) = t.opt::<u64>(&mut issues, "max_bytes") {
+            if n == 0 {
+                let s = t.raw("max_bytes").map(|v| v.span());
+                issues.push(&t.field_path("max_bytes"), s.as_ref(), "must be > 0");
+            }
+            model_updates.max_bytes = n;
+        }
+        if let Some(n) = t.opt::<u64>(&mut issues, "timeout_secs") {
+            if n == 0 {
+                let s = t.raw("timeout_secs").map(|v| v.span());
+                issues.push(&t.field_path("timeout_secs"), s.as_ref(), "must be ≥ 1");
+            }
+            model_updates.timeout = Duration::from_secs(n.max(1));
+        }
+        if let Some(n) = t.opt::<usize>(&mut issues, "keep_versions") {
+            if n < 2 {
+                let s = t.raw("keep_versions").map(|v| v.span());
+                issues.push(
+                    &t.field_path("keep_versions"),
+                    s.as_ref(),
+                    "must be ≥ 2 (the active version and the one to roll back to)",
+                );
+            }
+            model_updates.keep_versions = n.max(2);
+        }
         t.finish(&mut issues);
     }
 
@@ -616,6 +663,48 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
             list.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
             Err(ConfigError { issues: list })
         }
+    }
+}
+
+/// Reads one camera given as JSON (a `camera.add` / `camera.update` command) with the
+/// same keys, defaults and checks as a `[[cameras]]` table in `config`'s file. Returns
+/// every problem as `camera.<field>: <message>`.
+pub fn camera_from_json(value: &serde_json::Value, config: &Config) -> Result<CameraConfig, Vec<String>> {
+    let table = match toml::Value::try_from(value) {
+        Ok(toml::Value::Table(t)) => t,
+        Ok(_) => return Err(vec!["camera: must be an object".into()]),
+        Err(e) => {
+            return Err(vec![format!("camera: cannot be read as a [[cameras]] table ({e}); null is not a value")]);
+        }
+    };
+    let mut doc = toml::Table::new();
+    doc.insert("camera".into(), toml::Value::Table(table));
+    let src = match toml::to_string(&doc) {
+        Ok(s) => s,
+        Err(e) => return Err(vec![format!("camera: cannot be read as a [[cameras]] table: {e}")]),
+    };
+    let label = Path::new("command");
+    let mut issues = Issues::new(label, &src);
+    let parsed = toml::de::DeTable::parse(&src);
+    let doc = match &parsed {
+        Ok(d) => d,
+        Err(e) => return Err(vec![format!("camera: {}", e.message())]),
+    };
+    let Some(cam) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == "camera").map(|(_, v)| v) else {
+        return Err(vec!["camera: missing".into()]);
+    };
+    let Some(table) = cam.get_ref().as_table() else {
+        return Err(vec!["camera: must be an object".into()]);
+    };
+    let mut t = TableReader::new("camera", table, cam.span());
+    let model_names: HashSet<String> = config.models.iter().map(|m| m.name.clone()).collect();
+    let labels: HashMap<&str, &[String]> =
+        config.models.iter().map(|m| (m.name.as_str(), &m.spec.labels[..])).collect();
+    let camera = read_camera(&mut issues, &mut t, &model_names, &labels, &mut Vec::new());
+    t.finish(&mut issues);
+    match camera {
+        Some(c) if issues.list.is_empty() => Ok(c),
+        _ => Err(issues.list.into_iter().map(|i| format!("{}: {}", i.field, i.message)).collect()),
     }
 }
 

@@ -51,6 +51,27 @@ pub enum Command {
     ModelList,
 }
 
+impl Command {
+    /// The command's topic name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::CameraAdd { .. } => "camera.add",
+            Command::CameraUpdate { .. } => "camera.update",
+            Command::CameraRemove { .. } => "camera.remove",
+            Command::CameraList => "camera.list",
+            Command::ModelUpdate { .. } => "model.update",
+            Command::ModelRollback { .. } => "model.rollback",
+            Command::ModelList => "model.list",
+        }
+    }
+
+    /// Whether it only reads (answered at once by the MQTT task) or changes something
+    /// (queued for the supervisor).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Command::CameraList | Command::ModelList)
+    }
+}
+
 /// Why a command was refused; `code` is stable, `message` is for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ErrorBody {

@@ -1,56 +1,73 @@
 //! Remote control over MQTT (issue 6): `commands/{name}` in, `replies/{request_id}`
-//! out. [`command`] parses; [`handle`] answers. Handling is synchronous and cheap (it
-//! runs on the MQTT task), and never fails the agent: every outcome is a reply.
+//! out. [`command`] parses. Read-only commands (`camera.list`, `model.list`) are answered
+//! at once from the [`fleet::Fleet`] by the MQTT task ([`handle_read`]); commands that
+//! change something are queued to the [`supervisor`], which runs them one at a time.
+//! Every outcome is a reply; nothing a command says can stop the agent.
 
 pub mod command;
-
-use std::sync::Arc;
+pub mod fleet;
+pub mod overlay;
+pub mod supervisor;
 
 use serde_json::{Map, Value, json};
 
-use crate::event::AgentInfo;
-use crate::source::CameraCtx;
 use command::{Command, Reply, Request};
+use fleet::Fleet;
 
-/// What the commands can see and act on.
-pub struct ControlState<'a> {
-    pub info: &'a AgentInfo,
-    pub cameras: &'a [Arc<CameraCtx>],
-}
-
-/// Answers one parsed command.
-pub fn handle(req: &Request, state: &ControlState<'_>) -> Reply {
+/// Answers `camera.list` and `model.list`; anything else is the supervisor's.
+pub fn handle_read(req: &Request, fleet: &Fleet) -> Reply {
     let id = req.request_id.as_str();
     match &req.command {
         Command::CameraList => {
-            let cameras: Vec<Value> = state
-                .cameras
+            let cameras: Vec<Value> = fleet
+                .camera_entries()
                 .iter()
                 .map(|c| {
-                    let (st, reason) = c.state();
-                    let model = state.info.cameras.iter().find(|(cid, ..)| *cid == c.id).map(|(_, m, ..)| m.clone());
-                    json!({ "id": c.id, "model": model, "state": st.as_str(), "reason": reason, "source": "config" })
+                    let (st, reason) = c.ctx.state();
+                    json!({
+                        "id": c.config.id,
+                        "model": c.config.model,
+                        "url": redact(&c.config.url),
+                        "fps": c.config.fps,
+                        "state": st.as_str(),
+                        "reason": reason,
+                        "origin": c.origin,
+                    })
                 })
                 .collect();
             Reply::ok(id, Map::from_iter([("cameras".to_string(), Value::Array(cameras))]))
         }
         Command::ModelList => {
-            let mut models: Vec<Value> = Vec::new();
-            for (_, name, version, sha256) in &state.info.cameras {
-                if !models.iter().any(|m| m["name"] == *name) {
-                    models.push(json!({ "name": name, "version": version, "sha256": sha256, "active": true }));
-                }
-            }
+            let entries = fleet.camera_entries();
+            let models: Vec<Value> = fleet
+                .models()
+                .iter()
+                .map(|m| {
+                    let cameras: Vec<&str> =
+                        entries.iter().filter(|c| c.config.model == m.name).map(|c| c.config.id.as_str()).collect();
+                    json!({
+                        "name": m.name,
+                        "active": m.active,
+                        "previous": m.previous,
+                        "installed": m.installed,
+                        "loaded": m.loaded,
+                        "cameras": cameras,
+                    })
+                })
+                .collect();
             Reply::ok(id, Map::from_iter([("models".to_string(), Value::Array(models))]))
         }
-        Command::CameraAdd { .. }
-        | Command::CameraUpdate { .. }
-        | Command::CameraRemove { .. }
-        | Command::ModelUpdate { .. }
-        | Command::ModelRollback { .. } => Reply::error(
-            id,
-            "not_implemented",
-            "this agent version lists cameras and models; runtime changes are not available yet",
-        ),
+        other => Reply::error(id, "internal", format!("{} is not a read-only command", other.name())),
+    }
+}
+
+/// The URL without its password: replies travel to the platform.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
     }
 }

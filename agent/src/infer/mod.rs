@@ -39,6 +39,8 @@ pub enum InferError {
     Mismatch { model: String, what: &'static str, message: String },
     #[error("model {model}: inference failed on a batch of {batch}: {message}")]
     Run { model: String, batch: usize, message: String },
+    #[error("model {model}: self-test failed: {message}")]
+    SelfTest { model: String, message: String },
     #[error("model {model}: frame from camera {camera} is {got}, expected {expected}")]
     BadFrame { model: String, camera: String, got: String, expected: String },
 }
@@ -251,11 +253,66 @@ impl Detector {
     }
 }
 
+/// A model's next session, handed to its worker thread (a model update or rollback).
+///
+/// The worker takes it between batches: the batch in flight finishes on the old session
+/// and the next one runs on the new, so every analysed frame names the session that
+/// really analysed it. The old session is dropped on the worker thread.
+#[derive(Default)]
+pub struct ModelSwap(std::sync::Mutex<Option<Detector>>);
+
+impl ModelSwap {
+    /// Queues `det` to replace the running session (replacing any swap not taken yet).
+    pub fn put(&self, det: Detector) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(det);
+    }
+
+    fn take(&self) -> Option<Detector> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Detector {
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Runs one inference on a plain grey frame before the session is trusted with
+    /// cameras: a model that loads but cannot run (missing kernels, outputs that do not
+    /// decode) fails here, not on the first camera frame.
+    pub fn self_test(&mut self) -> Result<(), InferError> {
+        let (h, w) = self.spec.input_size();
+        let grey = Array4::<f32>::from_elem(
+            (1, h as usize, w as usize, 3),
+            128.0 * self.spec.input.scale + self.spec.input.offset,
+        );
+        let params = NmsParams {
+            min_score: self.spec.postprocess.score_threshold,
+            iou: self.spec.postprocess.nms_iou,
+            max_detections: self.spec.postprocess.max_detections,
+        };
+        let out = self.run(grey, &[params]).map_err(|e| match e {
+            // Outputs of another shape than the manifest says: name it as such.
+            InferError::Mismatch { .. } => e,
+            e => InferError::SelfTest { model: self.spec.name.clone(), message: e.to_string() },
+        })?;
+        if out.len() != 1 {
+            return Err(InferError::SelfTest {
+                model: self.spec.name.clone(),
+                message: format!("{} results for 1 image", out.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Runs a model's worker thread until its queue is closed and empty.
 ///
 /// Returns when the queue closes or the output channel's receiver is gone.
+#[allow(clippy::too_many_arguments)]
 pub fn run_worker(
     mut det: Detector,
+    swap: Arc<ModelSwap>,
     queue: Arc<FrameQueue>,
     max_batch: usize,
     max_wait: Duration,
@@ -264,6 +321,10 @@ pub fn run_worker(
 ) {
     info!(model = %det.name, version = %det.version, "inference worker started");
     loop {
+        if let Some(next) = swap.take() {
+            info!(model = %next.name, from = %det.version, to = %next.version, sha256 = %next.sha256, "model swapped");
+            det = next;
+        }
         let frames = match queue.take_batch(max_batch, Duration::from_millis(500), max_wait) {
             Take::Batch(f) => f,
             Take::Idle => continue,

@@ -15,6 +15,8 @@ use crate::source::Frame;
 struct State {
     /// Indexed by camera slot number; `None` when the camera has nothing new.
     slots: Vec<Option<Frame>>,
+    /// Slots of removed cameras, reused by the next `register`.
+    free: Vec<usize>,
     /// Slot to look at first in the next batch.
     cursor: usize,
     closed: bool,
@@ -36,7 +38,10 @@ pub enum Take {
 
 impl FrameQueue {
     pub fn new() -> Self {
-        Self { state: Mutex::new(State { slots: Vec::new(), cursor: 0, closed: false }), ready: Condvar::new() }
+        Self {
+            state: Mutex::new(State { slots: Vec::new(), free: Vec::new(), cursor: 0, closed: false }),
+            ready: Condvar::new(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -48,8 +53,23 @@ impl FrameQueue {
     /// Reserves a slot for a camera; frames for it are put with this number.
     pub fn register(&self) -> usize {
         let mut s = self.lock();
+        if let Some(slot) = s.free.pop() {
+            return slot;
+        }
         s.slots.push(None);
         s.slots.len() - 1
+    }
+
+    /// Releases a removed camera's slot (after its pipeline stopped), dropping any frame
+    /// it left, so a camera added later reuses it.
+    pub fn unregister(&self, slot: usize) {
+        let mut s = self.lock();
+        if let Some(x) = s.slots.get_mut(slot) {
+            *x = None;
+            if !s.free.contains(&slot) {
+                s.free.push(slot);
+            }
+        }
     }
 
     /// Puts a camera's newest frame. Returns the frame it replaced, if any, so the caller
@@ -184,6 +204,17 @@ mod tests {
         q.put(a, test_frame(a, 2));
         let Take::Batch(batch) = q.take_batch(2, Duration::ZERO, Duration::ZERO) else { panic!("batch") };
         assert_eq!(cams(&batch), vec![a]);
+    }
+
+    #[test]
+    fn a_removed_cameras_slot_is_emptied_and_reused() {
+        let q = FrameQueue::new();
+        let (a, b) = (q.register(), q.register());
+        q.put(a, test_frame(a, 1));
+        q.unregister(a);
+        assert!(!q.is_pending(a));
+        assert_eq!(q.register(), a);
+        assert_ne!(a, b);
     }
 
     #[test]

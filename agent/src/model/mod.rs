@@ -1,7 +1,10 @@
-//! Model lifecycle: what maintainers do with models (keys, signing, verification). The
-//! agent's side of updates builds on these.
+//! Model lifecycle: what maintainers do with models (keys, signing, verification), and
+//! the agent's side of updates: download and verification ([`update`]) and the installed
+//! versions on disk ([`store`]). Loading and swapping sessions is the supervisor's.
 
 pub mod signature;
+pub mod store;
+pub mod update;
 
 use std::path::Path;
 

@@ -64,6 +64,11 @@ pub fn keygen() -> Result<(String, String), String> {
     Ok((secret, public))
 }
 
+/// A public key as its key file writes it (`ed25519:<base64>`).
+pub fn public_key_string(key: &VerifyingKey) -> String {
+    format!("{PUB_PREFIX}{}", B64.encode(key.as_bytes()))
+}
+
 pub fn parse_public(text: &str) -> Result<VerifyingKey, String> {
     let b64 = text.trim().strip_prefix(PUB_PREFIX).ok_or("expected a line starting with \"ed25519:\"")?;
     let bytes: [u8; 32] =

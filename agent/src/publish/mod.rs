@@ -35,10 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
 use crate::config::MqttConfig;
-use crate::control::ControlState;
 use crate::control::command::{self, NO_REQUEST_ID, Reply};
-use crate::event::{AgentInfo, Topics, camera_status_message, status_message};
-use crate::source::CameraCtx;
+use crate::control::fleet::Fleet;
+use crate::control::supervisor::ControlRequest;
+use crate::event::{Topics, camera_status_message, status_message};
 use outbox::Outbox;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +79,9 @@ impl Delivery {
 
 /// What presence messages need.
 pub struct Presence {
-    pub info: AgentInfo,
-    pub cameras: Vec<Arc<CameraCtx>>,
+    pub fleet: Arc<Fleet>,
+    /// Where commands that change something go (the supervisor).
+    pub requests: tokio::sync::mpsc::Sender<ControlRequest>,
 }
 
 /// Spawns the `mqtt` task. It runs until `shutdown`, then keeps delivering for up to
@@ -103,12 +104,15 @@ async fn run(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let topics = Topics::new(&presence.info.site, &presence.info.agent);
+    let topics = Topics::new(&presence.fleet.site, &presence.fleet.agent);
     let mut backoff = Duration::from_secs(1);
+    // Replies of queued commands come back here, to be published by whichever
+    // connection is up (one publisher keeps the pkid bookkeeping in order).
+    let (reply_tx, mut replies) = tokio::sync::mpsc::unbounded_channel::<Reply>();
     loop {
-        let mut conn = Connection::new(&cfg, &topics, &presence, &delivery);
+        let mut conn = Connection::new(&cfg, &topics, &presence, &delivery, reply_tx.clone());
         let result = match conn.as_mut() {
-            Ok(c) => c.run(&shutdown, grace).await,
+            Ok(c) => c.run(&shutdown, grace, &mut replies).await,
             Err(e) => Err(e.to_string()),
         };
         match result {
@@ -143,7 +147,7 @@ fn options(cfg: &MqttConfig, topics: &Topics, presence: &Presence) -> Result<Mqt
     opts.set_request_channel_capacity(cfg.max_inflight as usize + 16);
     opts.set_last_will(LastWill::new(
         topics.status(),
-        status_message(&presence.info, "offline", Some("connection lost")),
+        status_message(&presence.fleet.agent_info(), "offline", Some("connection lost")),
         QoS::AtLeastOnce,
         true,
     ));
@@ -185,6 +189,9 @@ struct Connection<'a> {
     cursor: u64,
     /// Last published state per camera, and when.
     camera_reports: HashMap<String, (String, Instant, u64, u64)>,
+    /// The fleet generation the birth message described.
+    fleet_generation: u64,
+    reply_tx: tokio::sync::mpsc::UnboundedSender<Reply>,
 }
 
 impl<'a> Connection<'a> {
@@ -193,6 +200,7 @@ impl<'a> Connection<'a> {
         topics: &'a Topics,
         presence: &'a Presence,
         delivery: &'a Delivery,
+        reply_tx: tokio::sync::mpsc::UnboundedSender<Reply>,
     ) -> Result<Self, PublishError> {
         let (client, eventloop) = AsyncClient::new(options(cfg, topics, presence)?, cfg.max_inflight as usize + 16);
         Ok(Self {
@@ -208,15 +216,23 @@ impl<'a> Connection<'a> {
             unacked: HashMap::new(),
             cursor: 0,
             camera_reports: HashMap::new(),
+            fleet_generation: 0,
+            reply_tx,
         })
     }
 
     /// Runs until shutdown (Ok, after draining) or a connection error (Err with the reason).
-    async fn run(&mut self, shutdown: &CancellationToken, grace: Duration) -> Result<(), String> {
+    async fn run(
+        &mut self,
+        shutdown: &CancellationToken,
+        grace: Duration,
+        replies: &mut tokio::sync::mpsc::UnboundedReceiver<Reply>,
+    ) -> Result<(), String> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 ev = self.eventloop.poll() => self.on_event(ev)?,
+                Some(reply) = replies.recv(), if self.connected => self.publish_reply(&reply),
                 _ = self.delivery.wake.notified() => {}
                 _ = tick.tick() => if self.connected { self.report_cameras(false) },
                 _ = shutdown.cancelled() => return self.drain(grace).await,
@@ -233,7 +249,11 @@ impl<'a> Connection<'a> {
                 self.delivery.stats.connects.fetch_add(1, Ordering::Relaxed);
                 let pending = self.delivery.outbox().stats().pending_records;
                 info!(pending, "connected to MQTT broker");
-                self.publish_state(self.topics.status(), status_message(&self.presence.info, "online", None));
+                self.fleet_generation = self.presence.fleet.generation();
+                self.publish_state(
+                    self.topics.status(),
+                    status_message(&self.presence.fleet.agent_info(), "online", None),
+                );
                 self.report_cameras(true);
                 // A fresh session each connection: subscribe again. Subscribe requests are
                 // not publish requests, so the pkid → seq FIFO is unaffected.
@@ -310,11 +330,34 @@ impl<'a> Connection<'a> {
             Reply::error(NO_REQUEST_ID, "retained_command", "commands must not be retained")
         } else {
             match command::parse(name, payload) {
-                Ok(req) => {
-                    let state = ControlState { info: &self.presence.info, cameras: &self.presence.cameras };
-                    let reply = crate::control::handle(&req, &state);
+                Ok(req) if req.command.is_read_only() => {
+                    let reply = crate::control::handle_read(&req, &self.presence.fleet);
                     info!(command = name, request_id = %req.request_id, ok = reply.ok, "command");
                     reply
+                }
+                Ok(req) => {
+                    // Changes run on the supervisor, one at a time; the reply comes back
+                    // through `reply_tx` when done (a model download can take minutes).
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let id = req.request_id.clone();
+                    info!(command = name, request_id = %id, "command queued");
+                    match self.presence.requests.try_send(ControlRequest { request: req, reply: tx }) {
+                        Ok(()) => {
+                            let back = self.reply_tx.clone();
+                            tokio::spawn(async move {
+                                let reply = rx.await.unwrap_or_else(|_| {
+                                    Reply::error(&id, "shutting_down", "the agent stopped before the command ran")
+                                });
+                                let _ = back.send(reply);
+                            });
+                            return;
+                        }
+                        Err(_) => Reply::error(
+                            &id,
+                            "busy",
+                            format!("{} changes are already waiting; try again later", crate::agent::CONTROL_QUEUE),
+                        ),
+                    }
                 }
                 Err(reply) => {
                     let code = reply.error.as_ref().map_or("", |e| e.code);
@@ -323,7 +366,13 @@ impl<'a> Connection<'a> {
                 }
             }
         };
-        let body = serde_json::to_vec(&reply).unwrap_or_default();
+        self.publish_reply(&reply);
+    }
+
+    /// Replies go out at QoS 1, not retained, not through the outbox: a reply to a
+    /// request nobody waits for any more is worthless.
+    fn publish_reply(&mut self, reply: &Reply) {
+        let body = serde_json::to_vec(reply).unwrap_or_default();
         if self.client.try_publish(self.topics.reply(&reply.request_id), QoS::AtLeastOnce, false, body).is_ok() {
             self.requested.push_back(None);
         }
@@ -339,7 +388,21 @@ impl<'a> Connection<'a> {
     /// Publishes each camera's status when it changed, or every 60 s, or when `all`.
     fn report_cameras(&mut self, all: bool) {
         let now = Instant::now();
-        for cam in &self.presence.cameras {
+        // Cameras added or removed, or a model swapped: the birth message says again
+        // what runs, and a removed camera's retained status is cleared (empty payload).
+        let generation = self.presence.fleet.generation();
+        if generation != self.fleet_generation {
+            self.fleet_generation = generation;
+            self.publish_state(self.topics.status(), status_message(&self.presence.fleet.agent_info(), "online", None));
+        }
+        let cameras = self.presence.fleet.cameras();
+        let gone: Vec<String> =
+            self.camera_reports.keys().filter(|id| !cameras.iter().any(|c| &c.id == *id)).cloned().collect();
+        for id in gone {
+            self.camera_reports.remove(&id);
+            self.publish_state(self.topics.camera_status(&id), Vec::new());
+        }
+        for cam in &cameras {
             let (state, reason) = cam.state();
             let key = format!("{}{:?}", state.as_str(), reason);
             let (encoded, analysed) =
@@ -359,8 +422,8 @@ impl<'a> Connection<'a> {
                 None => (0.0, 0.0),
             };
             let payload = camera_status_message(
-                &self.presence.info.site,
-                &self.presence.info.agent,
+                &self.presence.fleet.site,
+                &self.presence.fleet.agent,
                 &cam.id,
                 state.as_str(),
                 reason.as_deref(),
@@ -396,7 +459,10 @@ impl<'a> Connection<'a> {
             info!(acked = self.delivery.stats.acked.load(Ordering::Relaxed), "outbox empty: everything acknowledged");
         }
         if self.connected {
-            self.publish_state(self.topics.status(), status_message(&self.presence.info, "offline", Some("shutdown")));
+            self.publish_state(
+                self.topics.status(),
+                status_message(&self.presence.fleet.agent_info(), "offline", Some("shutdown")),
+            );
             // Wait (briefly) for a PUBACK so the retained state is really offline.
             let until = tokio::time::Instant::now() + Duration::from_secs(2);
             loop {

@@ -27,29 +27,30 @@ use crate::source::{CameraCtx, CameraState};
 
 /// What the endpoints report on.
 pub struct Health {
-    pub cameras: Vec<Arc<CameraCtx>>,
-    pub models: Vec<Arc<ModelStats>>,
+    /// Cameras and models as they are now (they change at runtime).
+    pub fleet: Arc<crate::control::fleet::Fleet>,
     pub delivery: Arc<Delivery>,
     pub liveness: Liveness,
     /// Threads that must be alive (counted when they were started).
-    pub expected_threads: usize,
+    pub expected_threads: Arc<std::sync::atomic::AtomicUsize>,
     /// Set by the health loop when systemd is told READY.
     pub ready: AtomicBool,
 }
 
 impl Health {
     pub fn healthy(&self) -> bool {
-        self.liveness.alive() == self.expected_threads
+        self.liveness.alive() == self.expected_threads.load(Ordering::SeqCst)
     }
 
     /// The one-line status also sent to systemd.
     pub fn status_line(&self) -> String {
-        let streaming = self.cameras.iter().filter(|c| c.state().0 == CameraState::Streaming).count();
+        let cameras = self.fleet.cameras();
+        let streaming = cameras.iter().filter(|c| c.state().0 == CameraState::Streaming).count();
         let connected = self.delivery.stats.connected.load(Ordering::Relaxed);
         let pending = self.delivery.outbox().stats().pending_records;
         format!(
             "{streaming}/{} cameras streaming; MQTT {}; {pending} messages awaiting the broker",
-            self.cameras.len(),
+            cameras.len(),
             if connected { "connected" } else { "not connected" }
         )
     }
@@ -170,10 +171,11 @@ fn render(h: &Health) -> String {
             u64::from(c.state().0 == CameraState::Streaming)
         }),
     ];
+    let cameras = h.fleet.cameras();
     for (name, help, get) in per_camera {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for c in &h.cameras {
+        for c in &cameras {
             let _ = writeln!(out, "{name}{{camera=\"{}\"}} {}", c.id, get(c));
         }
     }
@@ -182,7 +184,7 @@ fn render(h: &Health) -> String {
         "# HELP lookout_camera_state 1 for the state the camera is in (starting, streaming, reconnecting, failed, stopped).\n\
          # TYPE lookout_camera_state gauge"
     );
-    for c in &h.cameras {
+    for c in &cameras {
         let now = c.state().0;
         for st in CameraState::ALL {
             let _ = writeln!(
@@ -194,7 +196,7 @@ fn render(h: &Health) -> String {
             );
         }
     }
-    render_models(&mut out, &h.models);
+    render_models(&mut out, &h.fleet.model_stats());
     let o = h.delivery.outbox().stats();
     let s = &h.delivery.stats;
     let global: [(&str, &str, &str, u64); 6] = [

@@ -13,8 +13,14 @@ pub mod http;
 /// Logs to stderr (the journal under systemd); `RUST_LOG` overrides the default level (`info`).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+    // Colour only on a terminal: the journal and log files would keep the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// systemd's notification protocol. Without `NOTIFY_SOCKET` (not under systemd, or

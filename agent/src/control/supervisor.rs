@@ -1,0 +1,709 @@
+//! The supervisor: the one task that starts, changes and stops cameras and models while
+//! the agent runs. Start-up, mutating commands (`camera.add/update/remove`,
+//! `model.update/rollback`) and `SIGHUP` reloads all go through it, one at a time and in
+//! order, so two changes never race. Each change touches only what it names: a camera
+//! change stops and starts that camera's task alone; a model change swaps the session
+//! under its running worker (see `infer::ModelSwap`), so cameras keep streaming.
+//!
+//! Runtime camera changes persist in the state folder ([`super::overlay`]); installed
+//! model versions and the active one too ([`crate::model::store`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Sender, SyncSender};
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::command::{Command, Reply, Request};
+use super::fleet::{CameraEntry, Fleet, ModelEntry, ModelVersion, Origin};
+use super::overlay::Overlay;
+use crate::agent::EventsCtl;
+use crate::config::{CameraConfig, Config};
+use crate::event::ModelOut;
+use crate::event::Topics;
+use crate::event::stage::{CameraEvents, CameraSpec};
+use crate::infer::model::ModelSpec;
+use crate::infer::queue::FrameQueue;
+use crate::infer::{self, Analysed, Detector, InferError, ModelStats, ModelSwap};
+use crate::model::store::{ModelState, ModelStore, StoredVersion};
+use crate::model::update;
+use crate::source::{self, CameraCtx, FrameFormat};
+use crate::telemetry::Liveness;
+
+/// A mutating command and where its reply goes.
+pub struct ControlRequest {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// What the supervisor wires new cameras and models into.
+pub struct Deps {
+    pub env: ort::environment::Environment,
+    pub fleet: Arc<Fleet>,
+    pub analysed: SyncSender<Analysed>,
+    pub events: Sender<EventsCtl>,
+    pub liveness: Liveness,
+    /// Threads that must stay alive; incremented per inference worker started.
+    pub expected_threads: Arc<AtomicUsize>,
+    pub topics: Topics,
+    pub shutdown: CancellationToken,
+}
+
+struct ModelRuntime {
+    queue: Arc<FrameQueue>,
+    format: FrameFormat,
+    swap: Arc<ModelSwap>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+struct RunningCamera {
+    ctx: Arc<CameraCtx>,
+    config: CameraConfig,
+    origin: Origin,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    slot: usize,
+}
+
+pub struct Supervisor {
+    config: Config,
+    overlay: Overlay,
+    store: ModelStore,
+    deps: Deps,
+    /// The spec each configured model runs (or would run) now.
+    active: HashMap<String, ModelSpec>,
+    models: HashMap<String, ModelRuntime>,
+    cameras: HashMap<String, RunningCamera>,
+}
+
+impl Supervisor {
+    /// Restores runtime state and starts every camera. A model that cannot load is fatal
+    /// here (as with a bad config file); later changes never are.
+    pub async fn start(config: Config, deps: Deps) -> anyhow::Result<Self> {
+        let (overlay, warning) = Overlay::load(&config.agent.state_dir);
+        if let Some(w) = warning {
+            error!("{w}");
+        }
+        let store = ModelStore::new(&config.agent.state_dir);
+        let mut sup = Supervisor {
+            config,
+            overlay,
+            store,
+            deps,
+            active: HashMap::new(),
+            models: HashMap::new(),
+            cameras: HashMap::new(),
+        };
+        for m in sup.config.models.clone() {
+            let (spec, previous) = sup.restore_model(&m.name, &m.spec);
+            sup.active.insert(m.name.clone(), spec.clone());
+            sup.publish_model(&m.name, &spec, previous);
+        }
+        for (cam, origin) in sup.effective_cameras() {
+            let id = cam.id.clone();
+            sup.start_camera(cam, origin).await.with_context(|| format!("starting camera {id}"))?;
+        }
+        Ok(sup)
+    }
+
+    /// The model version the store says is active, else the config's.
+    fn restore_model(&self, name: &str, config_spec: &ModelSpec) -> (ModelSpec, Option<ModelVersion>) {
+        let state = match self.store.state(name) {
+            Ok(Some(s)) => s,
+            Ok(None) => return (config_spec.clone(), None),
+            Err(e) => {
+                error!(model = name, error = %e, "cannot read the model state; running the config's version");
+                return (config_spec.clone(), None);
+            }
+        };
+        let previous = state.previous.as_ref().map(StoredVersion::to_version);
+        if state.active.source == "config" {
+            return (config_spec.clone(), previous);
+        }
+        let manifest = self.store.version_dir(name, &state.active.version).join("manifest.toml");
+        match ModelSpec::load(&manifest) {
+            Ok(spec) => {
+                info!(model = name, version = %spec.version, "running the version installed by model.update");
+                (spec, previous)
+            }
+            Err(e) => {
+                error!(model = name, error = %e, "the installed model version cannot be used; running the config's");
+                (config_spec.clone(), None)
+            }
+        }
+    }
+
+    fn publish_model(&self, name: &str, spec: &ModelSpec, previous: Option<ModelVersion>) {
+        let config_version = self.config.model(name).map(|m| ModelVersion {
+            version: m.spec.version.clone(),
+            sha256: m.spec.sha256.clone(),
+            source: "config",
+        });
+        let mut installed: Vec<ModelVersion> = config_version.into_iter().collect();
+        installed.extend(self.store.installed(name).into_iter().map(|(v, _)| v));
+        let active_source =
+            if self.config.model(name).is_some_and(|m| m.spec.path == spec.path) { "config" } else { "update" };
+        let stats = self.deps.fleet.model(name).map_or_else(|| Arc::new(ModelStats::new(name)), |m| m.stats);
+        self.deps.fleet.set_model(ModelEntry {
+            name: name.to_string(),
+            active: ModelVersion { version: spec.version.clone(), sha256: spec.sha256.clone(), source: active_source },
+            previous,
+            installed,
+            loaded: self.models.contains_key(name),
+            stats,
+        });
+    }
+
+    /// The config file's cameras with the runtime changes applied, in config order then
+    /// runtime additions. A runtime camera that no longer validates (say its model left
+    /// the config) is reported and skipped, and stays persisted.
+    fn effective_cameras(&self) -> Vec<(CameraConfig, Origin)> {
+        let mut out = Vec::new();
+        for c in &self.config.cameras {
+            if self.overlay.removed.contains(&c.id) {
+                continue;
+            }
+            match self.overlay.camera(&c.id) {
+                Some(v) => match crate::config::camera_from_json(v, &self.config) {
+                    Ok(rc) => out.push((rc, Origin::RuntimeOverride)),
+                    Err(problems) => {
+                        error!(camera = %c.id, problems = %problems.join("; "), "runtime settings invalid; using the config file's");
+                        out.push((c.clone(), Origin::Config));
+                    }
+                },
+                None => out.push((c.clone(), Origin::Config)),
+            }
+        }
+        for v in &self.overlay.cameras {
+            let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
+            if self.config.cameras.iter().any(|c| c.id == id) {
+                continue;
+            }
+            match crate::config::camera_from_json(v, &self.config) {
+                Ok(rc) => out.push((rc, Origin::Runtime)),
+                Err(problems) => {
+                    error!(camera = id, problems = %problems.join("; "), "runtime camera invalid; not started")
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs until shutdown: commands and `SIGHUP` reloads, one at a time. Then stops
+    /// every camera and inference worker (the event thread ends when they are gone).
+    pub async fn run(mut self, mut requests: mpsc::Receiver<ControlRequest>) {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let shutdown = self.deps.shutdown.clone();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                r = requests.recv(), if open => match r {
+                    Some(r) => {
+                        let reply = self.handle(&r.request).await;
+                        let code = reply.error.as_ref().map_or("", |e| e.code);
+                        info!(command = r.request.command.name(), request_id = %r.request.request_id, ok = reply.ok, code, "command done");
+                        let _ = r.reply.send(reply);
+                    }
+                    None => open = false,
+                },
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => self.reload().await,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.stop_all().await;
+    }
+
+    async fn handle(&mut self, req: &Request) -> Reply {
+        let id = req.request_id.as_str();
+        match &req.command {
+            Command::CameraAdd { camera } => self.camera_add(id, camera).await,
+            Command::CameraUpdate { camera } => self.camera_update(id, camera).await,
+            Command::CameraRemove { id: cam } => self.camera_remove(id, cam).await,
+            Command::ModelUpdate { manifest_url } => self.model_update(id, manifest_url).await,
+            Command::ModelRollback { name } => self.model_rollback(id, name).await,
+            Command::CameraList | Command::ModelList => super::handle_read(req, &self.deps.fleet),
+        }
+    }
+
+    // ---- cameras ----
+
+    fn parse_camera(&self, id: &str, camera: &Map<String, Value>) -> Result<CameraConfig, Reply> {
+        crate::config::camera_from_json(&Value::Object(camera.clone()), &self.config)
+            .map_err(|problems| Reply::error(id, "invalid_camera", problems.join("; ")))
+    }
+
+    fn in_config(&self, cam: &str) -> bool {
+        self.config.cameras.iter().any(|c| c.id == cam)
+    }
+
+    async fn camera_add(&mut self, id: &str, camera: &Map<String, Value>) -> Reply {
+        let cam = match self.parse_camera(id, camera) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if self.cameras.contains_key(&cam.id) {
+            return Reply::error(id, "already_exists", format!("camera {} exists; use camera.update", cam.id));
+        }
+        let overrides = self.in_config(&cam.id);
+        let origin = if overrides { Origin::RuntimeOverride } else { Origin::Runtime };
+        let cam_id = cam.id.clone();
+        let before = self.overlay.clone();
+        self.overlay.upsert(&cam_id, Value::Object(camera.clone()));
+        if let Err(r) = self.persist(id) {
+            self.overlay = before;
+            return r;
+        }
+        if let Err(e) = self.start_camera(cam, origin).await {
+            self.overlay = before;
+            let _ = self.persist(id);
+            return Reply::error(id, "model_unavailable", format!("{e:#}"));
+        }
+        camera_reply(id, &cam_id, origin, overrides, true)
+    }
+
+    async fn camera_update(&mut self, id: &str, camera: &Map<String, Value>) -> Reply {
+        let cam = match self.parse_camera(id, camera) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let Some(running) = self.cameras.get(&cam.id) else {
+            return Reply::error(id, "not_found", format!("no camera {}; use camera.add", cam.id));
+        };
+        let overrides = self.in_config(&cam.id);
+        let origin = if overrides { Origin::RuntimeOverride } else { Origin::Runtime };
+        let changed = running.config != cam;
+        let before = self.overlay.clone();
+        let cam_id = cam.id.clone();
+        self.overlay.upsert(&cam_id, Value::Object(camera.clone()));
+        if let Err(r) = self.persist(id) {
+            self.overlay = before;
+            return r;
+        }
+        if changed {
+            self.stop_camera(&cam_id).await;
+            if let Err(e) = self.start_camera(cam, origin).await {
+                return Reply::error(id, "model_unavailable", format!("{e:#}"));
+            }
+        } else if let Some(r) = self.cameras.get_mut(&cam_id) {
+            r.origin = origin;
+            self.deps.fleet.set_camera(CameraEntry { ctx: r.ctx.clone(), config: r.config.clone(), origin });
+        }
+        camera_reply(id, &cam_id, origin, overrides, changed)
+    }
+
+    async fn camera_remove(&mut self, id: &str, cam: &str) -> Reply {
+        if !self.cameras.contains_key(cam) {
+            return Reply::error(id, "not_found", format!("no camera {cam}"));
+        }
+        let overrides = self.in_config(cam);
+        let before = self.overlay.clone();
+        self.overlay.remove(cam, overrides);
+        if let Err(r) = self.persist(id) {
+            self.overlay = before;
+            return r;
+        }
+        self.stop_camera(cam).await;
+        let mut m = Map::new();
+        m.insert("camera".into(), json!(cam));
+        m.insert("overrides_config".into(), json!(overrides));
+        if overrides {
+            m.insert(
+                "note".into(),
+                json!("the camera is in the config file; it stays removed until camera.add brings it back"),
+            );
+        }
+        Reply::ok(id, m)
+    }
+
+    fn persist(&self, id: &str) -> Result<(), Reply> {
+        self.overlay.save(&self.config.agent.state_dir).map_err(|e| {
+            error!(error = %e, "cannot save runtime camera changes");
+            Reply::error(
+                id,
+                "persist_failed",
+                format!(
+                    "cannot save to {}: {e}; nothing changed",
+                    Overlay::path(&self.config.agent.state_dir).display()
+                ),
+            )
+        })
+    }
+
+    async fn start_camera(&mut self, cam: CameraConfig, origin: Origin) -> anyhow::Result<()> {
+        self.ensure_model(&cam.model).await?;
+        let spec = self.active.get(&cam.model).context("model vanished")?.clone();
+        let rt = self.models.get(&cam.model).context("model not loaded")?;
+        let min_score = cam.min_score.unwrap_or(spec.postprocess.score_threshold);
+        let ctx = Arc::new(CameraCtx::new(&cam.id, min_score));
+        let stage = CameraEvents::new(
+            CameraSpec {
+                id: cam.id.clone(),
+                min_score,
+                lost_after: cam.lost_after,
+                count_interval: cam.count_interval,
+                rules: cam.rules.clone(),
+                snapshots: cam.snapshots,
+                labels: spec.labels.clone().into(),
+                model: ModelOut { name: cam.model.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() },
+            },
+            &self.deps.fleet.site,
+            &self.deps.fleet.agent,
+            self.deps.topics.clone(),
+            SystemTime::now(),
+        );
+        let _ = self.deps.events.send(EventsCtl::Add(ctx.clone(), Box::new(stage)));
+        let slot = rt.queue.register();
+        let token = self.deps.shutdown.child_token();
+        let task =
+            tokio::spawn(source::run(cam.clone(), ctx.clone(), rt.format, rt.queue.clone(), slot, token.clone()));
+        info!(camera = %cam.id, model = %cam.model, origin = ?origin, "camera started");
+        self.deps.fleet.set_camera(CameraEntry { ctx: ctx.clone(), config: cam.clone(), origin });
+        self.cameras.insert(cam.id.clone(), RunningCamera { ctx, config: cam, origin, token, task, slot });
+        Ok(())
+    }
+
+    async fn stop_camera(&mut self, id: &str) {
+        let Some(c) = self.cameras.remove(id) else { return };
+        c.token.cancel();
+        let _ = c.task.await;
+        if let Some(rt) = self.models.get(&c.config.model) {
+            rt.queue.unregister(c.slot);
+        }
+        // Its tracks end and its partial counts go out, like at shutdown.
+        let _ = self.deps.events.send(EventsCtl::Remove(c.ctx.clone()));
+        self.deps.fleet.remove_camera(id);
+        info!(camera = id, "camera stopped and removed");
+    }
+
+    /// Loads the model's session and starts its worker if no camera used it yet.
+    async fn ensure_model(&mut self, name: &str) -> anyhow::Result<()> {
+        if self.models.contains_key(name) {
+            return Ok(());
+        }
+        let spec = self.active.get(name).with_context(|| format!("unknown model {name}"))?.clone();
+        let det = self.load(&spec).await?;
+        let (h, w) = spec.input_size();
+        let queue = Arc::new(FrameQueue::new());
+        let swap = Arc::new(ModelSwap::default());
+        let stats = self.deps.fleet.model(name).map_or_else(|| Arc::new(ModelStats::new(name)), |m| m.stats);
+        let (q, s, out, st) = (queue.clone(), swap.clone(), self.deps.analysed.clone(), stats.clone());
+        let (max_batch, max_wait) = (self.config.inference.max_batch, self.config.inference.max_wait);
+        let alive = self.deps.liveness.guard();
+        self.deps.expected_threads.fetch_add(1, Ordering::SeqCst);
+        let worker = std::thread::Builder::new()
+            .name(format!("infer-{name}"))
+            .spawn(move || {
+                let _alive = alive;
+                infer::run_worker(det, s, q, max_batch, max_wait, st, out)
+            })
+            .context("spawning inference thread")?;
+        info!(model = name, version = %spec.version, sha256 = %spec.sha256, "model loaded");
+        self.models.insert(
+            name.to_string(),
+            ModelRuntime { queue, format: FrameFormat { width: w, height: h }, swap, worker: Some(worker) },
+        );
+        let previous = self.deps.fleet.model(name).and_then(|m| m.previous);
+        self.publish_model(name, &spec, previous);
+        Ok(())
+    }
+
+    /// A new session for `spec`, off the async workers (loading takes a while).
+    async fn load(&self, spec: &ModelSpec) -> Result<Detector, InferError> {
+        let (spec, cfg, env) = (spec.clone(), self.config.inference.clone(), self.deps.env.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut det = Detector::new(&spec, &cfg, &env)?;
+            det.self_test()?;
+            Ok(det)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(InferError::Run { model: String::new(), batch: 0, message: format!("loader panicked: {e}") })
+        })
+    }
+
+    // ---- models ----
+
+    async fn model_update(&mut self, id: &str, manifest_url: &str) -> Reply {
+        // (config name, manifest name it runs now)
+        let known: Vec<(String, String)> = self
+            .config
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), self.active.get(&m.name).map_or_else(|| m.spec.name.clone(), |s| s.name.clone())))
+            .collect();
+        let (url, cfg) = (manifest_url.to_string(), self.config.model_updates.clone());
+        let store = ModelStore::new(&self.config.agent.state_dir);
+        let installed = tokio::task::spawn_blocking(move || update::install(&url, &cfg, &store, &known)).await;
+        let installed = match installed {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => {
+                warn!(url = manifest_url, code = e.code(), error = %e, "model update refused");
+                return Reply::error(id, e.code(), e.to_string());
+            }
+            Err(e) => return Reply::error(id, "internal", format!("download task failed: {e}")),
+        };
+        let cleanup = |s: &Self| {
+            if installed.fresh {
+                let _ = std::fs::remove_dir_all(s.store.version_dir(&installed.name, &installed.version));
+            }
+        };
+        let spec = match ModelSpec::load(&installed.manifest) {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup(self);
+                return Reply::error(id, "bad_manifest", e.to_string());
+            }
+        };
+        let alias = installed.name.clone();
+        if let Some(cur) = self.active.get(&alias)
+            && cur.sha256 == spec.sha256
+            && cur.version == spec.version
+        {
+            let mut m = Map::new();
+            m.insert("model".into(), json!({"name": spec.name, "version": spec.version, "sha256": spec.sha256}));
+            m.insert("changed".into(), json!(false));
+            return Reply::ok(id, m);
+        }
+        let mut extra = Map::new();
+        extra.insert("signed_by".into(), json!(installed.signed_by));
+        match self.activate(&alias, &spec, "update").await {
+            Ok(m) => {
+                extra.extend(m);
+                Reply::ok(id, extra)
+            }
+            Err((code, message)) => {
+                cleanup(self);
+                warn!(model = %spec.name, version = %spec.version, code, error = %message, "model update refused; the running version stays");
+                Reply::error(id, code, message)
+            }
+        }
+    }
+
+    async fn model_rollback(&mut self, id: &str, name: &str) -> Reply {
+        let Some(entry) = self.deps.fleet.model(name) else {
+            return Reply::error(id, "unknown_model", format!("no model {name}"));
+        };
+        let Some(prev) = entry.previous.clone() else {
+            return Reply::error(id, "no_previous", format!("{name} has no previous version to roll back to"));
+        };
+        let spec = if prev.source == "config" {
+            match self.config.model(name) {
+                Some(m) => Ok(m.spec.clone()),
+                None => Err("the config no longer names it".to_string()),
+            }
+        } else {
+            ModelSpec::load(&self.store.version_dir(name, &prev.version).join("manifest.toml"))
+                .map_err(|e| e.to_string())
+        };
+        let spec = match spec {
+            Ok(s) => s,
+            Err(e) => {
+                return Reply::error(id, "rollback_failed", format!("version {} is not usable: {e}", prev.version));
+            }
+        };
+        match self.activate(name, &spec, prev.source).await {
+            Ok(m) => Reply::ok(id, m),
+            Err((code, message)) => Reply::error(id, code, message),
+        }
+    }
+
+    /// Makes `spec` the model's running version: a new session (shape checks and the
+    /// self-test included), then the swap, then the record on disk. On any error the
+    /// running version is untouched.
+    async fn activate(
+        &mut self,
+        name: &str,
+        spec: &ModelSpec,
+        source: &'static str,
+    ) -> Result<Map<String, Value>, (&'static str, String)> {
+        let name = name.to_string();
+        let old = self.active.get(&name).cloned().ok_or(("unknown_model", format!("no model {name}")))?;
+        let old_version = ModelVersion {
+            version: old.version.clone(),
+            sha256: old.sha256.clone(),
+            source: self.source_of(&name, &old),
+        };
+        let new_version = ModelVersion { version: spec.version.clone(), sha256: spec.sha256.clone(), source };
+        let mut switched: Vec<String> = Vec::new();
+        if self.models.contains_key(&name) {
+            let det = self.load(spec).await.map_err(|e| match e {
+                InferError::Mismatch { .. } => ("shape_mismatch", e.to_string()),
+                InferError::SelfTest { .. } => ("self_test_failed", e.to_string()),
+                _ => ("load_failed", e.to_string()),
+            })?;
+            let (h, w) = spec.input_size();
+            let format = FrameFormat { width: w, height: h };
+            let resize = self.models.get(&name).is_some_and(|rt| (rt.format.width, rt.format.height) != (w, h));
+            if let Some(rt) = self.models.get_mut(&name) {
+                rt.swap.put(det);
+                rt.format = format;
+            }
+            switched = self.cameras.values().filter(|c| c.config.model == name).map(|c| c.config.id.clone()).collect();
+            switched.sort();
+            if resize {
+                // Frames are scaled to the model's input by each camera's pipeline: those
+                // cameras restart (briefly) with the new size.
+                for cam in &switched {
+                    if let Some(c) = self.cameras.get(cam) {
+                        let (cfg, origin) = (c.config.clone(), c.origin);
+                        self.stop_camera(cam).await;
+                        if let Err(e) = self.start_camera(cfg, origin).await {
+                            error!(camera = %cam, error = %format!("{e:#}"), "cannot restart camera after the model's input size changed");
+                        }
+                    }
+                }
+            }
+        }
+        self.active.insert(name.clone(), spec.clone());
+        let state = ModelState {
+            format: crate::model::store::FORMAT.into(),
+            active: StoredVersion::from(&new_version),
+            previous: Some(StoredVersion::from(&old_version)),
+        };
+        if let Err(e) = self.store.save_state(&name, &state) {
+            error!(model = %name, error = %e, "cannot record the active model version; a restart would run the previous one");
+        }
+        let keep = self.config.model_updates.keep_versions;
+        let removed = self.store.prune(&name, keep, &[new_version.version.as_str(), old_version.version.as_str()]);
+        if !removed.is_empty() {
+            info!(model = %name, removed = ?removed, "old model versions deleted");
+        }
+        self.publish_model(&name, spec, Some(old_version.clone()));
+        info!(model = %name, from = %old_version.version, to = %new_version.version, cameras = ?switched, "model version active");
+        let mut m = Map::new();
+        m.insert("model".into(), json!({"name": name, "version": new_version.version, "sha256": new_version.sha256}));
+        m.insert("previous".into(), json!({"version": old_version.version, "sha256": old_version.sha256}));
+        m.insert("cameras".into(), json!(switched));
+        Ok(m)
+    }
+
+    fn source_of(&self, name: &str, spec: &ModelSpec) -> &'static str {
+        if self.config.model(name).is_some_and(|m| m.spec.path == spec.path) { "config" } else { "update" }
+    }
+
+    // ---- reload ----
+
+    /// `SIGHUP`: reads the config file again. On any problem nothing changes. Otherwise
+    /// cameras are diffed: removed ones stop, new ones start, changed ones restart, the
+    /// rest are not touched. Sections that cannot change live are reported.
+    async fn reload(&mut self) {
+        let file = self.config.file.clone();
+        let new = match crate::config::load(&file) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(file = %file.display(), "reload refused, still running the previous config:\n{e}");
+                return;
+            }
+        };
+        for (section, a, b) in [
+            ("[agent]", format!("{:?}", self.config.agent), format!("{:?}", new.agent)),
+            ("[mqtt]", format!("{:?}", self.config.mqtt), format!("{:?}", new.mqtt)),
+            ("[inference]", format!("{:?}", self.config.inference), format!("{:?}", new.inference)),
+            ("[outbox]", format!("{:?}", self.config.outbox), format!("{:?}", new.outbox)),
+            ("[telemetry]", format!("{:?}", self.config.telemetry), format!("{:?}", new.telemetry)),
+            ("[[models]]", model_keys(&self.config), model_keys(&new)),
+        ] {
+            if a != b {
+                warn!(section, "changed in the config file; takes effect at the next restart");
+            }
+        }
+        let models_now = self.config.models.clone();
+        self.config.cameras = new.cameras;
+        self.config.model_updates = new.model_updates;
+        // New model names become available to cameras; existing ones keep running as they are.
+        for m in new.models {
+            if !models_now.iter().any(|o| o.name == m.name) {
+                self.active.insert(m.name.clone(), m.spec.clone());
+                self.config.models.push(m.clone());
+                self.publish_model(&m.name, &m.spec, None);
+            }
+        }
+        self.deps.fleet.set_config_sha256(crate::infer::model::sha256_file(&file).unwrap_or_default());
+        let wanted = self.effective_cameras();
+        let (mut added, mut removed, mut restarted, mut unchanged) = (0, 0, 0, 0);
+        let gone: Vec<String> =
+            self.cameras.keys().filter(|id| !wanted.iter().any(|(c, _)| &c.id == *id)).cloned().collect();
+        for id in gone {
+            self.stop_camera(&id).await;
+            removed += 1;
+        }
+        for (cam, origin) in wanted {
+            let id = cam.id.clone();
+            match self.cameras.get(&id) {
+                Some(r) if r.config == cam => unchanged += 1,
+                Some(_) => {
+                    self.stop_camera(&id).await;
+                    match self.start_camera(cam, origin).await {
+                        Ok(()) => restarted += 1,
+                        Err(e) => error!(camera = %id, error = %format!("{e:#}"), "cannot restart camera"),
+                    }
+                }
+                None => match self.start_camera(cam, origin).await {
+                    Ok(()) => added += 1,
+                    Err(e) => error!(camera = %id, error = %format!("{e:#}"), "cannot start camera"),
+                },
+            }
+        }
+        info!(added, removed, restarted, unchanged, file = %file.display(), "config reloaded");
+    }
+
+    async fn stop_all(mut self) {
+        let ids: Vec<String> = self.cameras.keys().cloned().collect();
+        for c in self.cameras.values() {
+            c.token.cancel();
+        }
+        for id in ids {
+            if let Some(c) = self.cameras.remove(&id) {
+                let _ = c.task.await;
+            }
+        }
+        let workers: Vec<_> = self
+            .models
+            .values_mut()
+            .filter_map(|rt| {
+                rt.queue.close();
+                rt.worker.take()
+            })
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+    }
+
+    /// Every camera context started so far (for the run summary).
+    pub fn camera_contexts(&self) -> Vec<Arc<CameraCtx>> {
+        self.cameras.values().map(|c| c.ctx.clone()).collect()
+    }
+}
+
+fn model_keys(c: &Config) -> String {
+    c.models
+        .iter()
+        .map(|m| format!("{}={}@{}", m.name, m.manifest.display(), m.spec.sha256))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn camera_reply(id: &str, cam: &str, origin: Origin, overrides: bool, changed: bool) -> Reply {
+    let mut m = Map::new();
+    m.insert("camera".into(), json!(cam));
+    m.insert("origin".into(), json!(origin));
+    m.insert("overrides_config".into(), json!(overrides));
+    m.insert("changed".into(), json!(changed));
+    if overrides {
+        m.insert(
+            "note".into(),
+            json!("this runtime setting overrides the config file's camera of the same id until it is removed"),
+        );
+    }
+    Reply::ok(id, m)
+}
