@@ -8,24 +8,30 @@
 //! waits (messages are never dropped) and the cameras' latest-frame slots absorb the
 //! delay by replacing frames (counted).
 
+pub mod decode;
+#[cfg(test)]
+mod format_tests;
+pub mod letterbox;
 pub mod model;
 pub mod queue;
 pub mod runtime;
+mod shapes;
 pub mod ssd;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use ndarray::Array4;
+use ndarray::{Array4, ArrayViewMut3, Axis};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::Tensor;
+use ort::value::{Tensor, TensorElementType, ValueType};
 use tracing::{debug, error, info};
 
 use crate::config::InferenceConfig;
 use crate::source::{CameraCtx, Frame};
-use model::ModelSpec;
+use letterbox::Placement;
+use model::{ModelSpec, OutputSpec};
 use queue::{FrameQueue, Take};
 use ssd::{Detection, NmsParams};
 
@@ -99,6 +105,27 @@ pub struct Analysed {
     pub original: Option<crate::source::Original>,
 }
 
+/// A prepared input batch, in the model's element type and layout.
+#[derive(Debug, Clone)]
+pub enum InputBatch {
+    F32(Array4<f32>),
+    U8(Array4<u8>),
+}
+
+impl InputBatch {
+    /// Rows in the batch (its first dimension).
+    pub fn len(&self) -> usize {
+        match self {
+            InputBatch::F32(a) => a.shape()[0],
+            InputBatch::U8(a) => a.shape()[0],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// An ONNX Runtime session for one model plus its pre- and post-processing.
 pub struct Detector {
     session: Session,
@@ -111,6 +138,9 @@ pub struct Detector {
 
 impl Detector {
     /// Loads the model into a new session. `threads` is ONNX Runtime's intra-op pool size.
+    ///
+    /// Refuses ([`InferError::Mismatch`]) a model whose input or output names, element
+    /// types or shapes disagree with its manifest.
     pub fn new(
         spec: &ModelSpec,
         cfg: &InferenceConfig,
@@ -146,110 +176,271 @@ impl Detector {
         Ok(det)
     }
 
+    /// The manifest this detector was loaded from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
     fn check_signature(&self) -> Result<(), InferError> {
         let mismatch = |what, message: String| InferError::Mismatch { model: self.spec.name.clone(), what, message };
         let inputs: Vec<&str> = self.session.inputs().iter().map(|i| i.name()).collect();
-        if !inputs.contains(&self.spec.input.name.as_str()) {
+        let Some(input) = self.session.inputs().iter().find(|i| i.name() == self.spec.input.name) else {
             return Err(mismatch("input", format!("no input named {:?} (inputs: {inputs:?})", self.spec.input.name)));
-        }
+        };
         let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
-        for want in [&self.spec.output.boxes, &self.spec.output.scores] {
-            if !outputs.contains(&want.as_str()) {
+        for want in self.spec.output.tensor_names() {
+            if !outputs.contains(&want) {
                 return Err(mismatch("outputs", format!("no output named {want:?} (outputs: {outputs:?})")));
             }
+        }
+        let dtype = match self.spec.input.dtype {
+            model::DType::Float32 => TensorElementType::Float32,
+            model::DType::Uint8 => TensorElementType::Uint8,
+        };
+        let (shape, ty) = tensor_info(input.dtype())
+            .ok_or_else(|| mismatch("input type", format!("input {:?} is not a tensor", input.name())))?;
+        if ty != dtype {
+            return Err(mismatch(
+                "input type",
+                format!("input {:?} takes {ty:?}, the manifest says dtype {dtype:?}", input.name()),
+            ));
+        }
+        shapes::check("input", input.name(), shape, &shapes::input(&self.spec))
+            .map_err(|m| mismatch("input shape", m))?;
+        for (name, want) in shapes::outputs(&self.spec) {
+            let Some(o) = self.session.outputs().iter().find(|o| o.name() == name) else { continue };
+            let (shape, ty) = tensor_info(o.dtype())
+                .ok_or_else(|| mismatch("output type", format!("output {name:?} is not a tensor")))?;
+            if ty != TensorElementType::Float32 {
+                return Err(mismatch("output type", format!("output {name:?} is {ty:?}, expected Float32")));
+            }
+            shapes::check("output", name, shape, &want).map_err(|m| mismatch("output shape", m))?;
         }
         Ok(())
     }
 
-    /// Fills `input[i]` from frame pixels: RGB bytes to `pixel * scale + offset`.
-    fn preprocess(&self, frames: &[Frame]) -> Result<Array4<f32>, InferError> {
+    /// Fills one input row per frame (plus zero rows up to a fixed batch size) and
+    /// says where each frame landed in the input.
+    fn preprocess(&self, frames: &[Frame]) -> Result<(InputBatch, Vec<Placement>), InferError> {
         let (h, w) = self.spec.input_size();
-        let (scale, offset) = (self.spec.input.scale, self.spec.input.offset);
-        let mut input = Array4::<f32>::zeros((frames.len(), h as usize, w as usize, 3));
+        let inp = &self.spec.input;
+        let rows = frames.len().max(self.spec.fixed_batch().unwrap_or(0));
+        let (hu, wu) = (h as usize, w as usize);
+        let dims = match inp.layout {
+            model::Layout::NHWC => (rows, hu, wu, 3),
+            model::Layout::NCHW => (rows, 3, hu, wu),
+        };
+        let mut batch = match inp.dtype {
+            model::DType::Float32 => InputBatch::F32(Array4::zeros(dims)),
+            model::DType::Uint8 => InputBatch::U8(Array4::zeros(dims)),
+        };
+        let mut places = Vec::with_capacity(frames.len());
+        let mut boxed = Vec::new();
         for (i, f) in frames.iter().enumerate() {
             let px = (*f.pixels).as_ref();
-            let row_bytes = w as usize * 3;
-            if f.width != w
-                || f.height != h
+            let row_bytes = f.width as usize * 3;
+            let stretch = inp.resize == model::Resize::Stretch;
+            if (stretch && (f.width != w || f.height != h))
+                || f.width == 0
+                || f.height == 0
                 || f.stride < row_bytes
-                || px.len() < f.stride * (h as usize - 1) + row_bytes
+                || px.len() < f.stride * (f.height as usize - 1) + row_bytes
             {
                 return Err(InferError::BadFrame {
                     model: self.spec.name.clone(),
                     camera: f.camera.id.clone(),
                     got: format!("{}x{} stride {} ({} bytes)", f.width, f.height, f.stride, px.len()),
-                    expected: format!("{w}x{h} RGB"),
+                    expected: if stretch { format!("{w}x{h} RGB") } else { "RGB".into() },
                 });
             }
-            let mut dst = input.index_axis_mut(ndarray::Axis(0), i);
-            let Some(dst) = dst.as_slice_mut() else { continue };
+            let (src, stride, place) = if stretch {
+                (px, f.stride, Placement::full(w, h))
+            } else {
+                let place = Placement::letterbox(f.native_width, f.native_height, w, h);
+                boxed.resize(wu * hu * 3, 0);
+                letterbox::letterbox(px, f.width, f.height, f.stride, &place, inp.pad_value, &mut boxed);
+                (boxed.as_slice(), wu * 3, place)
+            };
+            let (scale, offset) = (inp.scale, inp.offset);
+            match &mut batch {
+                InputBatch::F32(a) => {
+                    fill(a.index_axis_mut(Axis(0), i), inp.layout, src, stride, |v| f32::from(v) * scale + offset)
+                }
+                InputBatch::U8(a) => fill(a.index_axis_mut(Axis(0), i), inp.layout, src, stride, |v| v),
+            }
+            places.push(place);
+        }
+        Ok((batch, places))
+    }
+
+    /// Runs the model on a prepared float32 batch whose images fill the input
+    /// (stretch) and decodes each image's detections.
+    pub fn run(&mut self, input: Array4<f32>, params: &[NmsParams]) -> Result<Vec<Vec<Detection>>, InferError> {
+        let (h, w) = self.spec.input_size();
+        let places = vec![Placement::full(w, h); input.shape()[0]];
+        self.run_batch(InputBatch::F32(input), params, &places)
+    }
+
+    /// Runs the model on a prepared batch and decodes the first `places.len()` images
+    /// (rows beyond are padding for a fixed batch size), boxes mapped to their frames.
+    pub fn run_batch(
+        &mut self,
+        input: InputBatch,
+        params: &[NmsParams],
+        places: &[Placement],
+    ) -> Result<Vec<Vec<Detection>>, InferError> {
+        let batch = input.len();
+        let Detector { session, spec, .. } = self;
+        let model = spec.name.clone();
+        let run_err = |message: String| InferError::Run { model: model.clone(), batch, message };
+        if places.len() > batch || params.is_empty() {
+            return Err(run_err(format!(
+                "{} frames and {} parameters for a batch of {batch}",
+                places.len(),
+                params.len()
+            )));
+        }
+        let tensor = match input {
+            InputBatch::F32(a) => Tensor::from_array(a).map(|t| t.into_dyn()),
+            InputBatch::U8(a) => Tensor::from_array(a).map(|t| t.into_dyn()),
+        }
+        .map_err(|e| run_err(e.to_string()))?;
+        let outputs =
+            session.run(ort::inputs![spec.input.name.as_str() => tensor]).map_err(|e| run_err(e.to_string()))?;
+        let extract = |name: &str| {
+            let (shape, data) = outputs
+                .get(name)
+                .ok_or_else(|| run_err(format!("no output {name}")))?
+                .try_extract_tensor::<f32>()
+                .map_err(|e| run_err(e.to_string()))?;
+            Ok::<_, InferError>((shape.to_vec(), data))
+        };
+        // Per image: the slice of `data` holding image i, `per` values each.
+        let short = |name: &str, got: usize, per: usize| InferError::Mismatch {
+            model: model.clone(),
+            what: "output shape",
+            message: format!("output {name:?} holds {got} values, a batch of {batch} needs {}", batch * per),
+        };
+        let labels = spec.labels.len();
+        let param = |i: usize| params[i.min(params.len().saturating_sub(1))];
+        let results = match &spec.output {
+            OutputSpec::SsdDecoded { boxes, scores, anchors } => {
+                let (_, b) = extract(boxes)?;
+                let (_, s) = extract(scores)?;
+                let (bs, ss) = (anchors * 4, anchors * (labels + 1));
+                if b.len() < batch * bs {
+                    return Err(short(boxes, b.len(), bs));
+                }
+                if s.len() < batch * ss {
+                    return Err(short(scores, s.len(), ss));
+                }
+                places
+                    .iter()
+                    .enumerate()
+                    .map(|(i, pl)| ssd::decode_placed(&b[i * bs..][..bs], &s[i * ss..][..ss], labels, pl, &param(i)))
+                    .collect()
+            }
+            OutputSpec::Tfod { boxes, scores, classes, num_detections } => {
+                let (shape, b) = extract(boxes)?;
+                let k = shape.get(1).copied().unwrap_or(0).max(0) as usize;
+                let (_, s) = extract(scores)?;
+                let (_, c) = extract(classes)?;
+                let (_, n) = extract(num_detections)?;
+                for (name, got, per) in [(boxes, b.len(), k * 4), (scores, s.len(), k), (classes, c.len(), k)] {
+                    if got < batch * per {
+                        return Err(short(name, got, per));
+                    }
+                }
+                if n.len() < batch {
+                    return Err(short(num_detections, n.len(), 1));
+                }
+                places
+                    .iter()
+                    .enumerate()
+                    .map(|(i, pl)| {
+                        let (bi, si, ci) = (&b[i * k * 4..][..k * 4], &s[i * k..][..k], &c[i * k..][..k]);
+                        decode::tfod(bi, si, ci, n[i], labels, pl, &param(i))
+                    })
+                    .collect()
+            }
+            OutputSpec::Yolov8 { output, anchors } | OutputSpec::Yolov5 { output, anchors } => {
+                let (_, o) = extract(output)?;
+                let v8 = matches!(spec.output, OutputSpec::Yolov8 { .. });
+                let per = anchors * if v8 { 4 + labels } else { 5 + labels };
+                if o.len() < batch * per {
+                    return Err(short(output, o.len(), per));
+                }
+                places
+                    .iter()
+                    .enumerate()
+                    .map(|(i, pl)| {
+                        let oi = &o[i * per..][..per];
+                        if v8 {
+                            decode::yolov8(oi, labels, *anchors, pl, &param(i))
+                        } else {
+                            decode::yolov5(oi, labels, *anchors, pl, &param(i))
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Ok(results)
+    }
+
+    /// Preprocesses and runs a batch of frames (in runs of the model's fixed batch
+    /// size, if it has one).
+    pub fn detect(&mut self, frames: &[Frame]) -> Result<Vec<Vec<Detection>>, InferError> {
+        let chunk = self.spec.fixed_batch().unwrap_or(frames.len()).max(1);
+        let mut out = Vec::with_capacity(frames.len());
+        for part in frames.chunks(chunk) {
+            let (input, places) = self.preprocess(part)?;
+            let params: Vec<NmsParams> = part
+                .iter()
+                .map(|f| NmsParams {
+                    min_score: f.camera.track_floor(),
+                    iou: self.spec.postprocess.nms_iou,
+                    max_detections: self.spec.postprocess.max_detections,
+                })
+                .collect();
+            out.extend(self.run_batch(input, &params, &places)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The element type and shape of a tensor outlet.
+fn tensor_info(t: &ValueType) -> Option<(&[i64], TensorElementType)> {
+    let shape: &[i64] = t.tensor_shape()?;
+    Some((shape, t.tensor_type()?))
+}
+
+/// Copies packed RGB rows (`stride` bytes apart) into one input row of the model.
+fn fill<T: Copy>(dst: ArrayViewMut3<'_, T>, layout: model::Layout, src: &[u8], stride: usize, conv: impl Fn(u8) -> T) {
+    let (h, w) = match layout {
+        model::Layout::NHWC => (dst.shape()[0], dst.shape()[1]),
+        model::Layout::NCHW => (dst.shape()[1], dst.shape()[2]),
+    };
+    let Some(dst) = dst.into_slice() else { return };
+    let row_bytes = w * 3;
+    match layout {
+        model::Layout::NHWC => {
             for (y, out_row) in dst.chunks_exact_mut(row_bytes).enumerate() {
-                let src_row = &px[y * f.stride..y * f.stride + row_bytes];
-                for (o, &s) in out_row.iter_mut().zip(src_row) {
-                    *o = s as f32 * scale + offset;
+                for (o, &s) in out_row.iter_mut().zip(&src[y * stride..y * stride + row_bytes]) {
+                    *o = conv(s);
                 }
             }
         }
-        Ok(input)
-    }
-
-    /// Runs the model on a prepared input batch and decodes each image's detections.
-    pub fn run(&mut self, input: Array4<f32>, params: &[NmsParams]) -> Result<Vec<Vec<Detection>>, InferError> {
-        let batch = input.shape()[0];
-        let run_err = |e: ort::Error| InferError::Run { model: self.spec.name.clone(), batch, message: e.to_string() };
-        let tensor = Tensor::from_array(input).map_err(run_err)?;
-        let classes = self.spec.labels.len();
-        let anchors = self.spec.output.anchors;
-        let (boxes_name, scores_name) = (self.spec.output.boxes.clone(), self.spec.output.scores.clone());
-        let input_name = self.spec.input.name.clone();
-        let model = self.spec.name.clone();
-        let outputs = self.session.run(ort::inputs![input_name => tensor]).map_err(|e| InferError::Run {
-            model: model.clone(),
-            batch,
-            message: e.to_string(),
-        })?;
-        let extract = |name: &str| {
-            outputs
-                .get(name)
-                .ok_or_else(|| InferError::Run { model: model.clone(), batch, message: format!("no output {name}") })?
-                .try_extract_tensor::<f32>()
-                .map(|(_, data)| data)
-                .map_err(|e| InferError::Run { model: model.clone(), batch, message: e.to_string() })
-        };
-        let boxes = extract(&boxes_name)?;
-        let scores = extract(&scores_name)?;
-        let (bstride, sstride) = (anchors * 4, anchors * (classes + 1));
-        if boxes.len() < batch * bstride || scores.len() < batch * sstride {
-            return Err(InferError::Mismatch {
-                model: model.clone(),
-                what: "output shape",
-                message: format!("{} boxes / {} scores for a batch of {batch}", boxes.len(), scores.len()),
-            });
+        model::Layout::NCHW => {
+            let plane = h * w;
+            for y in 0..h {
+                let src_row = &src[y * stride..y * stride + row_bytes];
+                for (x, px) in src_row.chunks_exact(3).enumerate() {
+                    for (c, &s) in px.iter().enumerate() {
+                        dst[c * plane + y * w + x] = conv(s);
+                    }
+                }
+            }
         }
-        Ok((0..batch)
-            .map(|i| {
-                ssd::decode(
-                    &boxes[i * bstride..(i + 1) * bstride],
-                    &scores[i * sstride..(i + 1) * sstride],
-                    classes,
-                    &params[i.min(params.len().saturating_sub(1))],
-                )
-            })
-            .collect())
-    }
-
-    /// Preprocesses and runs a batch of frames.
-    pub fn detect(&mut self, frames: &[Frame]) -> Result<Vec<Vec<Detection>>, InferError> {
-        let input = self.preprocess(frames)?;
-        let params: Vec<NmsParams> = frames
-            .iter()
-            .map(|f| NmsParams {
-                min_score: f.camera.track_floor(),
-                iou: self.spec.postprocess.nms_iou,
-                max_detections: self.spec.postprocess.max_detections,
-            })
-            .collect();
-        self.run(input, &params)
     }
 }
 

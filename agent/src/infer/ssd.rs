@@ -9,6 +9,8 @@
 
 use serde::Serialize;
 
+use super::letterbox::Placement;
+
 /// A box normalised to [0, 1] of the frame, origin top-left.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BBox {
@@ -50,12 +52,24 @@ pub struct NmsParams {
     pub max_detections: usize,
 }
 
-/// Decodes one image's outputs.
+/// Decodes one image's outputs, the frame filling the model input.
 ///
 /// `boxes` holds `anchors × 4` values (ymin, xmin, ymax, xmax), `scores` holds
 /// `anchors × (1 + classes)` with column 0 the background. Returns detections sorted by
 /// score, highest first.
 pub fn decode(boxes: &[f32], scores: &[f32], classes: usize, p: &NmsParams) -> Vec<Detection> {
+    decode_placed(boxes, scores, classes, &Placement::full(1, 1), p)
+}
+
+/// [`decode`] for a frame placed in the input as `place` says (boxes are mapped to the
+/// frame before clipping).
+pub fn decode_placed(
+    boxes: &[f32],
+    scores: &[f32],
+    classes: usize,
+    place: &Placement,
+    p: &NmsParams,
+) -> Vec<Detection> {
     let stride = classes + 1;
     let anchors = (boxes.len() / 4).min(scores.len() / stride);
     let mut out = Vec::new();
@@ -68,7 +82,7 @@ pub fn decode(boxes: &[f32], scores: &[f32], classes: usize, p: &NmsParams) -> V
                 }
                 let b = &boxes[a * 4..a * 4 + 4];
                 let (ymin, xmin, ymax, xmax) = (b[0], b[1], b[2], b[3]);
-                Some((s, clip(BBox { x: xmin, y: ymin, w: xmax - xmin, h: ymax - ymin })?))
+                Some((s, clip(place.to_frame(xmin, ymin, xmax, ymax))?))
             })
             .collect();
         cands.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -95,8 +109,28 @@ pub fn nms(sorted: &[(f32, BBox)], iou: f32, max: usize) -> Vec<(f32, BBox)> {
     kept
 }
 
+/// Per-class greedy NMS over candidates in any order (Ultralytics' order: NMS on the
+/// unclipped boxes, then clip to the frame), highest score first, at most
+/// `p.max_detections`. Boxes left empty by clipping are dropped.
+pub fn nms_per_class(mut cands: Vec<Detection>, p: &NmsParams) -> Vec<Detection> {
+    cands.sort_by(|a, b| a.class_id.cmp(&b.class_id).then(b.score.total_cmp(&a.score)));
+    let mut out = Vec::new();
+    for group in cands.chunk_by(|a, b| a.class_id == b.class_id) {
+        let sorted: Vec<(f32, BBox)> = group.iter().map(|d| (d.score, d.bbox)).collect();
+        let class_id = group[0].class_id;
+        out.extend(
+            nms(&sorted, p.iou, p.max_detections)
+                .into_iter()
+                .filter_map(|(score, bbox)| Some(Detection { class_id, score, bbox: clip(bbox)? })),
+        );
+    }
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out.truncate(p.max_detections);
+    out
+}
+
 /// Clips to the frame; a box with nothing left inside it is dropped.
-fn clip(b: BBox) -> Option<BBox> {
+pub fn clip(b: BBox) -> Option<BBox> {
     let x1 = b.x.clamp(0.0, 1.0);
     let y1 = b.y.clamp(0.0, 1.0);
     let x2 = (b.x + b.w).clamp(0.0, 1.0);
