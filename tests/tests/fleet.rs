@@ -260,6 +260,15 @@ async fn cameras_change_live_survive_a_restart_and_follow_sighup() {
         Cam { id: "cam-2", url: server.url("/b"), fps: FPS, min_score: 0.5 },
     ];
     let config = write_config(&dir, &broker.url(), &cams).expect("config");
+    // A second model, for a camera of its own: each model gets its own session and batcher.
+    let yolo = workspace().join("models/testdata/yolov8/manifest.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replacen(
+        "\n[[cameras]]",
+        &format!("\n[[models]]\nname = \"yolo\"\nmanifest = \"{}\"\n\n[[cameras]]", yolo.display()),
+        1,
+    );
+    std::fs::write(&config, text).expect("config");
     let detections = Recorder::start(broker.port(), &format!("{ROOT}/cameras/+/detections")).await.expect("sub");
     let statuses = Recorder::start(broker.port(), &format!("{ROOT}/cameras/+/status")).await.expect("sub");
     let op = Operator::connect(broker.port(), ROOT).await.expect("operator");
@@ -281,6 +290,24 @@ async fn cameras_change_live_survive_a_restart_and_follow_sighup() {
         .wait_for(WAIT, "cam-3 detections", |m| m.iter().any(|r| r.json["camera"] == "cam-3"))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    // A camera on the second model: its detections come from that model.
+    let cam5 = json!({"id": "cam-5", "url": server.url("/c"), "model": "yolo", "fps": 1.0});
+    let reply = op.call("camera.add", json!({"request_id": "add-5", "camera": cam5}), WAIT).await.expect("reply");
+    assert_eq!(reply["ok"], true, "{reply}\n{}", agent.log());
+    let got = detections
+        .wait_for(WAIT, "cam-5 detections", |m| m.iter().any(|r| r.json["camera"] == "cam-5"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let by5: Vec<&Received> = got.iter().filter(|r| r.json["camera"] == "cam-5").collect();
+    assert!(by5.iter().all(|r| r.json["model"]["name"] == "test-yolov8"), "{:?}", by5[0].json);
+    assert!(
+        got.iter()
+            .filter(|r| r.json["camera"] == "cam-1")
+            .all(|r| r.json["model"]["name"] == "ssdlite-mobilenetv2-person")
+    );
+    let reply = op.call("camera.remove", json!({"request_id": "rm-5", "id": "cam-5"}), WAIT).await.expect("reply");
+    assert_eq!(reply["ok"], true, "{reply}");
 
     // Bad requests are refused, naming what is wrong.
     let bad = json!({"id": "cam-9", "url": "http://not-rtsp", "model": "person", "fps": 0});

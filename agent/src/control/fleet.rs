@@ -46,7 +46,10 @@ pub struct ModelVersion {
 
 #[derive(Clone)]
 pub struct ModelEntry {
+    /// The config's name (`[[models]] name`): what cameras and `model.rollback` use.
     pub name: String,
+    /// The active manifest's `name`: what messages call the model (`model.name`).
+    pub manifest_name: String,
     pub active: ModelVersion,
     /// What `model.rollback` returns to.
     pub previous: Option<ModelVersion>,

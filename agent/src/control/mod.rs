@@ -47,6 +47,7 @@ pub fn handle_read(req: &Request, fleet: &Fleet) -> Reply {
                         entries.iter().filter(|c| c.config.model == m.name).map(|c| c.config.id.as_str()).collect();
                     json!({
                         "name": m.name,
+                        "manifest_name": m.manifest_name,
                         "active": m.active,
                         "previous": m.previous,
                         "installed": m.installed,

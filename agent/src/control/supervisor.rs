@@ -152,6 +152,7 @@ impl Supervisor {
         let stats = self.deps.fleet.model(name).map_or_else(|| Arc::new(ModelStats::new(name)), |m| m.stats);
         self.deps.fleet.set_model(ModelEntry {
             name: name.to_string(),
+            manifest_name: spec.name.clone(),
             active: ModelVersion { version: spec.version.clone(), sha256: spec.sha256.clone(), source: active_source },
             previous,
             installed,
@@ -350,7 +351,8 @@ impl Supervisor {
                 rules: cam.rules.clone(),
                 snapshots: cam.snapshots,
                 labels: spec.labels.clone().into(),
-                model: ModelOut { name: cam.model.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() },
+                // Messages name the model as its manifest does, like `detections` (infer).
+                model: ModelOut { name: spec.name.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() },
             },
             &self.deps.fleet.site,
             &self.deps.fleet.agent,

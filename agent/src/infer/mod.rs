@@ -473,16 +473,23 @@ impl Detector {
     /// decode) fails here, not on the first camera frame.
     pub fn self_test(&mut self) -> Result<(), InferError> {
         let (h, w) = self.spec.input_size();
-        let grey = Array4::<f32>::from_elem(
-            (1, h as usize, w as usize, 3),
-            128.0 * self.spec.input.scale + self.spec.input.offset,
-        );
+        let inp = &self.spec.input;
+        let rows = self.spec.fixed_batch().unwrap_or(1).max(1);
+        let (hu, wu) = (h as usize, w as usize);
+        let dims = match inp.layout {
+            model::Layout::NHWC => (rows, hu, wu, 3),
+            model::Layout::NCHW => (rows, 3, hu, wu),
+        };
+        let grey = match inp.dtype {
+            model::DType::Float32 => InputBatch::F32(Array4::from_elem(dims, 128.0 * inp.scale + inp.offset)),
+            model::DType::Uint8 => InputBatch::U8(Array4::from_elem(dims, 128u8)),
+        };
         let params = NmsParams {
             min_score: self.spec.postprocess.score_threshold,
             iou: self.spec.postprocess.nms_iou,
             max_detections: self.spec.postprocess.max_detections,
         };
-        let out = self.run(grey, &[params]).map_err(|e| match e {
+        let out = self.run_batch(grey, &[params], &[Placement::full(w, h)]).map_err(|e| match e {
             // Outputs of another shape than the manifest says: name it as such.
             InferError::Mismatch { .. } => e,
             e => InferError::SelfTest { model: self.spec.name.clone(), message: e.to_string() },

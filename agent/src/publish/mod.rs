@@ -417,7 +417,8 @@ impl<'a> Connection<'a> {
             let (input_fps, analysed_fps) = match self.camera_reports.get(&cam.id) {
                 Some((_, at, e0, a0)) => {
                     let secs = now.duration_since(*at).as_secs_f64().max(0.001);
-                    ((encoded - e0) as f64 / secs, (analysed - a0) as f64 / secs)
+                    // A camera restarted by camera.update has fresh counters under the same id.
+                    (encoded.saturating_sub(*e0) as f64 / secs, analysed.saturating_sub(*a0) as f64 / secs)
                 }
                 None => (0.0, 0.0),
             };
