@@ -40,6 +40,9 @@ model=models/ssdlite-mobilenetv2-person
 install -d "$root/usr/share/lookout/$model"
 install -m 0644 $model/model.onnx $model/manifest.toml $model/labels.txt $model/LICENSE $model/NOTICE.md \
   "$root/usr/share/lookout/$model/"
+# The manifest's [self_test] reference frame: the model is checked against it at start.
+install -d "$root/usr/share/lookout/$model/reference"
+install -m 0644 $model/reference/vtest_frame200.png "$root/usr/share/lookout/$model/reference/"
 # The example config, pointing at the packaged model.
 sed 's|manifest = "../models/|manifest = "/usr/share/lookout/models/|' configs/example.toml >"$root/etc/lookout/lookout.toml"
 chmod 0640 "$root/etc/lookout/lookout.toml"

@@ -31,7 +31,8 @@ fn release(dir: &Path, name: &str, key: Option<&Path>, edit: impl Fn(String) -> 
     let src_dir = src.parent().expect("model dir");
     let out = dir.join(name);
     std::fs::create_dir_all(&out).expect("release dir");
-    for f in ["model.onnx", "labels.txt"] {
+    std::fs::create_dir_all(out.join("reference")).expect("reference dir");
+    for f in ["model.onnx", "labels.txt", "reference/vtest_frame200.png"] {
         std::fs::copy(src_dir.join(f), out.join(f)).expect("copy model files");
     }
     let size = std::fs::metadata(src_dir.join("model.onnx")).expect("model").len();
@@ -100,6 +101,8 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     std::fs::write(truncated.join("model.onnx"), &bytes[..bytes.len() / 2]).expect("truncate");
     // The manifest says 3000 anchors; the model has 1917.
     release(&www, "shape", k, |t| version(t, "0.3.5").replace("anchors = 1917", "anchors = 3000"));
+    // Signed and intact, but its self-test expects a person where the reference has none.
+    release(&www, "selftest", k, |t| version(t, "0.3.7").replacen("bbox = [0.271, 0.332", "bbox = [0.671, 0.032", 1));
     // Bigger than the config's max_bytes (13 MB), truthfully declared.
     let big = release(&www, "big", k, |t| version(t, "0.3.6"));
     let mut padded = bytes.clone();
@@ -152,6 +155,7 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
         ("badsha", http.url("badsha/manifest.toml"), "checksum_mismatch"),
         ("truncated", http.url("truncated/manifest.toml"), "size_mismatch"),
         ("shape", http.url("shape/manifest.toml"), "shape_mismatch"),
+        ("selftest", http.url("selftest/manifest.toml"), "self_test_failed"),
         ("big", http.url("big/manifest.toml"), "too_large"),
         ("unreachable", format!("http://127.0.0.1:{closed}/r/manifest.toml"), "download_failed"),
         ("missing", http.url("nothing-here/manifest.toml"), "download_failed"),

@@ -266,3 +266,22 @@ fn manifest_input_options_are_checked_together() {
             .expect("valid");
     assert_eq!((spec.input.resize, spec.input.pad_value, spec.fixed_batch()), (Resize::Letterbox, 114, Some(2)));
 }
+
+#[test]
+fn default_model_passes_its_reference_self_test_and_a_wrong_expectation_fails() {
+    let path = manifest("../ssdlite-mobilenetv2-person");
+    let spec = ModelSpec::load(&path).expect("default manifest");
+    assert!(spec.self_test.is_some(), "the shipped model carries a self-test");
+    let mut det = detector(&spec).expect("default model");
+    det.self_test().expect("the reference image gives the expected people");
+    // The same image, expecting a person where there is none.
+    let mut wrong = spec.clone();
+    if let Some(t) = wrong.self_test.as_mut() {
+        t.expect[0].bbox = [0.9, 0.0, 0.05, 0.05];
+    }
+    let mut det = detector(&wrong).expect("default model");
+    match det.self_test() {
+        Err(InferError::SelfTest { message, .. }) => assert!(message.contains("expected person"), "{message}"),
+        other => panic!("expected a self-test failure, got {:?}", other.err()),
+    }
+}

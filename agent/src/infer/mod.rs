@@ -500,6 +500,70 @@ impl Detector {
                 message: format!("{} results for 1 image", out.len()),
             });
         }
+        if let Some(t) = self.spec.self_test.clone() {
+            self.reference_test(&t)?;
+        }
+        Ok(())
+    }
+}
+
+impl Detector {
+    /// The manifest's `[self_test]`: the reference image goes through the same path as a
+    /// camera frame (stretched to the input size, then this model's preprocessing), and
+    /// every expected detection must be found.
+    fn reference_test(&mut self, t: &model::SelfTest) -> Result<(), InferError> {
+        let name = self.spec.name.clone();
+        let fail = |message: String| InferError::SelfTest { model: name.clone(), message };
+        let img = image::open(&t.image).map_err(|e| fail(format!("{}: {e}", t.image.display())))?.to_rgb8();
+        let (h, w) = self.spec.input_size();
+        let small = image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle);
+        let floor = t
+            .expect
+            .iter()
+            .map(|e| e.min_score.unwrap_or(self.spec.postprocess.score_threshold))
+            .fold(self.spec.postprocess.score_threshold, f32::min);
+        let frame = Frame {
+            slot: 0,
+            camera: Arc::new(CameraCtx::new("self-test", floor)),
+            pts_ns: 0,
+            captured: SystemTime::now(),
+            native_width: img.width(),
+            native_height: img.height(),
+            width: w,
+            height: h,
+            stride: w as usize * 3,
+            pixels: Box::new(small.into_raw()),
+            original: None,
+        };
+        let found = self.detect(std::slice::from_ref(&frame))?.into_iter().next().unwrap_or_default();
+        for e in &t.expect {
+            let min_score = e.min_score.unwrap_or(self.spec.postprocess.score_threshold);
+            let want = ssd::BBox { x: e.bbox[0], y: e.bbox[1], w: e.bbox[2], h: e.bbox[3] };
+            let hit = found.iter().any(|d| {
+                self.spec.labels.get(d.class_id as usize) == Some(&e.label)
+                    && d.score >= min_score
+                    && d.bbox.iou(&want) >= e.min_iou
+            });
+            if !hit {
+                let seen: Vec<String> = found
+                    .iter()
+                    .map(|d| {
+                        let label = self.spec.labels.get(d.class_id as usize).map_or("?", String::as_str);
+                        format!(
+                            "{label} {:.2} [{:.3}, {:.3}, {:.3}, {:.3}]",
+                            d.score, d.bbox.x, d.bbox.y, d.bbox.w, d.bbox.h
+                        )
+                    })
+                    .collect();
+                return Err(fail(format!(
+                    "expected {} (score ≥ {min_score}, IoU ≥ {}) at {:?} in {}; found {seen:?}",
+                    e.label,
+                    e.min_iou,
+                    e.bbox,
+                    t.image.display()
+                )));
+            }
+        }
         Ok(())
     }
 }

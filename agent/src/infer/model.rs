@@ -50,6 +50,46 @@ struct ManifestFile {
     output: OutputFile,
     labels: LabelsFile,
     postprocess: PostprocessSpec,
+    /// A reference image and what the model must find in it (optional).
+    #[serde(default)]
+    self_test: Option<SelfTestFile>,
+}
+
+/// `[self_test]`: run before a model is trusted with cameras (start-up and updates).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelfTestFile {
+    /// An image file beside the manifest (JPEG or PNG).
+    image: String,
+    /// Its sha256, so a signed manifest covers it.
+    sha256: String,
+    #[serde(default)]
+    expect: Vec<Expected>,
+}
+
+/// One detection the self-test must find: same label, score ≥ `min_score` (default the
+/// manifest's `score_threshold`), IoU with `bbox` ≥ `min_iou` (default 0.5).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expected {
+    pub label: String,
+    /// `[x, y, w, h]`, normalised to the image.
+    pub bbox: [f32; 4],
+    #[serde(default)]
+    pub min_score: Option<f32>,
+    #[serde(default = "default_min_iou")]
+    pub min_iou: f32,
+}
+
+fn default_min_iou() -> f32 {
+    0.5
+}
+
+/// A checked `[self_test]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfTest {
+    pub image: PathBuf,
+    pub expect: Vec<Expected>,
 }
 
 /// `[input]` as written: optional fields are checked and defaulted into [`InputSpec`].
@@ -208,6 +248,9 @@ impl OutputSpec {
 #[serde(deny_unknown_fields)]
 struct LabelsFile {
     file: String,
+    /// The labels file's sha256, checked when given (a signed manifest then covers it).
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
@@ -230,6 +273,7 @@ pub struct ModelSpec {
     pub output: OutputSpec,
     pub labels: Vec<String>,
     pub postprocess: PostprocessSpec,
+    pub self_test: Option<SelfTest>,
 }
 
 impl ModelSpec {
@@ -246,6 +290,13 @@ impl ModelSpec {
             return Err(bad("postprocess.score_threshold and nms_iou must lie in [0, 1]".into()));
         }
         let labels_path = dir.join(&m.labels.file);
+        if let Some(want) = &m.labels.sha256 {
+            let got = sha256_file(&labels_path)
+                .map_err(|source| ModelError::ReadLabels { path: labels_path.clone(), source })?;
+            if !got.eq_ignore_ascii_case(want.trim()) {
+                return Err(ModelError::Checksum { path: labels_path, expected: want.clone(), actual: got });
+            }
+        }
         let labels: Vec<String> = std::fs::read_to_string(&labels_path)
             .map_err(|source| ModelError::ReadLabels { path: labels_path.clone(), source })?
             .lines()
@@ -268,6 +319,24 @@ impl ModelSpec {
         if !actual.eq_ignore_ascii_case(m.sha256.trim()) {
             return Err(ModelError::Checksum { path, expected: m.sha256, actual });
         }
+        // The reference image last: a wrong model file is the error to report first.
+        let self_test = match m.self_test {
+            None => None,
+            Some(t) => {
+                let image = dir.join(&t.image);
+                let got =
+                    sha256_file(&image).map_err(|source| ModelError::ReadModel { path: image.clone(), source })?;
+                if !got.eq_ignore_ascii_case(t.sha256.trim()) {
+                    return Err(ModelError::Checksum { path: image, expected: t.sha256, actual: got });
+                }
+                Some(SelfTest { image, expect: t.expect })
+            }
+        };
+        if let Some(t) = &self_test
+            && let Some(e) = t.expect.iter().find(|e| !labels.contains(&e.label))
+        {
+            return Err(bad(format!("self_test.expect: label {:?} is not in the labels file", e.label)));
+        }
         Ok(ModelSpec {
             name: m.name,
             version: m.version,
@@ -277,6 +346,7 @@ impl ModelSpec {
             output,
             labels,
             postprocess: m.postprocess,
+            self_test,
         })
     }
 

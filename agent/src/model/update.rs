@@ -148,9 +148,15 @@ pub fn install(
         .and_then(toml::Value::as_str)
         .map(str::to_string)
         .ok_or_else(|| UpdateError::BadManifest("missing `[labels] file`".into()))?;
-    for f in [&file, &labels] {
-        if f.contains('/') || f.contains('\\') || f.starts_with('.') {
-            return Err(UpdateError::BadManifest(format!("{f:?}: must be a file name beside the manifest")));
+    // The self-test's reference image, if any: fetched and installed like the rest
+    // (its sha256 is in the signed manifest; the session load checks it).
+    let self_test_image =
+        table.get("self_test").and_then(|t| t.get("image")).and_then(toml::Value::as_str).map(str::to_string);
+    for f in [Some(&file), Some(&labels), self_test_image.as_ref()].into_iter().flatten() {
+        if !safe_relative(f) {
+            return Err(UpdateError::BadManifest(format!(
+                "{f:?}: must be a relative path below the manifest's folder"
+            )));
         }
     }
     let limit = cfg.max_bytes;
@@ -181,8 +187,16 @@ pub fn install(
         let labels_url = join(&url, &labels)?;
         let mut labels_bytes = Vec::new();
         fetch(&labels_url, SMALL_FILE_MAX, deadline, &mut labels_bytes)?;
-        std::fs::write(staging.join(&labels), labels_bytes).map_err(|e| UpdateError::Io(e.to_string()))?;
+        write_new(&staging.join(&labels), &labels_bytes)?;
+        if let Some(img) = &self_test_image {
+            let mut bytes = Vec::new();
+            fetch(&join(&url, img)?, limit, deadline, &mut bytes)?;
+            write_new(&staging.join(img), &bytes)?;
+        }
         let artifact_url = join(&url, &file)?;
+        if let Some(parent) = staging.join(&file).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| UpdateError::Io(e.to_string()))?;
+        }
         let mut out = HashingFile::create(&staging.join(&file))?;
         let got = fetch(&artifact_url, limit, deadline, &mut out)?;
         let actual = out.finish()?;
@@ -208,6 +222,24 @@ pub fn install(
         let _ = d.sync_all();
     }
     Ok(Installed { name, version, sha256, manifest: dest.join("manifest.toml"), fresh: true, signed_by })
+}
+
+/// A relative path with only normal components (no `..`, no root, no hidden names).
+fn safe_relative(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty()
+        && !p.contains('\\')
+        && path.components().all(|c| match c {
+            std::path::Component::Normal(n) => !n.to_string_lossy().starts_with('.'),
+            _ => false,
+        })
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), UpdateError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| UpdateError::Io(e.to_string()))?;
+    }
+    std::fs::write(path, bytes).map_err(|e| UpdateError::Io(format!("{}: {e}", path.display())))
 }
 
 fn join(base: &Url, name: &str) -> Result<Url, UpdateError> {
@@ -321,5 +353,20 @@ impl std::io::Write for HashingFile {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_paths_stay_inside_the_release_folder() {
+        for ok in ["model.onnx", "reference/frame.png"] {
+            assert!(safe_relative(ok), "{ok}");
+        }
+        for bad in ["", "../model.onnx", "/etc/passwd", "a/../../b", ".hidden", "dir/.x", "a\\b"] {
+            assert!(!safe_relative(bad), "{bad}");
+        }
     }
 }
