@@ -49,7 +49,7 @@ struct Still {
 
 pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
     gst::init()?;
-    println!("probing {} for {} s …", redact(&opts.url), opts.seconds);
+    println!("probing {} for {} s …", crate::config::redact_url(&opts.url), opts.seconds);
     let stats = Arc::new(Mutex::new(StreamStats::default()));
     let still = Arc::new(Mutex::new(None::<Still>));
     let pipeline = build(opts, stats.clone(), still.clone())?;
@@ -257,16 +257,5 @@ fn write_jpeg(still: &Still, dets: &[Detection], out: &Path) -> anyhow::Result<(
 fn put(img: &mut image::RgbImage, x: i64, y: i64) {
     if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
         img.put_pixel(x as u32, y as u32, image::Rgb([255, 32, 32]));
-    }
-}
-
-/// The URL without its password, for printing.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }

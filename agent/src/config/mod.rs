@@ -882,6 +882,17 @@ fn check_segment(issues: &mut Issues<'_>, t: &mut TableReader<'_, '_>, key: &str
     }
 }
 
+/// The URL with its password masked, for logs, replies and printing.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 fn check_rtsp_url(u: &str) -> Result<(), String> {
     let parsed = url::Url::parse(u).map_err(|e| format!("not a valid URL ({e}): \"{u}\""))?;
     if !matches!(parsed.scheme(), "rtsp" | "rtsps" | "rtspt") {

@@ -27,7 +27,7 @@ pub fn handle_read(req: &Request, fleet: &Fleet) -> Reply {
                     json!({
                         "id": c.config.id,
                         "model": c.config.model,
-                        "url": redact(&c.config.url),
+                        "url": crate::config::redact_url(&c.config.url),
                         "fps": c.config.fps,
                         "state": st.as_str(),
                         "reason": reason,
@@ -59,16 +59,5 @@ pub fn handle_read(req: &Request, fleet: &Fleet) -> Reply {
             Reply::ok(id, Map::from_iter([("models".to_string(), Value::Array(models))]))
         }
         other => Reply::error(id, "internal", format!("{} is not a read-only command", other.name())),
-    }
-}
-
-/// The URL without its password: replies travel to the platform.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
