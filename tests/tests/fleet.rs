@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 const ROOT: &str = "lookout/v1/test-site/gw-test";
 const WAIT: Duration = Duration::from_secs(60);
 /// Analysed frames per second of the streaming cameras.
-const FPS: f64 = 2.0;
+const FPS: f64 = 1.0;
 
 fn still(name: &str) -> Media {
     Media::Still { image: media_file(name).expect("media (scripts/setup.sh fetches it)") }
@@ -239,6 +239,21 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let after = capture_times(&detections.snapshot()[mark..], "cam-1");
     assert!(after.iter().all(|(_, v)| v == "0.3.0"), "the updated version runs after a restart: {after:?}");
+
+    // A release on the gateway's own disk (file://) installs the same way.
+    let local = release(&dir, "local-0.4.0", k, |t| version(t, "0.4.0"));
+    let url = format!("file://{}", local.join("manifest.toml").display());
+    let req = json!({"request_id": "upd-file", "manifest_url": url});
+    let reply = op.call("model.update", req.clone(), WAIT).await.expect("reply");
+    session.push(format!("→ model.update {req}\n← {reply}"));
+    assert_eq!((reply["ok"].clone(), reply["model"]["version"].clone()), (json!(true), json!("0.4.0")), "{reply}");
+    let n = detections.snapshot().len();
+    detections
+        .wait_for(WAIT, "detections by 0.4.0", |m| {
+            m.len() >= n + 2 && capture_times(m, "cam-1").last().is_some_and(|(_, v)| v == "0.4.0")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let (status, _) = agent.stop().expect("stop");
     assert!(status.success());
 
