@@ -17,8 +17,8 @@ fn text(o: &Output) -> String {
 fn model_copy(dir: &Path) -> std::path::PathBuf {
     let src = default_manifest().parent().expect("model dir").to_path_buf();
     let dst = dir.join("model");
-    std::fs::create_dir_all(&dst).expect("mkdir");
-    for f in ["manifest.toml", "model.onnx", "labels.txt"] {
+    std::fs::create_dir_all(dst.join("reference")).expect("mkdir");
+    for f in ["manifest.toml", "model.onnx", "labels.txt", "reference/vtest_frame200.png"] {
         std::fs::copy(src.join(f), dst.join(f)).expect("copy");
     }
     dst.join("manifest.toml")
