@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::console::{self, CameraInfo, ConsoleHub};
 use crate::event::stage::{CameraEvents, CameraSpec, Outgoing};
 use crate::event::{AgentInfo, ModelOut, Topics, detections_message, gap_message};
 use crate::infer::queue::FrameQueue;
@@ -82,12 +83,16 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let delivery = Arc::new(Delivery::new(outbox));
     let (site, agent_id) = (config.agent.site.clone(), config.agent.id.clone());
 
+    // Console (issue 8): what the installers' pages show; fed by the event stage.
+    let console = Arc::new(ConsoleHub::new());
+
     // Models: one detector, queue and worker thread per model some camera uses.
     let (tx, rx) = sync_channel::<Analysed>(ANALYSED_CHANNEL);
     let mut queues: HashMap<String, (Arc<FrameQueue>, FrameFormat)> = HashMap::new();
     let mut workers = Vec::new();
     let mut model_stats = Vec::new();
     let liveness = Liveness::default();
+    let mut loaded = Vec::new();
     for m in &config.models {
         if !config.cameras.iter().any(|c| c.model == m.name) {
             continue;
@@ -109,10 +114,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
             })
             .context("spawning inference thread")?;
         info!(model = %m.name, version = %m.spec.version, sha256 = %m.spec.sha256, "model loaded");
+        loaded.push(ModelOut { name: m.name.clone(), version: m.spec.version.clone(), sha256: m.spec.sha256.clone() });
         workers.push(handle);
         queues.insert(m.name.clone(), (queue, FrameFormat { width: w, height: h }));
     }
     drop(tx);
+    console.set_models(loaded); // console: re-call on a model swap
 
     // Cameras' contexts (their tasks start after MQTT, below).
     let mut cameras = Vec::new();
@@ -147,15 +154,18 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
                         sha256: m.spec.sha256.clone(),
                     },
                 };
+                // console: re-apply on runtime camera add/update (and remove_camera on remove)
+                console.add_camera(&cam.id, CameraInfo::new(spec.model.clone(), &spec.labels, &cam.rules));
                 Some((ctx.clone(), CameraEvents::new(spec, &site, &agent_id, topics.clone(), SystemTime::now())))
             })
             .collect();
         let alive = liveness.guard();
+        let console = console.clone();
         std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
                 let _alive = alive;
-                run_events(rx, stages, &delivery, &topics, &site, &agent_id, fsync)
+                run_events(rx, stages, &delivery, &topics, &site, &agent_id, fsync, &console)
             })
             .context("spawning event thread")?
     };
@@ -188,10 +198,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         ready: std::sync::atomic::AtomicBool::new(false),
     });
     let health_task = tokio::spawn(health_loop(health.clone(), shutdown.clone()));
-    let http = config
-        .telemetry
-        .listen
-        .map(|addr| tokio::spawn(telemetry::http::serve(addr, health.clone(), shutdown.clone())));
+    let http = config.telemetry.listen.map(|addr| {
+        let token = config.telemetry.console_token.clone();
+        tokio::spawn(telemetry::http::serve(addr, health.clone(), Some(console.clone()), token, shutdown.clone()))
+    });
 
     shutdown.cancelled().await;
     info!("shutting down");
@@ -244,6 +254,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
 /// Syncs the outbox at most every `fsync` (0: after every message) and wakes the MQTT
 /// task when more is on disk; expires old messages; announces every drop as `delivery.gap`.
 /// At the end every camera's tracks end and its partial counts go out.
+#[allow(clippy::too_many_arguments)] // console (issue 8) made it eight
 fn run_events(
     rx: Receiver<Analysed>,
     mut stages: Vec<(Arc<CameraCtx>, CameraEvents)>,
@@ -252,6 +263,7 @@ fn run_events(
     site: &str,
     agent: &str,
     fsync: Duration,
+    console: &ConsoleHub,
 ) {
     let index: HashMap<String, usize> = stages.iter().enumerate().map(|(i, (c, _))| (c.id.clone(), i)).collect();
     let mut last_tick = Instant::now();
@@ -268,8 +280,9 @@ fn run_events(
                     append(delivery, &a.camera, &topic, |seq| detections_message(&a, site, agent, seq));
                 }
                 if let Some(&i) = index.get(&a.camera.id) {
-                    append_outgoing(delivery, &a.camera, topics, stages[i].1.on_frame(&a));
+                    append_outgoing(delivery, &a.camera, topics, stages[i].1.on_frame(&a), console);
                     a.camera.live_tracks.store(stages[i].1.held_tracks(), Ordering::Relaxed);
+                    console.on_frame(&a, stages[i].1.tracks());
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -279,7 +292,7 @@ fn run_events(
             let now = SystemTime::now();
             for (ctx, stage) in &mut stages {
                 let outs = if open { stage.tick(now) } else { stage.finish(now) };
-                append_outgoing(delivery, ctx, topics, outs);
+                append_outgoing(delivery, ctx, topics, outs, console);
                 ctx.live_tracks.store(stage.held_tracks(), Ordering::Relaxed);
             }
             last_tick = Instant::now();
@@ -335,12 +348,27 @@ fn append(delivery: &Delivery, camera: &CameraCtx, topic: &str, build: impl FnOn
 }
 
 /// Appends a camera's messages in order; an event gets the `seq` of the snapshot
-/// appended just before it.
-fn append_outgoing(delivery: &Delivery, camera: &CameraCtx, topics: &Topics, outs: Vec<Outgoing>) {
+/// appended just before it. The console keeps a copy of events, counts and snapshots.
+fn append_outgoing(
+    delivery: &Delivery,
+    camera: &CameraCtx,
+    topics: &Topics,
+    outs: Vec<Outgoing>,
+    console: &ConsoleHub,
+) {
     let mut snapshot_seq = None;
     for out in outs {
         let is_snapshot = matches!(out, Outgoing::Snapshot { .. });
-        let seq = append(delivery, camera, &out.topic(topics), |seq| out.into_payload(seq, snapshot_seq));
+        let kind = console::Kind::of(&out);
+        let mut kept = None;
+        let seq = append(delivery, camera, &out.topic(topics), |seq| {
+            let payload = out.into_payload(seq, snapshot_seq);
+            kept = kind.wants_payload().then(|| payload.clone());
+            payload
+        });
+        if seq.is_some() {
+            console.on_message(&camera.id, kind, kept);
+        }
         snapshot_seq = if is_snapshot { seq } else { None };
     }
 }
