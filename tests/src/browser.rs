@@ -21,7 +21,7 @@ const FLAGS: [&str; 7] = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1280,900",
+    "--window-size=1280,860",
 ];
 
 /// A chromedriver process with one browser session; both end when dropped.

@@ -258,7 +258,8 @@ fn console_in_headless_chromium_shows_both_cameras_with_pictures_and_states() {
     let tiles = r#"return [...document.querySelectorAll('.tile')].map(t => {
         const img = t.querySelector('img.frame');
         return { camera: t.dataset.camera, width: img.naturalWidth, complete: img.complete,
-                 state: (t.querySelector('.state') || {}).textContent || '', boxes: Number(img.dataset.boxes || 0) };
+                 state: (t.querySelector('.state') || {}).textContent || '', boxes: Number(img.dataset.boxes || 0),
+                 fps: (t.querySelector('.fps') || {}).textContent || '' };
     });"#;
     let mut last = Value::Null;
     let got = wait_browser(60, || {
@@ -272,12 +273,16 @@ fn console_in_headless_chromium_shows_both_cameras_with_pictures_and_states() {
         (t.len() == 2 && ok("clip") && ok("scene")).then_some(())
     });
     assert!(got.is_some(), "both tiles should show a picture and a state; tiles: {last}\n{}", log());
-    // People walk through the scene: its tile draws their boxes (a nicer screenshot too).
+    // People walk through the scene: its tile draws their boxes (a nicer screenshot too),
+    // and every tile shows the frames coming in.
     let boxes = wait_browser(40, || {
         last = browser.eval(tiles).ok()?;
-        last.as_array()?.iter().any(|x| x["camera"] == "scene" && x["boxes"].as_u64() > Some(0)).then_some(())
+        let t = last.as_array()?;
+        let receiving =
+            t.iter().all(|x| x["fps"].as_str().is_some_and(|f| f.starts_with("in ") && !f.starts_with("in 0.0")));
+        (receiving && t.iter().any(|x| x["camera"] == "scene" && x["boxes"].as_u64() > Some(0))).then_some(())
     });
-    assert!(boxes.is_some(), "the scene's tile should get boxes; tiles: {last}");
+    assert!(boxes.is_some(), "the scene's tile should get boxes and both tiles an input rate; tiles: {last}");
     std::thread::sleep(Duration::from_millis(500));
     let png = browser.screenshot().expect("screenshot");
     let img = image::load_from_memory(&png).expect("the screenshot is a PNG");

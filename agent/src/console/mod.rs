@@ -228,7 +228,7 @@ struct Rate {
     fps: (f64, f64),
 }
 
-const RATE_WINDOW: Duration = Duration::from_secs(2);
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// One camera's console state.
 pub struct CameraConsole {
