@@ -7,8 +7,8 @@
 //!   for within [`WATCH_WINDOW`]): a reference to the decoded buffer (no copy) and the
 //!   boxes with track ids. The JPEG is encoded lazily, once per frame, by the first
 //!   request for it (`event::snapshot::encode`, the agent's one encoder); boxes, zones and
-//!   lines are drawn by the browser. While nobody watches, the hot path costs one atomic
-//!   load per analysed frame and nothing is encoded or held.
+//!   lines are drawn by the browser. While nobody watches, the hot path costs a clock read
+//!   and a few atomic loads per analysed frame, and nothing is encoded or held.
 //! - the last [`MAX_EVENTS`] event messages (their JSON, as appended to the outbox), the
 //!   snapshots they reference (at most [`MAX_SNAPSHOTS`] and [`MAX_SNAPSHOT_BYTES`]), and
 //!   the counts messages of the last hour (at most [`MAX_COUNTS`]).
@@ -363,11 +363,13 @@ impl ConsoleHub {
     }
 
     /// After the camera's event stage saw `a` (`tracks`: its confirmed tracks now). Keeps
-    /// the frame only while the camera is watched; otherwise one atomic load.
+    /// the frame only while the camera is watched; otherwise two atomic loads.
     pub fn on_frame<'t>(&self, a: &Analysed, tracks: impl Iterator<Item = &'t Track>) {
         let watch = &a.camera.watch;
         if !watch.is_watched() {
-            if watch.held.swap(false, Ordering::Relaxed)
+            // A plain load first: the common case (never watched) stays a read.
+            if watch.held.load(Ordering::Relaxed)
+                && watch.held.swap(false, Ordering::Relaxed)
                 && let Some(cam) = self.camera(&a.camera.id)
             {
                 lock(&cam.frames).clear();

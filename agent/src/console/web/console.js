@@ -127,7 +127,8 @@ class LiveView {
       this.placeholder.textContent = "";
       this.redraw();
     } catch (e) {
-      this.placeholder.textContent = "no picture: " + e.message.slice(0, 120);
+      // An image that fails to load rejects with an Event, not an Error.
+      this.placeholder.textContent = "no picture: " + String((e && e.message) || "the frame did not load").slice(0, 120);
     } finally {
       this.busy = false;
     }
