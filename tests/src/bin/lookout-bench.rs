@@ -107,6 +107,9 @@ enum Cmd {
         warmup: u64,
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// Times the four phases are repeated (a shared machine is noisy).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
 }
 
@@ -121,7 +124,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Events { fps } => tokio::runtime::Runtime::new()?.block_on(vtest_events(fps)),
         Cmd::Snapshot { max_side, iterations } => bench_snapshot(&max_side, iterations),
         Cmd::Ingest { streams, warmup, seconds } => bench_ingest(streams, warmup, seconds),
-        Cmd::Console { streams, fps, warmup, seconds } => bench_console(streams, fps, warmup, seconds),
+        Cmd::Console { streams, fps, warmup, seconds, rounds } => bench_console(streams, fps, warmup, seconds, rounds),
     }
 }
 
@@ -565,7 +568,7 @@ fn watch_cameras(port: u16, ids: &[String], period: Duration, until: Instant) ->
     Ok(jpegs)
 }
 
-fn bench_console(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow::Result<()> {
+fn bench_console(n: usize, fps: f64, warmup: u64, seconds: u64, rounds: usize) -> anyhow::Result<()> {
     let serve = std::env::current_exe()?.parent().map(|d| d.join("rtsp-serve")).context("exe dir")?;
     let broker = Mosquitto::start()?;
     let mounts: Vec<String> = (0..n).map(|i| format!("/cam{i}=h264")).collect();
@@ -603,9 +606,9 @@ fn bench_console(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow::Resul
     ];
     println!("| console | agent CPU (% of one core) | frames encoded | JPEGs fetched |");
     println!("|---|---|---|---|");
-    for (name, watched, period) in phases {
+    for (round, (name, watched, period)) in (0..rounds).flat_map(|r| phases.iter().map(move |p| (r, *p))) {
         // Let a watch from the previous phase lapse (10 s) before measuring a closed one.
-        if watched.is_empty() && name != "closed" {
+        if watched.is_empty() && (round > 0 || name != "closed") {
             std::thread::sleep(Duration::from_secs(11));
         }
         let (t0, cpu0, e0) = (Instant::now(), cpu_seconds(pid)?, encoded()?);
