@@ -199,7 +199,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     });
     let health_task = tokio::spawn(health_loop(health.clone(), shutdown.clone()));
     let http = config.telemetry.listen.map(|addr| {
-        let token = config.telemetry.console_token.clone();
+        let token = config.telemetry.console_token.as_ref().map(|t| t.expose().to_string());
         tokio::spawn(telemetry::http::serve(addr, health.clone(), Some(console.clone()), token, shutdown.clone()))
     });
 

@@ -170,7 +170,7 @@ pub struct TelemetryConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// `console_token` (default none; issue 8): required by the console when set; without
     /// it the console is served only on a loopback `listen`. 16+ of `A-Z a-z 0-9 - . _ ~`.
-    pub console_token: Option<String>,
+    pub console_token: Option<Secret>,
 }
 
 /// `[model_updates]` (optional section): who may push models to this gateway.
@@ -520,7 +520,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                     "must be at least 16 characters of A-Z a-z 0-9 - . _ ~ (e.g. from `openssl rand -hex 16`)",
                 );
             } else {
-                telemetry.console_token = Some(tok);
+                telemetry.console_token = Some(Secret(tok));
             }
         }
         t.finish(&mut issues);

@@ -761,10 +761,11 @@ fn trusted_keys_are_read_and_bad_key_files_are_reported() {
 
 #[test]
 fn console_token_is_read_and_defaults_to_none() {
-    assert_eq!(parse_ok(&minimal()).telemetry.console_token, None);
+    assert!(parse_ok(&minimal()).telemetry.console_token.is_none());
     let src = minimal() + "[telemetry]\nlisten = \"0.0.0.0:9464\"\nconsole_token = \"0123456789abcdef-XYZ\"\n";
     let c = parse_ok(&src);
-    assert_eq!(c.telemetry.console_token.as_deref(), Some("0123456789abcdef-XYZ"));
+    assert_eq!(c.telemetry.console_token.as_ref().map(Secret::expose), Some("0123456789abcdef-XYZ"));
+    assert!(!format!("{c:?}").contains("0123456789abcdef"), "the token leaked into Debug output");
 }
 
 #[test]

@@ -36,7 +36,7 @@ const COOKIE: &str = "lookout_console_token";
 /// Most cameras per `/api/cameras` page.
 const MAX_PAGE: usize = 256;
 
-/// Who may use the console.
+/// Who may use the console. (Debug shows the token: never log it.)
 #[derive(Debug, Clone, PartialEq)]
 pub enum Access {
     Open,
