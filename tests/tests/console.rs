@@ -140,11 +140,28 @@ fn console_api_shows_watched_cameras_frames_with_tracked_people_and_encodes_noth
     assert_eq!(r.header("x-frame-seq"), frame["seq"].as_u64().map(|s| s.to_string()).as_deref());
     let img = image::load_from_memory(&r.body).expect("the frame decodes as an image");
     assert_eq!((img.width(), img.height()), (640, 480), "the camera's own frame size");
-    let encoded = metric(port, "lookout_console_frames_encoded_total");
-    assert!(encoded >= 1.0);
-    // The same frame again is not encoded again.
-    assert_eq!(get(port, jpeg_url).body, r.body);
-    assert_eq!(metric(port, "lookout_console_frames_encoded_total"), encoded);
+    assert!(metric(port, "lookout_console_frames_encoded_total") >= 1.0);
+    // A frame asked for twice is encoded at most once (only the scene is watched, only here). At
+    // 5 fps the two frames held turn over in 0.4 s: on a busy machine, try again.
+    let mut once = false;
+    for _ in 0..20 {
+        let f = get_json(port, "/api/cameras/scene/frame")["frame"].clone();
+        let Some(url) = f["jpeg"].as_str() else { continue };
+        let before = metric(port, "lookout_console_frames_encoded_total");
+        let (a, b) = (get(port, url), get(port, url));
+        let after = metric(port, "lookout_console_frames_encoded_total");
+        if a.code == 200 && b.code == 200 {
+            assert!(a.body == b.body, "the same frame should be the same JPEG");
+            // 0 when this frame was already encoded for an earlier request: try a newer one.
+            assert!(after - before <= 1.0, "one frame, {} encodings", after - before);
+            if after - before == 1.0 {
+                once = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(once, "could not fetch a new frame twice in 20 tries");
     // clip was never looked at.
     assert_eq!(camera(&get_json(port, "/api/cameras"), "clip")["watched"], false);
 
