@@ -203,7 +203,7 @@ struct CameraView<'a> {
     height: u32,
     watched: bool,
     #[serde(flatten)]
-    info: &'a super::CameraInfo,
+    info: super::CameraInfo,
 }
 
 fn camera_view<'a>(ctx: &'a CameraCtx, cam: &'a CameraConsole) -> CameraView<'a> {
@@ -220,7 +220,7 @@ fn camera_view<'a>(ctx: &'a CameraCtx, cam: &'a CameraConsole) -> CameraView<'a>
         width,
         height,
         watched: ctx.watch.is_watched(),
-        info: &cam.info,
+        info: cam.info(),
     }
 }
 

@@ -233,7 +233,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// One camera's console state.
 pub struct CameraConsole {
     pub id: String,
-    pub info: CameraInfo,
+    info: RwLock<CameraInfo>,
     frames: Mutex<VecDeque<Arc<LiveFrame>>>,
     recent: Mutex<Recent>,
     rate: Mutex<Rate>,
@@ -245,6 +245,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl CameraConsole {
+    /// Its model, zones and lines as last set.
+    pub fn info(&self) -> CameraInfo {
+        self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The latest frame, or the held one numbered `seq`.
     pub fn frame(&self, seq: Option<u64>) -> Option<Arc<LiveFrame>> {
         let frames = lock(&self.frames);
@@ -340,17 +345,23 @@ impl ConsoleHub {
         self.models.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// A camera appears (at start or at run time); replaces one with the same id.
+    /// A camera appears (at start or at run time), or its model, zones or lines changed
+    /// (camera update, model swap): then what the console kept of it stays.
     pub fn add_camera(&self, id: &str, info: CameraInfo) {
+        let mut cameras = self.cameras.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(cam) = cameras.get(id) {
+            *cam.info.write().unwrap_or_else(|e| e.into_inner()) = info;
+            return;
+        }
         let cam = CameraConsole {
             id: id.to_string(),
-            info,
+            info: RwLock::new(info),
             frames: Mutex::new(VecDeque::new()),
             recent: Mutex::new(Recent::default()),
             rate: Mutex::new(Rate { at: Instant::now(), encoded: 0, analysed: 0, fps: (0.0, 0.0) }),
             next_seq: AtomicU64::new(1),
         };
-        self.cameras.write().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Arc::new(cam));
+        cameras.insert(id.to_string(), Arc::new(cam));
     }
 
     /// A camera is gone: what the console kept of it is released.

@@ -179,6 +179,14 @@ fn events_snapshots_and_counts_are_bounded_and_served_as_json_arrays() {
     let counts: Vec<serde_json::Value> = serde_json::from_slice(&cam.counts_json()).expect("JSON array");
     assert_eq!(counts.len(), MAX_COUNTS);
     assert_eq!(counts[0]["n"], 5, "oldest first");
+    // An update (new zones, a model swap) keeps what was kept.
+    let mut info = CameraInfo::new(model(), &labels(), &RulesConfig::default());
+    info.model.version = "2".into();
+    hub.add_camera("cam", info);
+    let cam = hub.camera("cam").expect("camera");
+    assert_eq!(cam.info().model.version, "2");
+    assert!(cam.info().zones.is_empty());
+    assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&cam.events_json()).expect("json").len(), MAX_EVENTS);
     // Messages of unknown cameras and removed cameras go nowhere.
     hub.on_message("other", Kind::Event, Some(b"{}".to_vec()));
     hub.remove_camera("cam");
