@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~5 minutes.
+# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~10 minutes.
 # Run it on an otherwise idle machine; numbers are printed as Markdown table rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +19,6 @@ $bench events --fps 5
 echo
 echo "## Snapshot encoding"
 $bench snapshot
+echo
+echo "## Console: agent CPU closed, open on one camera, grid"
+$bench console --streams 8 --fps 5 --warmup 15 --seconds 20 --rounds 3

@@ -3,7 +3,9 @@
 # the package registries only. Idempotent: each step checks before it acts, so a
 # second run takes a few seconds.
 #
-#   - Debian packages: GStreamer 1.22 dev files + plugins, gst-rtsp-server, mosquitto
+#   - Debian packages: GStreamer 1.22 dev files + plugins, gst-rtsp-server, mosquitto,
+#     and headless Chromium + chromedriver for the console's browser test (Debian's own
+#     pair, always the same version; the test speaks WebDriver over HTTP: no Node needed)
 #   - ONNX Runtime 1.31 (ort 2.0.0-rc.15's API level) from the PyPI wheel `onnxruntime`
 #   - test media: vtest.avi and messi5.jpg (Debian's opencv-doc), grace_hopper.jpg (matplotlib's wheel)
 #
@@ -25,6 +27,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools
   mosquitto mosquitto-clients openssl
+  chromium chromium-driver
 )
 
 missing=()

@@ -47,7 +47,7 @@ install -m 0644 $model/reference/vtest_frame200.png "$root/usr/share/lookout/$mo
 sed 's|manifest = "../models/|manifest = "/usr/share/lookout/models/|' configs/example.toml >"$root/etc/lookout/lookout.toml"
 chmod 0640 "$root/etc/lookout/lookout.toml"
 install -m 0644 systemd/lookout.service "$root/lib/systemd/system/"
-install -m 0644 docs/INSTALL.md docs/CONFIG.md docs/EVENTS.md "$root/usr/share/doc/lookout/"
+install -m 0644 docs/INSTALL.md docs/CONFIG.md docs/EVENTS.md docs/CONSOLE.md "$root/usr/share/doc/lookout/"
 cat >"$root/usr/share/doc/lookout/copyright" <<COPY
 Lookout: Apache-2.0.
 Bundled: ONNX Runtime (MIT, Microsoft), from the PyPI wheel onnxruntime.

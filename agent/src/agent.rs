@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::console::{self, ConsoleHub};
 use crate::control::fleet::Fleet;
 use crate::control::supervisor::{Deps, Supervisor};
 use crate::event::stage::{CameraEvents, Outgoing};
@@ -95,6 +96,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let (site, agent_id) = (config.agent.site.clone(), config.agent.id.clone());
     let config_sha256 = crate::infer::model::sha256_file(&config.file).unwrap_or_default();
     let fleet = Arc::new(Fleet::new(&site, &agent_id, config_sha256));
+    // Console (issue 8): what the installers' pages show; fed by the event stage, cameras
+    // and models registered by the supervisor.
+    let console = Arc::new(ConsoleHub::new());
 
     // Event stage: its own thread, as appends, fsyncs and snapshot encoding block.
     // Cameras join and leave it through `EventsCtl`, sent by the supervisor.
@@ -107,11 +111,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         let fsync = config.outbox.fsync_interval;
         let alive = liveness.guard();
         expected_threads.fetch_add(1, Ordering::SeqCst);
+        let console = console.clone();
         std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
                 let _alive = alive;
-                run_events(rx, events_ctl_rx, &delivery, &topics, &site, &agent_id, fsync)
+                run_events(rx, events_ctl_rx, &delivery, &topics, &site, &agent_id, fsync, &console)
             })
             .context("spawning event thread")?
     };
@@ -120,6 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     // changes them on commands and SIGHUP.
     let mqtt_config = config.mqtt.clone();
     let listen = config.telemetry.listen;
+    let console_token = config.telemetry.console_token.as_ref().map(|t| t.expose().to_string());
     let supervisor = Supervisor::start(
         config,
         Deps {
@@ -131,6 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
             expected_threads: expected_threads.clone(),
             topics: topics.clone(),
             shutdown: shutdown.clone(),
+            console: console.clone(),
         },
     )
     .await?;
@@ -151,7 +158,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         ready: std::sync::atomic::AtomicBool::new(false),
     });
     let health_task = tokio::spawn(health_loop(health.clone(), shutdown.clone()));
-    let http = listen.map(|addr| tokio::spawn(telemetry::http::serve(addr, health.clone(), shutdown.clone())));
+    let http = listen.map(|addr| {
+        let (health, console, token) = (health.clone(), console.clone(), console_token.clone());
+        tokio::spawn(telemetry::http::serve(addr, health, Some(console), token, shutdown.clone()))
+    });
 
     shutdown.cancelled().await;
     info!("shutting down");
@@ -198,7 +208,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
 /// detections, then each camera's tracks, rules and snapshots; counts on their interval).
 /// Syncs the outbox at most every `fsync` (0: after every message) and wakes the MQTT
 /// task when more is on disk; expires old messages; announces every drop as `delivery.gap`.
-/// At the end every camera's tracks end and its partial counts go out.
+/// At the end every camera's tracks end and its partial counts go out. The console keeps
+/// copies of what it shows (see `console`).
+#[allow(clippy::too_many_arguments)]
 fn run_events(
     rx: Receiver<Analysed>,
     ctl: Receiver<EventsCtl>,
@@ -207,6 +219,7 @@ fn run_events(
     site: &str,
     agent: &str,
     fsync: Duration,
+    console: &ConsoleHub,
 ) {
     let mut stages: BTreeMap<String, (Arc<CameraCtx>, CameraEvents)> = BTreeMap::new();
     let mut last_tick = Instant::now();
@@ -227,7 +240,7 @@ fn run_events(
                     if stages.get(&ctx.id).is_some_and(|(c, _)| Arc::ptr_eq(c, &ctx))
                         && let Some((ctx, mut stage)) = stages.remove(&ctx.id)
                     {
-                        append_outgoing(delivery, &ctx, topics, stage.finish(SystemTime::now()));
+                        append_outgoing(delivery, &ctx, topics, stage.finish(SystemTime::now()), console);
                     }
                 }
             }
@@ -242,8 +255,9 @@ fn run_events(
                 if let Some((ctx, stage)) = stages.get_mut(&a.camera.id)
                     && Arc::ptr_eq(ctx, &a.camera)
                 {
-                    append_outgoing(delivery, &a.camera, topics, stage.on_frame(&a));
+                    append_outgoing(delivery, &a.camera, topics, stage.on_frame(&a), console);
                     a.camera.live_tracks.store(stage.held_tracks(), Ordering::Relaxed);
+                    console.on_frame(&a, stage.tracks());
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -253,7 +267,7 @@ fn run_events(
             let now = SystemTime::now();
             for (ctx, stage) in stages.values_mut() {
                 let outs = if open { stage.tick(now) } else { stage.finish(now) };
-                append_outgoing(delivery, ctx, topics, outs);
+                append_outgoing(delivery, ctx, topics, outs, console);
                 ctx.live_tracks.store(stage.held_tracks(), Ordering::Relaxed);
             }
             last_tick = Instant::now();
@@ -309,12 +323,27 @@ fn append(delivery: &Delivery, camera: &CameraCtx, topic: &str, build: impl FnOn
 }
 
 /// Appends a camera's messages in order; an event gets the `seq` of the snapshot
-/// appended just before it.
-fn append_outgoing(delivery: &Delivery, camera: &CameraCtx, topics: &Topics, outs: Vec<Outgoing>) {
+/// appended just before it. The console keeps a copy of events, counts and snapshots.
+fn append_outgoing(
+    delivery: &Delivery,
+    camera: &CameraCtx,
+    topics: &Topics,
+    outs: Vec<Outgoing>,
+    console: &ConsoleHub,
+) {
     let mut snapshot_seq = None;
     for out in outs {
         let is_snapshot = matches!(out, Outgoing::Snapshot { .. });
-        let seq = append(delivery, camera, &out.topic(topics), |seq| out.into_payload(seq, snapshot_seq));
+        let kind = console::Kind::of(&out);
+        let mut kept = None;
+        let seq = append(delivery, camera, &out.topic(topics), |seq| {
+            let payload = out.into_payload(seq, snapshot_seq);
+            kept = kind.wants_payload().then(|| payload.clone());
+            payload
+        });
+        if seq.is_some() {
+            console.on_message(&camera.id, kind, kept);
+        }
         snapshot_seq = if is_snapshot { seq } else { None };
     }
 }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod demo;
 pub mod event;

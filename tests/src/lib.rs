@@ -12,6 +12,8 @@ use anyhow::{Context, bail};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
+pub mod browser;
+
 pub use lookout::demo::broker::{Mosquitto, free_port};
 pub use lookout::demo::media::{AccessUnit, Codec, clip, media_file};
 pub use lookout::demo::rtsp::{Media, RtspServer};
@@ -379,6 +381,53 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no status line")?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((code, body))
+}
+
+/// An HTTP response as read by [`http_request`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub code: u16,
+    /// The header lines, as sent.
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_slice(&self.body).with_context(|| format!("not JSON (HTTP {}): {}", self.code, self.text()))
+    }
+
+    /// The value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A plain HTTP/1.0 request on loopback with extra headers; the body as bytes.
+pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no status line")?;
+    let headers = head.split_once("\r\n").map(|(_, h)| h.to_string()).unwrap_or_default();
+    Ok(HttpResponse { code, headers, body: raw[split + 4..].to_vec() })
 }
 
 /// Intersection over union of two `{x,y,w,h}` JSON boxes.

@@ -168,6 +168,9 @@ pub struct TelemetryConfig {
     /// `listen` (default "127.0.0.1:9464"; "off" disables): where `/readyz`, `/healthz`
     /// and `/metrics` are served. Loopback by default: it is for the gateway itself.
     pub listen: Option<std::net::SocketAddr>,
+    /// `console_token` (default none; issue 8): required by the console when set; without
+    /// it the console is served only on a loopback `listen`. 16+ of `A-Z a-z 0-9 - . _ ~`.
+    pub console_token: Option<Secret>,
 }
 
 /// `[model_updates]` (optional section): who may push models to this gateway.
@@ -508,7 +511,8 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         t.finish(&mut issues);
     }
 
-    let mut telemetry = TelemetryConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))) };
+    let mut telemetry =
+        TelemetryConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))), console_token: None };
     if let Some(mut t) = root.table(&mut issues, "telemetry", false) {
         if let Some(l) = t.opt::<String>(&mut issues, "listen") {
             telemetry.listen = match l.as_str() {
@@ -526,6 +530,20 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                     }
                 },
             };
+        }
+        // Console (issue 8): the token goes in a header and a cookie, so a plain charset.
+        if let Some(tok) = t.opt::<String>(&mut issues, "console_token") {
+            let plain = tok.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+            if tok.len() < 16 || !plain {
+                let s = t.raw("console_token").map(|v| v.span());
+                issues.push(
+                    &t.field_path("console_token"),
+                    s.as_ref(),
+                    "must be at least 16 characters of A-Z a-z 0-9 - . _ ~ (e.g. from `openssl rand -hex 16`)",
+                );
+            } else {
+                telemetry.console_token = Some(Secret(tok));
+            }
         }
         t.finish(&mut issues);
     }

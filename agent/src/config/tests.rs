@@ -758,3 +758,20 @@ fn trusted_keys_are_read_and_bad_key_files_are_reported() {
     assert!(keys[0].message.contains("junk.pub") && keys[0].message.contains("not a public key"), "{:?}", keys[0]);
     assert!(keys[1].message.contains("missing.pub"), "{:?}", keys[1]);
 }
+
+#[test]
+fn console_token_is_read_and_defaults_to_none() {
+    assert!(parse_ok(&minimal()).telemetry.console_token.is_none());
+    let src = minimal() + "[telemetry]\nlisten = \"0.0.0.0:9464\"\nconsole_token = \"0123456789abcdef-XYZ\"\n";
+    let c = parse_ok(&src);
+    assert_eq!(c.telemetry.console_token.as_ref().map(Secret::expose), Some("0123456789abcdef-XYZ"));
+    assert!(!format!("{c:?}").contains("0123456789abcdef"), "the token leaked into Debug output");
+}
+
+#[test]
+fn short_or_unsafe_console_token_is_reported_on_its_line() {
+    for bad in ["short", "has space and is long enough", "semi;colon-0123456789"] {
+        let src = minimal() + &format!("[telemetry]\nconsole_token = \"{bad}\"\n");
+        assert_issue(&issues(&src), &src, "telemetry.console_token", "console_token", "at least 16 characters");
+    }
+}

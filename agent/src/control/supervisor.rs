@@ -53,6 +53,8 @@ pub struct Deps {
     pub expected_threads: Arc<AtomicUsize>,
     pub topics: Topics,
     pub shutdown: CancellationToken,
+    /// The installers' console: told of every camera and model change.
+    pub console: Arc<crate::console::ConsoleHub>,
 }
 
 struct ModelRuntime {
@@ -159,6 +161,13 @@ impl Supervisor {
             loaded: self.models.contains_key(name),
             stats,
         });
+        let running: Vec<ModelOut> = self
+            .active
+            .iter()
+            .filter(|(n, _)| self.models.contains_key(*n))
+            .map(|(_, s)| ModelOut { name: s.name.clone(), version: s.version.clone(), sha256: s.sha256.clone() })
+            .collect();
+        self.deps.console.set_models(running);
     }
 
     /// The config file's cameras with the runtime changes applied, in config order then
@@ -342,6 +351,8 @@ impl Supervisor {
         let rt = self.models.get(&cam.model).context("model not loaded")?;
         let min_score = cam.min_score.unwrap_or(spec.postprocess.score_threshold);
         let ctx = Arc::new(CameraCtx::new(&cam.id, min_score));
+        let spec_out = ModelOut { name: spec.name.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() };
+        self.deps.console.add_camera(&cam.id, crate::console::CameraInfo::new(spec_out, &spec.labels, &cam.rules));
         let stage = CameraEvents::new(
             CameraSpec {
                 id: cam.id.clone(),
@@ -380,6 +391,7 @@ impl Supervisor {
         // Its tracks end and its partial counts go out, like at shutdown.
         let _ = self.deps.events.send(EventsCtl::Remove(c.ctx.clone()));
         self.deps.fleet.remove_camera(id);
+        self.deps.console.remove_camera(id);
         info!(camera = id, "camera stopped and removed");
     }
 

@@ -98,6 +98,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     println!("  config: {}", config_path.display());
     let all = topics.all_cameras();
     println!("  topics: {all} (detections, events, counts, snapshots)");
+    if let Some(addr) = config.telemetry.listen {
+        println!("  console: http://{addr}/ (cameras, detections, zones and lines; docs/CONSOLE.md)");
+    }
     println!("  rules:  line \"middle\" at x = 0.5 (east/west), zone \"lower_left\", counts every 30 s");
     println!("  watch:  mosquitto_sub -h {host} -p {port} -t '{}' -v", topics.events("+"));
     println!("Ctrl-C stops.\n");

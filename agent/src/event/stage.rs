@@ -171,6 +171,11 @@ impl CameraEvents {
         self.tracker.len()
     }
 
+    /// Confirmed tracks now (the console labels its boxes with their ids).
+    pub fn tracks(&self) -> impl Iterator<Item = &crate::track::Track> {
+        self.tracker.tracks()
+    }
+
     /// One analysed frame.
     pub fn on_frame(&mut self, a: &Analysed) -> Vec<Outgoing> {
         let t = secs(a.captured);

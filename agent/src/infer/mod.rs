@@ -101,7 +101,8 @@ pub struct Analysed {
     /// At or above the camera's tracking floor (below `min_score`, see
     /// [`CameraCtx::track_floor`]), highest first.
     pub detections: Vec<Detection>,
-    /// The decoded frame, kept only when something was detected (snapshots need it).
+    /// The decoded frame, kept only when something was detected (snapshots need it) or
+    /// the console watches the camera.
     pub original: Option<crate::source::Original>,
 }
 
@@ -606,8 +607,10 @@ pub fn run_worker(
         debug!(batch = frames.len(), "batch analysed");
         for (mut frame, detections) in frames.into_iter().zip(results) {
             frame.camera.stats.analysed_frames.fetch_add(1, Ordering::Relaxed);
-            // Without detections no track can improve its snapshot: release the decoder's buffer now.
-            let original = if detections.is_empty() { None } else { frame.original.take() };
+            // Without detections no track can improve its snapshot: release the decoder's buffer
+            // now, unless the console is showing this camera (issue 8).
+            let keep = !detections.is_empty() || frame.camera.watch.is_watched();
+            let original = if keep { frame.original.take() } else { None };
             let a = Analysed {
                 camera: frame.camera.clone(),
                 captured: frame.captured,

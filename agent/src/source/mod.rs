@@ -159,6 +159,8 @@ pub struct CameraCtx {
     /// Tracks (tentative ones included) the event stage holds for this camera: while
     /// any, the motion gate lets every sampled frame through.
     pub live_tracks: std::sync::atomic::AtomicUsize,
+    /// Console: whether someone is looking at this camera's live frame (issue 8).
+    pub watch: crate::console::Watch,
 }
 
 /// Where a camera is in its life (reported in its retained status message).
@@ -206,6 +208,7 @@ impl CameraCtx {
             state: Mutex::new((CameraState::Starting, None)),
             last_frame_ms: AtomicU64::new(0),
             live_tracks: std::sync::atomic::AtomicUsize::new(0),
+            watch: crate::console::Watch::default(),
         }
     }
 

@@ -86,7 +86,8 @@ pub fn build(
     pipeline.add_many([&src, &scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
     gst::Element::link_many([&scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
 
-    let originals: Option<OriginalSlot> = cam.snapshots.enabled.then(OriginalSlot::default);
+    // Console (issue 8): the slot always exists; frames go in only for snapshots or while watched.
+    let originals: Option<OriginalSlot> = Some(OriginalSlot::default());
     install_appsink(&sink, ctx.clone(), queue.clone(), slot, originals.clone());
     let taps = Taps {
         queue,
@@ -95,6 +96,7 @@ pub fn build(
         gate: Arc::new(Mutex::new(Gate::new(cam.decode, cam.fps))),
         motion: Arc::new(Mutex::new(MotionGate::new(cam.motion))),
         originals,
+        snapshots: cam.snapshots.enabled,
     };
 
     // Only video streams are set up (audio would need a sink of its own).
@@ -156,6 +158,7 @@ struct Taps {
     gate: Arc<Mutex<Gate>>,
     motion: Arc<Mutex<MotionGate>>,
     originals: Option<OriginalSlot>,
+    snapshots: bool,
 }
 
 /// On a new RTP pad: depayloader, parser and decoder for its codec, the gate in front
@@ -167,7 +170,7 @@ fn link_decoder(
     taps: &Taps,
     ctx: &Arc<CameraCtx>,
 ) -> Result<(), SourceError> {
-    let Taps { queue, slot, decoder, gate, motion, originals } = taps;
+    let Taps { queue, slot, decoder, gate, motion, originals, snapshots } = taps;
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
     let encoding = caps
         .as_ref()
@@ -246,6 +249,7 @@ fn link_decoder(
         let gate = gate.clone();
         let ctx = ctx.clone();
         let originals = originals.clone();
+        let snapshots = *snapshots;
         let motion = motion.clone();
         dec_src.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
             let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
@@ -270,7 +274,9 @@ fn link_decoder(
             {
                 ctx.set_native_size(w.max(0) as u32, h.max(0) as u32);
             }
-            if let (Some(slot), Some(caps)) = (&originals, caps) {
+            if let (Some(slot), Some(caps)) = (&originals, caps)
+                && (snapshots || ctx.watch.is_watched())
+            {
                 let original = Original { buffer: buffer.clone(), caps };
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((pts.nseconds(), original));
             }

@@ -6,6 +6,7 @@
 //!   status line as JSON either way.
 //! - `GET /metrics`: Prometheus text format, `lookout_<name>_<unit>[_total]`, per-camera
 //!   series labelled `camera`, per-model ones `model`.
+//! - The installers' console (`/`, `/camera/{id}`, `/agent`, `/api/…`): `console::http`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::Liveness;
+use crate::console::ConsoleHub;
+use crate::console::http::{Access, Console};
 use crate::infer::{BATCH_BUCKETS, LATENCY_BUCKETS, ModelStats};
 use crate::publish::Delivery;
 use crate::source::{CameraCtx, CameraState};
@@ -38,6 +41,11 @@ pub struct Health {
 }
 
 impl Health {
+    /// The cameras as they are now (the one place the console reads the camera list).
+    pub fn camera_list(&self) -> Vec<Arc<CameraCtx>> {
+        self.fleet.cameras()
+    }
+
     pub fn healthy(&self) -> bool {
         self.liveness.alive() == self.expected_threads.load(Ordering::SeqCst)
     }
@@ -56,9 +64,16 @@ impl Health {
     }
 }
 
-/// Serves until `shutdown`. A listener that cannot bind is logged and skipped: telemetry
+/// Serves until `shutdown`, with the console when given its hub (`console_token`: see
+/// `console::http::Access`). A listener that cannot bind is logged and skipped: telemetry
 /// must never stop the agent.
-pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: CancellationToken) {
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    console: Option<Arc<ConsoleHub>>,
+    console_token: Option<String>,
+    shutdown: CancellationToken,
+) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -67,11 +82,22 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: Cancellation
         }
     };
     info!(addr = %listener.local_addr().unwrap_or(addr), "telemetry listening");
-    let app = Router::new()
+    let metrics_hub = console.clone();
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(health);
+        .route(
+            "/metrics",
+            get(move |State(h): State<Arc<Health>>| {
+                let hub = metrics_hub.clone();
+                async move { metrics(&h, hub.as_deref()) }
+            }),
+        )
+        .with_state(health.clone());
+    if let Some(hub) = console {
+        let access = Access::for_listener(addr, console_token.as_deref());
+        app = app.merge(crate::console::http::router(Console { hub, health, access }));
+    }
     let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
     if let Err(e) = result {
         error!(error = %e, "telemetry listener failed");
@@ -89,8 +115,12 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     (code, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
-async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&h))
+fn metrics(h: &Health, console: Option<&ConsoleHub>) -> impl IntoResponse + use<> {
+    let mut out = render(h);
+    if let Some(hub) = console {
+        crate::console::http::render_metrics(hub, &mut out);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 /// Per model: inference latency and batch size histograms, runs that failed.

@@ -5,6 +5,7 @@
 //! lookout-bench events                the real agent on one pass of the vtest clip: events per type
 //! lookout-bench snapshot              cost of one snapshot (decoded I420 frame → scaled JPEG)
 //! lookout-bench ingest --streams 64   where a stream's ingest cost goes, stage by stage
+//! lookout-bench console --streams 8   agent CPU with the console closed, open on one camera, and a grid
 //!
 //! `scripts/bench.sh` runs the set recorded in docs/BENCHMARKS.md.
 
@@ -93,6 +94,23 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// The agent's CPU on N streams of the clip with the console closed, then open on one
+    /// camera's page (its frame polled as the page does), then a grid page of up to 24
+    /// tiles, then closed again; each phase measured for `seconds`.
+    Console {
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        /// Analysed fps per camera.
+        #[arg(long, default_value_t = 5.0)]
+        fps: f64,
+        #[arg(long, default_value_t = 15)]
+        warmup: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Times the four phases are repeated (a shared machine is noisy).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Events { fps } => tokio::runtime::Runtime::new()?.block_on(vtest_events(fps)),
         Cmd::Snapshot { max_side, iterations } => bench_snapshot(&max_side, iterations),
         Cmd::Ingest { streams, warmup, seconds } => bench_ingest(streams, warmup, seconds),
+        Cmd::Console { streams, fps, warmup, seconds, rounds } => bench_console(streams, fps, warmup, seconds, rounds),
     }
 }
 
@@ -524,6 +543,93 @@ fn bench_ingest(streams: usize, warmup: u64, seconds: u64) -> anyhow::Result<()>
             (threads - threads0) / streams as f64
         );
     }
+    drop(server);
+    Ok(())
+}
+
+/// What a browser does with the console open: each watched camera's frame JSON every
+/// `period`, and its JPEG whenever the frame is new (as `console.js` does).
+fn watch_cameras(port: u16, ids: &[String], period: Duration, until: Instant) -> anyhow::Result<u64> {
+    let mut seen: Vec<Option<u64>> = vec![None; ids.len()];
+    let mut jpegs = 0;
+    while Instant::now() < until {
+        let tick = Instant::now();
+        for (id, last) in ids.iter().zip(seen.iter_mut()) {
+            let f = http_request(port, "GET", &format!("/api/cameras/{id}/frame"), &[])?.json()?;
+            let (Some(seq), Some(url)) = (f["frame"]["seq"].as_u64(), f["frame"]["jpeg"].as_str()) else { continue };
+            if *last != Some(seq) {
+                anyhow::ensure!(http_request(port, "GET", url, &[])?.code == 200, "no JPEG at {url}");
+                *last = Some(seq);
+                jpegs += 1;
+            }
+        }
+        std::thread::sleep(period.saturating_sub(tick.elapsed()));
+    }
+    Ok(jpegs)
+}
+
+fn bench_console(n: usize, fps: f64, warmup: u64, seconds: u64, rounds: usize) -> anyhow::Result<()> {
+    let serve = std::env::current_exe()?.parent().map(|d| d.join("rtsp-serve")).context("exe dir")?;
+    let broker = Mosquitto::start()?;
+    let mounts: Vec<String> = (0..n).map(|i| format!("/cam{i}=h264")).collect();
+    let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let server = RtspProcess::start(&serve, free_port()?, &mount_refs)?;
+    let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
+    let cams: Vec<Cam> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Cam { id, url: server.url(&format!("/cam{i}")), fps, min_score: 0.5 })
+        .collect();
+    let dir = scratch(&format!("bench-console-{n}"));
+    let config = write_config(&dir, &broker.url(), &cams)?;
+    let port = free_port()?;
+    let text = std::fs::read_to_string(&config)?
+        .replace("[inference]\nthreads = 1\n", "")
+        .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""));
+    std::fs::write(&config, text)?;
+    let agent = AgentProcess::start(&config)?;
+    let pid = agent.pid().context("agent pid")?;
+    std::thread::sleep(Duration::from_secs(warmup));
+    let encoded = || -> anyhow::Result<f64> {
+        let m = http_get(port, "/metrics")?.1;
+        m.lines()
+            .find_map(|l| l.strip_prefix("lookout_console_frames_encoded_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no lookout_console_frames_encoded_total")
+    };
+    let grid: Vec<String> = ids.iter().take(24).cloned().collect();
+    let phases: [(&str, &[String], Duration); 4] = [
+        ("closed", &[], Duration::ZERO),
+        ("open on one camera (its page: frame every 0.7 s)", &ids[..1], Duration::from_millis(700)),
+        ("grid open (tiles on screen: frame every 2 s each)", &grid, Duration::from_secs(2)),
+        ("closed again", &[], Duration::ZERO),
+    ];
+    println!("| console | agent CPU (% of one core) | frames encoded | JPEGs fetched |");
+    println!("|---|---|---|---|");
+    for (round, (name, watched, period)) in (0..rounds).flat_map(|r| phases.iter().map(move |p| (r, *p))) {
+        // Let a watch from the previous phase lapse (10 s) before measuring a closed one.
+        if watched.is_empty() && (round > 0 || name != "closed") {
+            std::thread::sleep(Duration::from_secs(11));
+        }
+        let (t0, cpu0, e0) = (Instant::now(), cpu_seconds(pid)?, encoded()?);
+        let until = t0 + Duration::from_secs(seconds);
+        let jpegs = if watched.is_empty() {
+            std::thread::sleep(Duration::from_secs(seconds));
+            0
+        } else {
+            watch_cameras(port, watched, period, until)?
+        };
+        let win = t0.elapsed().as_secs_f64();
+        let (cpu1, e1) = (cpu_seconds(pid)?, encoded()?);
+        println!(
+            "| {name} | {:.1} % | {:.0} ({:.2}/s) | {jpegs} |",
+            (cpu1 - cpu0) / win * 100.0,
+            e1 - e0,
+            (e1 - e0) / win
+        );
+    }
+    let (status, _) = agent.stop()?;
+    anyhow::ensure!(status.success(), "agent failed: {status}");
     drop(server);
     Ok(())
 }

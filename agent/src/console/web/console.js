@@ -1,0 +1,329 @@
+// Lookout console: plain JS, no build step. The server sends one JPEG per watched frame;
+// boxes, zones and lines are drawn here from JSON (see docs/CONSOLE.md).
+"use strict";
+
+const PAGE_SIZE = 24;          // tiles per grid page
+const GRID_FRAME_MS = 2000;    // a visible tile asks for a new frame this often
+const CAMERA_FRAME_MS = 700;   // the camera page's live view
+const STATE_MS = 3000;         // camera states and fps
+const COLORS = ["#ffb000", "#00d0ff", "#ff5fa0", "#8cff66", "#c79bff", "#ff7b39"];
+
+const main = document.getElementById("main");
+const summary = document.getElementById("summary");
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else if (k.startsWith("data-")) e.setAttribute(k, v); else e[k] = v;
+  }
+  for (const c of children) if (c != null) e.append(c);
+  return e;
+}
+
+async function getJSON(url) {
+  const r = await fetch(url, { cache: "no-store" });
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${await r.text()}`);
+  return r.json();
+}
+
+const enc = encodeURIComponent;
+const fmtFps = (x) => (x == null ? "–" : x.toFixed(1));
+
+function stateBadge(state) {
+  return el("span", { class: "state", "data-state": state, textContent: state });
+}
+
+// ---- overlay: zones, lines, boxes on a canvas over the image -------------------------
+
+function drawOverlay(canvas, img, info, boxes) {
+  const w = img.clientWidth, h = img.clientHeight;
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = Math.max(1, Math.round(w * dpr));
+  canvas.height = Math.max(1, Math.round(h * dpr));
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  if (!img.naturalWidth) return;
+  // The image is letter-boxed (object-fit: contain): map normalised coordinates into it.
+  const s = Math.min(w / img.naturalWidth, h / img.naturalHeight);
+  const iw = img.naturalWidth * s, ih = img.naturalHeight * s;
+  const ox = (w - iw) / 2, oy = (h - ih) / 2;
+  const X = (x) => ox + x * iw, Y = (y) => oy + y * ih;
+  const small = w < 500;
+  ctx.font = `${small ? 11 : 13}px system-ui, sans-serif`;
+  ctx.lineWidth = small ? 1.5 : 2;
+
+  for (const z of info.zones || []) {
+    if (!z.polygon.length) continue;
+    ctx.beginPath();
+    z.polygon.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
+    ctx.closePath();
+    ctx.fillStyle = "rgba(80, 160, 255, 0.15)";
+    ctx.strokeStyle = "rgba(80, 160, 255, 0.9)";
+    ctx.fill();
+    ctx.stroke();
+    ctx.fillStyle = "#9cd0ff";
+    ctx.fillText(z.name, X(z.polygon[0][0]) + 4, Y(z.polygon[0][1]) + 14);
+  }
+  for (const l of info.lines || []) {
+    const [[ax, ay], [bx, by]] = l.points;
+    const [x1, y1, x2, y2] = [X(ax), Y(ay), X(bx), Y(by)];
+    ctx.strokeStyle = "#ff4d4d";
+    ctx.beginPath(); ctx.moveTo(x1, y1); ctx.lineTo(x2, y2); ctx.stroke();
+    // directions[0] crosses towards the side where (B−A)×(P−A) < 0: the normal (dy, −dx).
+    const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
+    const dx = x2 - x1, dy = y2 - y1, len = Math.hypot(dx, dy) || 1;
+    const nx = dy / len, ny = -dx / len, a = small ? 14 : 22;
+    ctx.beginPath(); ctx.moveTo(mx - nx * a, my - ny * a); ctx.lineTo(mx + nx * a, my + ny * a); ctx.stroke();
+    ctx.beginPath();
+    ctx.moveTo(mx + nx * a, my + ny * a);
+    ctx.lineTo(mx + nx * a * 0.6 - ny * a * 0.3, my + ny * a * 0.6 + nx * a * 0.3);
+    ctx.lineTo(mx + nx * a * 0.6 + ny * a * 0.3, my + ny * a * 0.6 - nx * a * 0.3);
+    ctx.closePath(); ctx.fillStyle = "#ff4d4d"; ctx.fill();
+    ctx.fillStyle = "#ffb0b0";
+    ctx.fillText(`${l.name} → ${l.directions[0]}`, mx + nx * a + 4, my + ny * a + 4);
+  }
+  for (const b of boxes || []) {
+    const color = b.track_id == null ? "#aaaaaa" : COLORS[b.track_id % COLORS.length];
+    ctx.strokeStyle = color;
+    ctx.strokeRect(X(b.x), Y(b.y), b.w * iw, b.h * ih);
+    const label = `${b.class} ${b.score.toFixed(2)}${b.track_id == null ? "" : " #" + (b.track_id % 1000000)}`;
+    const tw = ctx.measureText(label).width + 6, th = small ? 14 : 17;
+    const ty = Y(b.y) - th < oy ? Y(b.y) : Y(b.y) - th;
+    ctx.fillStyle = color; ctx.fillRect(X(b.x), ty, tw, th);
+    ctx.fillStyle = "#000"; ctx.fillText(label, X(b.x) + 3, ty + th - 4);
+  }
+}
+
+// A live view: polls the camera's frame JSON and loads its JPEG when a new frame exists.
+class LiveView {
+  constructor(id, view, periodMs) {
+    this.id = id; this.view = view; this.periodMs = periodMs;
+    this.img = view.querySelector("img"); this.canvas = view.querySelector("canvas");
+    this.placeholder = view.querySelector(".placeholder");
+    this.info = { zones: [], lines: [] }; this.boxes = []; this.seq = null;
+    this.timer = null; this.busy = false;
+    new ResizeObserver(() => this.redraw()).observe(view);
+  }
+  setInfo(info) { this.info = info; this.redraw(); }
+  start() { if (!this.timer) { this.tick(); this.timer = setInterval(() => this.tick(), this.periodMs); } }
+  stop() { clearInterval(this.timer); this.timer = null; }
+  redraw() { drawOverlay(this.canvas, this.img, this.info, this.boxes); }
+  async tick() {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const r = await getJSON(`/api/cameras/${enc(this.id)}/frame`);
+      const f = r.frame;
+      if (!f) { this.placeholder.textContent = "waiting for an analysed frame…"; return; }
+      if (f.seq === this.seq) return;
+      const next = new Image();
+      await new Promise((ok, fail) => { next.onload = ok; next.onerror = fail; next.src = f.jpeg; });
+      this.img.src = next.src;
+      await this.img.decode().catch(() => {});
+      this.seq = f.seq; this.boxes = f.boxes;
+      this.img.dataset.seq = f.seq;
+      this.img.dataset.boxes = f.boxes.length;
+      this.placeholder.textContent = "";
+      this.redraw();
+    } catch (e) {
+      // An image that fails to load rejects with an Event, not an Error.
+      this.placeholder.textContent = "no picture: " + String((e && e.message) || "the frame did not load").slice(0, 120);
+    } finally {
+      this.busy = false;
+    }
+  }
+}
+
+function liveViewElement(cls) {
+  return el("div", { class: cls }, el("img", { class: "frame", alt: "" }), el("canvas"), el("div", { class: "placeholder" }));
+}
+
+// ---- grid ------------------------------------------------------------------------------
+
+async function gridPage() {
+  const params = new URLSearchParams(location.search);
+  let page = Math.max(0, parseInt(params.get("page") || "0", 10) || 0);
+  const pager = el("div", { class: "pager" });
+  const grid = el("div", { class: "grid" });
+  main.replaceChildren(pager, grid);
+  const tiles = new Map();
+  // Only tiles on screen ask for frames: a camera nobody sees costs nothing.
+  const observer = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const t = tiles.get(e.target.dataset.camera);
+      if (t) e.isIntersecting ? t.live.start() : t.live.stop();
+    }
+  }, { rootMargin: "100px" });
+
+  function tile(cam) {
+    const view = liveViewElement("view");
+    const caption = el("div", { class: "caption" });
+    const node = el("div", { class: "tile", "data-camera": cam.id }, el("a", { href: `/camera/${enc(cam.id)}` }, view), caption);
+    const t = { node, caption, live: new LiveView(cam.id, view, GRID_FRAME_MS) };
+    tiles.set(cam.id, t);
+    observer.observe(node);
+    return t;
+  }
+
+  async function refresh() {
+    const r = await getJSON(`/api/cameras?offset=${page * PAGE_SIZE}&limit=${PAGE_SIZE}`);
+    const pages = Math.max(1, Math.ceil(r.total / PAGE_SIZE));
+    if (page >= pages) { page = pages - 1; return refresh(); }
+    const streaming = r.cameras.filter((c) => c.state === "streaming").length;
+    summary.textContent = `${r.total} cameras`;
+    const prev = el("button", { textContent: "‹ previous", disabled: page === 0, onclick: () => go(page - 1) });
+    const next = el("button", { textContent: "next ›", disabled: page >= pages - 1, onclick: () => go(page + 1) });
+    pager.replaceChildren(prev, el("span", { textContent: `page ${page + 1} of ${pages} · ${streaming} of ${r.cameras.length} shown streaming` }), next);
+    const ids = new Set(r.cameras.map((c) => c.id));
+    for (const [id, t] of tiles) if (!ids.has(id)) { t.live.stop(); observer.unobserve(t.node); t.node.remove(); tiles.delete(id); }
+    r.cameras.forEach((cam, i) => {
+      const t = tiles.get(cam.id) || tile(cam);
+      if (grid.children[i] !== t.node) grid.insertBefore(t.node, grid.children[i] || null);
+      t.live.setInfo(cam);
+      t.caption.replaceChildren(...[
+        el("a", { class: "id", href: `/camera/${enc(cam.id)}`, textContent: cam.id }),
+        stateBadge(cam.state),
+        el("span", { class: "fps", textContent: `in ${fmtFps(cam.input_fps)} fps · analysed ${fmtFps(cam.analysed_fps)} fps` }),
+        cam.reason ? el("div", { class: "reason", textContent: cam.reason }) : null,
+      ].filter(Boolean));
+    });
+  }
+  function go(p) {
+    page = p;
+    history.replaceState(null, "", p ? `/?page=${p}` : "/");
+    refresh().catch(showError);
+  }
+  await refresh();
+  setInterval(() => refresh().catch(showError), STATE_MS);
+}
+
+// ---- camera page -----------------------------------------------------------------------
+
+async function cameraPage(id) {
+  const view = liveViewElement("view large");
+  const infoPanel = el("div", { class: "panel" });
+  const chartPanel = el("div", { class: "panel chart" }, el("h2", { textContent: "Counts, last hour" }));
+  const eventsList = el("div", { class: "events" });
+  const eventsPanel = el("div", { class: "panel" }, el("h2", { textContent: "Recent events" }), eventsList);
+  main.replaceChildren(el("div", { class: "camera" }, el("div", {}, view, chartPanel), el("div", {}, infoPanel, eventsPanel)));
+  const live = new LiveView(id, view, CAMERA_FRAME_MS);
+  live.start();
+
+  async function info() {
+    const c = await getJSON(`/api/cameras/${enc(id)}`);
+    live.setInfo(c);
+    summary.textContent = c.id;
+    const rows = [
+      ["state", stateBadge(c.state)],
+      ["reason", c.reason || "–"],
+      ["input / analysed fps", `${fmtFps(c.input_fps)} / ${fmtFps(c.analysed_fps)}`],
+      ["frame size", c.width ? `${c.width} × ${c.height}` : "–"],
+      ["last analysed frame", c.last_frame || "–"],
+      ["model", `${c.model.name} ${c.model.version}`],
+      ["zones", c.zones.map((z) => z.name).join(", ") || "–"],
+      ["lines", c.lines.map((l) => `${l.name} (${l.directions.join("/")})`).join(", ") || "–"],
+    ];
+    infoPanel.replaceChildren(el("h2", { textContent: c.id }),
+      el("table", {}, ...rows.map(([k, v]) => el("tr", {}, el("th", { textContent: k }), el("td", {}, v)))));
+  }
+
+  async function events() {
+    const evs = await getJSON(`/api/cameras/${enc(id)}/events`);
+    if (!evs.length) { eventsList.replaceChildren(el("p", { class: "muted", textContent: "No events yet." })); return; }
+    eventsList.replaceChildren(...evs.map((e) => {
+      const what = [e.object && `${e.object.class} #${e.object.track_id % 1000000}`,
+        e.zone && `zone ${e.zone.name}`, e.line && `line ${e.line.name} → ${e.line.direction}`].filter(Boolean).join(" · ");
+      const pic = e.snapshot ? el("img", { src: `/api/cameras/${enc(id)}/snapshots/${enc(e.snapshot.id)}`, alt: "", loading: "lazy", onerror() { this.remove(); } }) : null;
+      return el("div", { class: "event" }, pic, el("div", {}, el("div", { textContent: e.type }),
+        el("div", { class: "muted", textContent: what }), el("div", { class: "muted", textContent: e.ts })));
+    }));
+  }
+
+  async function counts() {
+    const msgs = await getJSON(`/api/cameras/${enc(id)}/counts`);
+    chartPanel.replaceChildren(el("h2", { textContent: "Counts, last hour" }), countsChart(msgs));
+  }
+
+  await info();
+  await Promise.all([events(), counts()]).catch(showError);
+  setInterval(() => info().catch(showError), STATE_MS);
+  setInterval(() => events().catch(showError), 5000);
+  setInterval(() => counts().catch(showError), 15000);
+}
+
+// Line crossings per interval and zone occupancy at each interval's end, as polylines.
+function countsChart(msgs) {
+  if (!msgs.length) return el("p", { class: "muted", textContent: "No counts yet (they come every count_interval)." });
+  const series = new Map();
+  for (const m of msgs) {
+    const t = Date.parse(m.interval.end);
+    for (const [line, dirs] of Object.entries(m.lines || {}))
+      for (const [dir, n] of Object.entries(dirs)) push(`${line} ${dir}`, t, n);
+    for (const [zone, z] of Object.entries(m.zones || {})) push(`${zone} occupancy`, t, z.occupancy);
+    push("people present", t, Object.values(m.classes || {}).reduce((a, b) => a + b, 0));
+  }
+  function push(k, t, v) { if (!series.has(k)) series.set(k, []); series.get(k).push([t, v]); }
+  const now = Date.now(), t0 = now - 3600e3;
+  const max = Math.max(1, ...[...series.values()].flat().map(([, v]) => v));
+  const W = 600, H = 150, P = 20;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const X = (t) => P + ((t - t0) / 3600e3) * (W - 2 * P), Y = (v) => H - P - (v / max) * (H - 2 * P);
+  const legend = el("div", { class: "legend" });
+  const totals = el("table");
+  [...series.entries()].forEach(([name, pts], i) => {
+    const color = COLORS[i % COLORS.length];
+    const pl = document.createElementNS(ns, "polyline");
+    pl.setAttribute("points", pts.map(([t, v]) => `${X(t).toFixed(1)},${Y(v).toFixed(1)}`).join(" "));
+    pl.setAttribute("fill", "none"); pl.setAttribute("stroke", color); pl.setAttribute("stroke-width", "2");
+    svg.append(pl);
+    legend.append(el("span", { style: `color:${color}`, textContent: `■ ${name}` }));
+    const occupancy = name.endsWith("occupancy") || name === "people present";
+    const total = occupancy ? Math.max(...pts.map(([, v]) => v)) : pts.reduce((a, [, v]) => a + v, 0);
+    totals.append(el("tr", {}, el("th", { textContent: name }), el("td", { textContent: `${occupancy ? "max" : "total"} ${total}` })));
+  });
+  const axis = document.createElementNS(ns, "text");
+  axis.setAttribute("x", P); axis.setAttribute("y", H - 4); axis.setAttribute("fill", "#8a9099"); axis.setAttribute("font-size", "11");
+  axis.textContent = `−60 min … now; max ${max}`;
+  svg.append(axis);
+  return el("div", {}, svg, legend, totals);
+}
+
+// ---- agent page ------------------------------------------------------------------------
+
+async function agentPage() {
+  async function render() {
+    const s = await getJSON("/api/status");
+    summary.textContent = s.status;
+    const up = s.uptime_seconds, h = Math.floor(up / 3600), m = Math.floor((up % 3600) / 60);
+    const kv = (rows) => el("table", {}, ...rows.map(([k, v]) => el("tr", {}, el("th", { textContent: k }), el("td", {}, String(v)))));
+    main.replaceChildren(
+      el("div", { class: "panel" }, el("h2", { textContent: "Agent" }), kv([
+        ["version", s.version], ["started", s.started], ["uptime", `${h} h ${m} min`],
+        ["healthy", s.healthy ? "yes" : "NO: a worker thread died"], ["ready", s.ready ? "yes" : "no"],
+        ["cameras", `${s.cameras.streaming} of ${s.cameras.total} streaming`],
+        ["console frames encoded", s.console.frames_encoded]])),
+      el("div", { class: "panel" }, el("h2", { textContent: "Models" }), el("table", {},
+        el("tr", {}, el("th", { textContent: "name" }), el("th", { textContent: "version" }), el("th", { textContent: "sha256" })),
+        ...s.models.map((mo) => el("tr", {}, el("td", { textContent: mo.name }), el("td", { textContent: mo.version }), el("td", {}, el("code", { textContent: mo.sha256 })))))),
+      el("div", { class: "panel" }, el("h2", { textContent: "MQTT and outbox" }), kv([
+        ["MQTT", s.mqtt.connected ? "connected" : "not connected"], ["messages acknowledged", s.mqtt.acked],
+        ["awaiting the broker", `${s.outbox.pending_messages} messages, ${(s.outbox.pending_bytes / 1024).toFixed(1)} KiB`],
+        ["dropped (announced as delivery.gap)", s.outbox.dropped]])),
+    );
+  }
+  await render();
+  setInterval(() => render().catch(showError), STATE_MS);
+}
+
+function showError(e) {
+  summary.textContent = "⚠ " + e.message.slice(0, 200);
+}
+
+const path = location.pathname;
+const route = path.startsWith("/camera/") ? cameraPage(decodeURIComponent(path.slice(8)))
+  : path === "/agent" ? agentPage() : gridPage();
+route.catch((e) => main.replaceChildren(el("p", { textContent: "Cannot load: " + e.message })));

@@ -1,0 +1,348 @@
+//! The installers' console (issue 8) through the real agent, model, RTSP server and broker:
+//! its JSON API, its access rules, and the pages in headless Chromium.
+//!
+//! Cameras: `scene` (the scripted scene: people walk through from 3 s to 34 s after the
+//! agent connects; a zone and a counting line) and `clip` (the bundled pedestrian clip).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lookout_e2e::browser::Browser;
+use lookout_e2e::*;
+use serde_json::Value;
+
+const SCENE_RULES: &str = r#"count_interval = 5
+[[cameras.zones]]
+name = "bench"
+polygon = [[0.55, 0.7], [0.75, 0.7], [0.75, 1.0], [0.55, 1.0]]
+[[cameras.lines]]
+name = "gate"
+points = [[0.5, 0.0], [0.5, 1.0]]
+directions = ["east", "west"]
+"#;
+
+/// The agent with `scene` (+ rules) and `clip` cameras, its telemetry on `listen`.
+struct Setup {
+    _server: RtspServer,
+    _broker: Mosquitto,
+    agent: AgentProcess,
+    port: u16,
+}
+
+fn start(name: &str, telemetry: &str) -> Setup {
+    let server = RtspServer::start(
+        0,
+        vec![
+            ("/scene".into(), scene_media(&standard_scene()).expect("scene media")),
+            (
+                "/clip".into(),
+                Media::Clip {
+                    codec: Codec::H264,
+                    units: clip(Codec::H264).expect("clip").into(),
+                    fps: 10,
+                    loop_from: 0,
+                },
+            ),
+        ],
+    )
+    .expect("rtsp server");
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = scratch(name);
+    let cams = [
+        Cam { id: "clip", url: server.url("/clip"), fps: 5.0, min_score: 0.5 },
+        Cam { id: "scene", url: server.url("/scene"), fps: 5.0, min_score: 0.5 },
+    ];
+    let config = write_config(&dir, &broker.url(), &cams).expect("config");
+    let port = free_port().expect("port");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "[telemetry]\nlisten = \"off\"\n",
+        &format!("[telemetry]\nlisten = \"127.0.0.1:{port}\"\n{telemetry}"),
+    );
+    std::fs::write(&config, text + SCENE_RULES).expect("config");
+    let agent = AgentProcess::start(&config).expect("agent");
+    Setup { _server: server, _broker: broker, agent, port }
+}
+
+fn get(port: u16, path: &str) -> HttpResponse {
+    http_request(port, "GET", path, &[]).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn get_json(port: u16, path: &str) -> Value {
+    let r = get(port, path);
+    assert_eq!(r.code, 200, "GET {path}: {}", r.text());
+    r.json().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn metric(port: u16, series: &str) -> f64 {
+    let m = get(port, "/metrics").text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in:\n{m}"))
+}
+
+/// Polls `f` every 200 ms until it gives a value or `secs` pass.
+fn wait<T>(secs: u64, what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for {what}\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn camera<'a>(list: &'a Value, id: &str) -> &'a Value {
+    list["cameras"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == id))
+        .unwrap_or_else(|| panic!("no {id} in {list}"))
+}
+
+#[test]
+fn console_api_shows_watched_cameras_frames_with_tracked_people_and_encodes_nothing_unwatched() {
+    let s = start("console-api", "");
+    let port = s.port;
+    let log = || s.agent.log();
+    // Both cameras stream and frames are analysed while nobody looks: nothing is encoded.
+    wait(60, "both cameras streaming", log, || {
+        let list = http_request(port, "GET", "/api/cameras", &[]).ok()?.json().ok()?;
+        (camera(&list, "clip")["state"] == "streaming" && camera(&list, "scene")["state"] == "streaming").then_some(())
+    });
+    wait(30, "analysed frames of clip", log, || {
+        (metric(port, "lookout_frames_analysed_total{camera=\"clip\"}") >= 5.0).then_some(())
+    });
+    assert_eq!(metric(port, "lookout_console_frames_encoded_total"), 0.0, "nobody looked, yet frames were encoded");
+    let list = get_json(port, "/api/cameras");
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["cameras"][0]["id"], "clip", "sorted by id");
+    let scene = camera(&list, "scene");
+    assert_eq!(scene["watched"], false);
+    assert_eq!(scene["model"]["name"], "ssdlite-mobilenetv2-person", "as the messages name it: {scene}");
+    assert_eq!(scene["zones"][0]["name"], "bench");
+    assert_eq!(scene["lines"][0]["points"], serde_json::json!([[0.5, 0.0], [0.5, 1.0]]));
+    assert_eq!((scene["width"].as_u64(), scene["height"].as_u64()), (Some(640), Some(480)), "{scene}");
+    assert_eq!(get_json(port, "/api/cameras?offset=1&limit=1")["cameras"][0]["id"], "scene", "paging");
+
+    // Watching: the scene's frame comes with a tracked person once people walk in.
+    let frame = wait(60, "a frame of scene with a tracked person", log, || {
+        let f = get_json(port, "/api/cameras/scene/frame")["frame"].clone();
+        let tracked = f["boxes"].as_array()?.iter().any(|b| b["class"] == "person" && b["track_id"].is_u64());
+        tracked.then_some(f)
+    });
+    assert!(camera(&get_json(port, "/api/cameras"), "scene")["watched"] == true);
+    let jpeg_url = frame["jpeg"].as_str().expect("jpeg url");
+    let r = get(port, jpeg_url);
+    assert_eq!(r.code, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    assert_eq!(r.header("x-frame-seq"), frame["seq"].as_u64().map(|s| s.to_string()).as_deref());
+    let img = image::load_from_memory(&r.body).expect("the frame decodes as an image");
+    assert_eq!((img.width(), img.height()), (640, 480), "the camera's own frame size");
+    assert!(metric(port, "lookout_console_frames_encoded_total") >= 1.0);
+    // A frame asked for twice is encoded at most once (only the scene is watched, only here). At
+    // 5 fps the two frames held turn over in 0.4 s: on a busy machine, try again.
+    let mut once = false;
+    for _ in 0..20 {
+        let f = get_json(port, "/api/cameras/scene/frame")["frame"].clone();
+        let Some(url) = f["jpeg"].as_str() else { continue };
+        let before = metric(port, "lookout_console_frames_encoded_total");
+        let (a, b) = (get(port, url), get(port, url));
+        let after = metric(port, "lookout_console_frames_encoded_total");
+        if a.code == 200 && b.code == 200 {
+            assert!(a.body == b.body, "the same frame should be the same JPEG");
+            // 0 when this frame was already encoded for an earlier request: try a newer one.
+            assert!(after - before <= 1.0, "one frame, {} encodings", after - before);
+            if after - before == 1.0 {
+                once = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(once, "could not fetch a new frame twice in 20 tries");
+    // clip was never looked at.
+    assert_eq!(camera(&get_json(port, "/api/cameras"), "clip")["watched"], false);
+
+    // Events with their snapshots, and counts per interval with the line and the zone.
+    let snap = wait(60, "an object.new event with a snapshot", log, || {
+        let evs = get_json(port, "/api/cameras/scene/events");
+        evs.as_array()?.iter().find(|e| e["type"] == "object.new" && e["snapshot"]["id"].is_string()).cloned()
+    });
+    let r = get(port, &format!("/api/cameras/scene/snapshots/{}", snap["snapshot"]["id"].as_str().unwrap_or("")));
+    assert_eq!(r.code, 200);
+    image::load_from_memory(&r.body).expect("the snapshot decodes");
+    let counts = wait(30, "counts of scene", log, || {
+        let c = get_json(port, "/api/cameras/scene/counts");
+        (!c.as_array()?.is_empty()).then_some(c)
+    });
+    assert_eq!(counts[0]["schema"], "lookout.counts/1");
+    assert!(
+        counts[0]["lines"]["gate"]["east"].is_u64() && counts[0]["zones"]["bench"]["occupancy"].is_u64(),
+        "{counts}"
+    );
+
+    // The agent page's data.
+    let st = get_json(port, "/api/status");
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(st["models"][0]["sha256"].as_str().map(str::len), Some(64), "{st}");
+    assert_eq!(st["cameras"]["total"], 2);
+    assert!(st["mqtt"]["connected"].is_boolean() && st["outbox"]["pending_messages"].is_u64(), "{st}");
+
+    // Unknowns are JSON 404s; pages and assets are served.
+    let r = get(port, "/api/cameras/nope/frame");
+    assert_eq!(r.code, 404);
+    assert!(r.json().expect("json")["error"].as_str().is_some_and(|e| e.contains("nope")));
+    assert_eq!(get(port, "/api/cameras/scene/snapshots/nope").code, 404);
+    for page in ["/", "/camera/scene", "/agent", "/console/app.js", "/console/app.css"] {
+        assert_eq!(get(port, page).code, 200, "{page}");
+    }
+    let (status, _) = s.agent.stop().expect("stop");
+    assert!(status.success());
+}
+
+/// An agent listening on every address, with a camera that refuses connections (the
+/// console does not need pictures to be guarded).
+fn start_exposed(name: &str, token: Option<&str>) -> (AgentProcess, u16) {
+    let dir = scratch(name);
+    let dead = format!("rtsp://127.0.0.1:{}/none", free_port().expect("port"));
+    let config = write_config(&dir, "mqtt://127.0.0.1:1", &[Cam { id: "cam", url: dead, fps: 1.0, min_score: 0.5 }])
+        .expect("config");
+    let port = free_port().expect("port");
+    let token = token.map(|t| format!("console_token = \"{t}\"\n")).unwrap_or_default();
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("listen = \"off\"\n", &format!("listen = \"0.0.0.0:{port}\"\n{token}"));
+    std::fs::write(&config, text).expect("config");
+    let agent = AgentProcess::start(&config).expect("agent");
+    wait(30, "the telemetry listener", || agent.log(), || http_request(port, "GET", "/healthz", &[]).ok().map(drop));
+    (agent, port)
+}
+
+#[test]
+fn console_beyond_loopback_needs_its_token_and_without_one_is_refused() {
+    const TOKEN: &str = "0123456789abcdef0123";
+    let (agent, port) = start_exposed("console-token", Some(TOKEN));
+    let req = |path: &str, headers: &[(&str, &str)]| http_request(port, "GET", path, headers).expect("request");
+    assert_eq!(req("/api/cameras", &[]).code, 401);
+    assert_eq!(req("/api/cameras", &[("Authorization", "Bearer wrong-token-0123456789")]).code, 401);
+    assert_eq!(req("/", &[]).code, 401);
+    let ok = req("/api/cameras", &[("Authorization", &format!("Bearer {TOKEN}"))]);
+    assert_eq!(ok.code, 200);
+    assert_eq!(ok.json().expect("json")["cameras"][0]["id"], "cam");
+    // Opening a page with ?token= sets the cookie its images and API calls then carry.
+    let page = req(&format!("/?token={TOKEN}"), &[]);
+    assert_eq!(page.code, 200);
+    let cookie = page.header("set-cookie").expect("a cookie").split(';').next().unwrap_or("").to_string();
+    assert!(page.header("set-cookie").is_some_and(|c| c.contains("HttpOnly")));
+    assert_eq!(req("/api/status", &[("Cookie", &cookie)]).code, 200);
+    // Monitoring keeps working without the token.
+    assert_eq!(req("/metrics", &[]).code, 200);
+    drop(agent);
+
+    let (agent, port) = start_exposed("console-refused", None);
+    let r = http_request(port, "GET", "/api/cameras", &[]).expect("request");
+    assert_eq!(r.code, 403);
+    assert!(r.text().contains("console_token"), "{}", r.text());
+    assert_eq!(http_request(port, "GET", "/metrics", &[]).expect("metrics").code, 200);
+    assert!(agent.log().contains("console refused"), "{}", agent.log());
+}
+
+/// `target/test-artifacts/`, beside the build this test belongs to.
+fn artifacts() -> PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    // target/<profile>/deps/<test> → target/
+    let target = exe.ancestors().nth(3).map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    dir
+}
+
+#[test]
+fn console_in_headless_chromium_shows_both_cameras_with_pictures_and_states() {
+    let s = start("console-browser", "");
+    let port = s.port;
+    let log = || s.agent.log();
+    wait(60, "both cameras streaming", log, || {
+        let list = http_request(port, "GET", "/api/cameras", &[]).ok()?.json().ok()?;
+        (camera(&list, "clip")["state"] == "streaming" && camera(&list, "scene")["state"] == "streaming").then_some(())
+    });
+    let browser = Browser::start().expect("headless chromium");
+    browser.goto(&format!("http://127.0.0.1:{port}/")).expect("open the console");
+    // Per tile: the camera, whether its picture loaded (natural size), its state, and how
+    // many boxes its last frame had.
+    let tiles = r#"return [...document.querySelectorAll('.tile')].map(t => {
+        const img = t.querySelector('img.frame');
+        return { camera: t.dataset.camera, width: img.naturalWidth, complete: img.complete,
+                 state: (t.querySelector('.state') || {}).textContent || '', boxes: Number(img.dataset.boxes || 0),
+                 fps: (t.querySelector('.fps') || {}).textContent || '' };
+    });"#;
+    let mut last = Value::Null;
+    let got = wait_browser(60, || {
+        last = browser.eval(tiles).ok()?;
+        let t = last.as_array()?;
+        let ok = |id: &str| {
+            t.iter().any(|x| {
+                x["camera"] == id && x["complete"] == true && x["width"].as_u64() > Some(0) && x["state"] == "streaming"
+            })
+        };
+        (t.len() == 2 && ok("clip") && ok("scene")).then_some(())
+    });
+    assert!(got.is_some(), "both tiles should show a picture and a state; tiles: {last}\n{}", log());
+    // People walk through the scene: its tile draws their boxes (a nicer screenshot too),
+    // and every tile shows the frames coming in.
+    let boxes = wait_browser(40, || {
+        last = browser.eval(tiles).ok()?;
+        let t = last.as_array()?;
+        let receiving =
+            t.iter().all(|x| x["fps"].as_str().is_some_and(|f| f.starts_with("in ") && !f.starts_with("in 0.0")));
+        (receiving && t.iter().any(|x| x["camera"] == "scene" && x["boxes"].as_u64() > Some(0))).then_some(())
+    });
+    assert!(boxes.is_some(), "the scene's tile should get boxes and both tiles an input rate; tiles: {last}");
+    std::thread::sleep(Duration::from_millis(500));
+    let png = browser.screenshot().expect("screenshot");
+    let img = image::load_from_memory(&png).expect("the screenshot is a PNG");
+    assert!(img.width() >= 800, "{}x{}", img.width(), img.height());
+    let path = artifacts().join("console.png");
+    std::fs::write(&path, &png).expect("save the screenshot");
+    eprintln!("console screenshot: {}", path.display());
+    assert!(metric(port, "lookout_console_frames_encoded_total") >= 2.0);
+
+    // The camera page: a live picture, the events with their snapshots, the counts chart.
+    browser.goto(&format!("http://127.0.0.1:{port}/camera/scene")).expect("open the camera page");
+    let page = r#"const img = document.querySelector('.camera img.frame');
+        return { width: img ? img.naturalWidth : 0, events: document.querySelectorAll('.event').length,
+                 snapshots: [...document.querySelectorAll('.event img')].filter(i => i.naturalWidth > 0).length,
+                 chart: document.querySelectorAll('.chart polyline').length };"#;
+    let camera_page = wait_browser(40, || {
+        last = browser.eval(page).ok()?;
+        (last["width"].as_u64() > Some(0) && last["snapshots"].as_u64() > Some(0) && last["chart"].as_u64() > Some(0))
+            .then_some(())
+    });
+    assert!(
+        camera_page.is_some(),
+        "the camera page should show its picture, events with snapshots and a chart: {last}"
+    );
+    std::fs::write(artifacts().join("console-camera.png"), browser.screenshot().expect("screenshot")).expect("save");
+
+    // The agent page names the model with its sha256.
+    browser.goto(&format!("http://127.0.0.1:{port}/agent")).expect("open the agent page");
+    let sha = get_json(port, "/api/status")["models"][0]["sha256"].as_str().unwrap_or("?").to_string();
+    let agent_page = wait_browser(20, || {
+        let text = browser.eval("return document.body.innerText").ok()?;
+        text.as_str()?.contains(&sha).then_some(())
+    });
+    assert!(agent_page.is_some(), "the agent page should list the model's sha256 {sha}");
+}
+
+fn wait_browser(secs: u64, mut f: impl FnMut() -> Option<()>) -> Option<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().is_some() {
+            return Some(());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    None
+}
