@@ -36,13 +36,24 @@ const COOKIE: &str = "lookout_console_token";
 /// Most cameras per `/api/cameras` page.
 const MAX_PAGE: usize = 256;
 
-/// Who may use the console. (Debug shows the token: never log it.)
-#[derive(Debug, Clone, PartialEq)]
+/// Who may use the console.
+#[derive(Clone, PartialEq)]
 pub enum Access {
     Open,
     Token(String),
     /// Not loopback and no token: refused.
     Refused,
+}
+
+/// Never shows the token, so a stray `{:?}` cannot leak it into the journal.
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Access::Open => f.write_str("Open"),
+            Access::Token(_) => f.write_str("Token(***)"),
+            Access::Refused => f.write_str("Refused"),
+        }
+    }
 }
 
 impl Access {

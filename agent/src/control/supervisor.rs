@@ -560,6 +560,12 @@ impl Supervisor {
             }
             switched = self.cameras.values().filter(|c| c.config.model == name).map(|c| c.config.id.clone()).collect();
             switched.sort();
+            // The console's camera pages name the version now running (history kept).
+            let out = ModelOut { name: spec.name.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() };
+            for c in self.cameras.values().filter(|c| c.config.model == name) {
+                let info = crate::console::CameraInfo::new(out.clone(), &spec.labels, &c.config.rules);
+                self.deps.console.add_camera(&c.config.id, info);
+            }
             if resize {
                 // Frames are scaled to the model's input by each camera's pipeline: those
                 // cameras restart (briefly) with the new size.
