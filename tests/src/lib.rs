@@ -512,6 +512,10 @@ impl HttpServer {
             .stderr(Stdio::null())
             .spawn()
             .context("starting python3 -m http.server")?;
+        Self::wait(child, port)
+    }
+
+    fn wait(child: Child, port: u16) -> anyhow::Result<Self> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -524,6 +528,10 @@ impl HttpServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/{}", self.port, path.trim_start_matches('/'))
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}/{}", self.port, path.trim_start_matches('/'))
     }
 }
 
@@ -571,4 +579,86 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.pump.abort();
     }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl.
+pub fn make_pki(dir: &Path, name: &str) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ca = format!("{name}-ca");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={ca}"),
+        "-keyout",
+        &format!("{ca}.key"),
+        "-out",
+        &format!("{ca}.pem"),
+    ]);
+    for (who, cn) in [("server", "127.0.0.1"), ("client", "lookout-agent")] {
+        let base = format!("{name}-{who}");
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{base}.key"),
+            "-out",
+            &format!("{base}.csr"),
+        ]);
+        std::fs::write(dir.join(format!("{base}.ext")), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{base}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{base}.ext"),
+            "-out",
+            &format!("{base}.pem"),
+        ]);
+    }
+}
+
+/// A real HTTPS server (Python's `http.server` wrapped in TLS) serving `dir` with
+/// `cert`/`key`; stops when dropped.
+pub fn https_server(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<HttpServer> {
+    let port = free_port()?;
+    let script = "import functools, http.server, ssl, sys\n\
+        d, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]\n\
+        h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=d)\n\
+        s = http.server.ThreadingHTTPServer(('127.0.0.1', port), h)\n\
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); c.load_cert_chain(cert, key)\n\
+        s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+        s.serve_forever()\n";
+    let child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir)
+        .arg(port.to_string())
+        .arg(cert)
+        .arg(key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting an HTTPS server with python3")?;
+    HttpServer::wait(child, port)
 }

@@ -250,63 +250,6 @@ async fn full_outbox_drops_oldest_and_announces_the_exact_gap() {
     assert_eq!(summary["outbox_dropped"].as_u64(), Some(announced), "counter vs announced: {summary}");
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl.
-fn make_pki(dir: &Path, name: &str) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ca = format!("{name}-ca");
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN={ca}"),
-        "-keyout",
-        &format!("{ca}.key"),
-        "-out",
-        &format!("{ca}.pem"),
-    ]);
-    for (who, cn) in [("server", "127.0.0.1"), ("client", "lookout-agent")] {
-        let base = format!("{name}-{who}");
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{base}.key"),
-            "-out",
-            &format!("{base}.csr"),
-        ]);
-        std::fs::write(dir.join(format!("{base}.ext")), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("ext");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{base}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{base}.ext"),
-            "-out",
-            &format!("{base}.pem"),
-        ]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_over_mutual_tls_and_refuses_a_wrong_ca_with_a_clear_reason() {
     let pki = scratch("pki");

@@ -129,6 +129,15 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     lookout(&["model", "sign", manifest.to_str().expect("utf-8"), "--key", secret.to_str().expect("utf-8")])
         .expect("sign big");
     let http = HttpServer::start(&www).expect("http server");
+    // The same releases over HTTPS, with a private CA the agent is told to trust.
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).expect("pki dir");
+    make_pki(&pki, "rel");
+    let https = https_server(&www, &pki.join("rel-server.pem"), &pki.join("rel-server.key")).expect("https server");
+    release(&www, "tls", k, |t| version(t, "0.5.0"));
+    // A server whose certificate no trusted CA signed.
+    make_pki(&pki, "rogue");
+    let rogue = https_server(&www, &pki.join("rogue-server.pem"), &pki.join("rogue-server.key")).expect("https");
 
     let broker = Mosquitto::start().expect("mosquitto");
     let server = RtspServer::start(0, vec![("/cam".into(), still("grace_hopper.jpg"))]).expect("rtsp");
@@ -137,8 +146,9 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
             .expect("config");
     let mut text = std::fs::read_to_string(&config).expect("config");
     text.push_str(&format!(
-        "\n[model_updates]\ntrusted_keys = [\"{}\"]\nmax_bytes = 13000000\ntimeout_secs = 60\n",
-        public.display()
+        "\n[model_updates]\ntrusted_keys = [\"{}\"]\nmax_bytes = 13000000\ntimeout_secs = 60\nca_file = \"{}\"\n",
+        public.display(),
+        pki.join("rel-ca.pem").display()
     ));
     std::fs::write(&config, text).expect("config");
 
@@ -159,6 +169,7 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
         ("big", http.url("big/manifest.toml"), "too_large"),
         ("unreachable", format!("http://127.0.0.1:{closed}/r/manifest.toml"), "download_failed"),
         ("missing", http.url("nothing-here/manifest.toml"), "download_failed"),
+        ("untrusted-tls", rogue.https_url("tls/manifest.toml"), "download_failed"),
         ("ftp", "ftp://example.org/manifest.toml".into(), "invalid_field"),
     ];
     let mut session = Vec::new();
@@ -254,6 +265,12 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    // Over HTTPS, trusting the configured CA.
+    let req = json!({"request_id": "upd-https", "manifest_url": https.https_url("tls/manifest.toml")});
+    let reply = op.call("model.update", req.clone(), WAIT).await.expect("reply");
+    session.push(format!("→ model.update {req}\n← {reply}"));
+    assert_eq!((reply["ok"].clone(), reply["model"]["version"].clone()), (json!(true), json!("0.5.0")), "{reply}");
     let (status, _) = agent.stop().expect("stop");
     assert!(status.success());
 

@@ -195,6 +195,9 @@ pub struct ModelUpdatesConfig {
     /// `keep_versions` (default 3, at least 2): installed versions kept on disk per model
     /// (the active one and the one before it are always kept, for rollback).
     pub keep_versions: usize,
+    /// `ca_file` (default none): PEM certificates trusted for `https://` downloads in
+    /// addition to the system's CA store (a release server with a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ModelUpdatesConfig {
@@ -206,6 +209,7 @@ impl Default for ModelUpdatesConfig {
             max_bytes: 512 << 20,
             timeout: Duration::from_secs(300),
             keep_versions: 3,
+            ca_file: None,
         }
     }
 }
@@ -579,6 +583,16 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 issues.push(&t.field_path("timeout_secs"), s.as_ref(), "must be ≥ 1");
             }
             model_updates.timeout = Duration::from_secs(n.max(1));
+        }
+        if let Some(f) = t.opt::<String>(&mut issues, "ca_file") {
+            let path = resolve_path(&base_dir, cwd, &f);
+            match crate::model::update::read_ca_file(&path) {
+                Ok(_) => model_updates.ca_file = Some(path),
+                Err(e) => {
+                    let s = t.raw("ca_file").map(|v| v.span());
+                    issues.push(&t.field_path("ca_file"), s.as_ref(), e);
+                }
+            }
         }
         if let Some(n) = t.opt::<usize>(&mut issues, "keep_versions") {
             if n < 2 {

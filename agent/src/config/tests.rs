@@ -775,3 +775,21 @@ fn short_or_unsafe_console_token_is_reported_on_its_line() {
         assert_issue(&issues(&src), &src, "telemetry.console_token", "console_token", "at least 16 characters");
     }
 }
+
+#[test]
+fn update_limits_have_defaults_and_a_ca_file_without_a_certificate_is_reported() {
+    let c = parse_ok(&minimal());
+    assert_eq!(c.model_updates.max_bytes, 512 << 20);
+    assert_eq!(c.model_updates.timeout, Duration::from_secs(300));
+    assert_eq!(c.model_updates.keep_versions, 3);
+    assert!(c.model_updates.ca_file.is_none());
+    let dir = TempDir::new("ca");
+    std::fs::write(dir.0.join("empty.pem"), "no certificate here\n").expect("write");
+    let file = dir.0.join("lookout.toml");
+    let bad = minimal() + "[model_updates]\nca_file = \"empty.pem\"\nkeep_versions = 1\ntimeout_secs = 0\n";
+    let Err(e) = parse(&file, &bad, Path::new(NO_CWD)) else { panic!("refused") };
+    let fields: Vec<&str> = e.issues.iter().map(|i| i.field.as_str()).collect();
+    for f in ["model_updates.ca_file", "model_updates.keep_versions", "model_updates.timeout_secs"] {
+        assert!(fields.contains(&f), "{f} not reported: {:#?}", e.issues);
+    }
+}

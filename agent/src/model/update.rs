@@ -93,6 +93,7 @@ pub fn install(
     models: &[(String, String)],
 ) -> Result<Installed, UpdateError> {
     let deadline = Instant::now() + cfg.timeout;
+    let ca = cfg.ca_file.as_deref();
     let url = Url::parse(manifest_url).map_err(|e| UpdateError::InvalidUrl(format!("manifest_url: {e}")))?;
     if !matches!(url.scheme(), "http" | "https" | "file") {
         return Err(UpdateError::InvalidUrl(format!(
@@ -101,7 +102,7 @@ pub fn install(
         )));
     }
     let mut text = Vec::new();
-    fetch(&url, SMALL_FILE_MAX, deadline, &mut text)?;
+    fetch(&url, SMALL_FILE_MAX, deadline, ca, &mut text)?;
     let text = String::from_utf8(text).map_err(|_| UpdateError::BadManifest("not UTF-8".into()))?;
 
     // The signature first: nothing an untrusted manifest says is acted on.
@@ -186,11 +187,11 @@ pub fn install(
         std::fs::write(staging.join("manifest.toml"), &text).map_err(|e| UpdateError::Io(e.to_string()))?;
         let labels_url = join(&url, &labels)?;
         let mut labels_bytes = Vec::new();
-        fetch(&labels_url, SMALL_FILE_MAX, deadline, &mut labels_bytes)?;
+        fetch(&labels_url, SMALL_FILE_MAX, deadline, ca, &mut labels_bytes)?;
         write_new(&staging.join(&labels), &labels_bytes)?;
         if let Some(img) = &self_test_image {
             let mut bytes = Vec::new();
-            fetch(&join(&url, img)?, limit, deadline, &mut bytes)?;
+            fetch(&join(&url, img)?, limit, deadline, ca, &mut bytes)?;
             write_new(&staging.join(img), &bytes)?;
         }
         let artifact_url = join(&url, &file)?;
@@ -198,7 +199,7 @@ pub fn install(
             std::fs::create_dir_all(parent).map_err(|e| UpdateError::Io(e.to_string()))?;
         }
         let mut out = HashingFile::create(&staging.join(&file))?;
-        let got = fetch(&artifact_url, limit, deadline, &mut out)?;
+        let got = fetch(&artifact_url, limit, deadline, ca, &mut out)?;
         let actual = out.finish()?;
         if let Some(expected) = size
             && got != expected
@@ -248,7 +249,13 @@ fn join(base: &Url, name: &str) -> Result<Url, UpdateError> {
 
 /// Streams `url` into `out`, refusing more than `limit` bytes or going past `deadline`.
 /// Returns the byte count.
-fn fetch(url: &Url, limit: u64, deadline: Instant, out: &mut impl std::io::Write) -> Result<u64, UpdateError> {
+fn fetch(
+    url: &Url,
+    limit: u64,
+    deadline: Instant,
+    ca_file: Option<&Path>,
+    out: &mut impl std::io::Write,
+) -> Result<u64, UpdateError> {
     let fail = |reason: String| UpdateError::Download { url: url.to_string(), reason };
     let reader: Box<dyn Read> = match url.scheme() {
         "file" => {
@@ -261,7 +268,7 @@ fn fetch(url: &Url, limit: u64, deadline: Instant, out: &mut impl std::io::Write
                 .timeout_connect(Some(CONNECT_TIMEOUT.min(left)))
                 .timeout_global(Some(left))
                 .http_status_as_error(false)
-                .tls_config(tls_config().map_err(fail)?)
+                .tls_config(tls_config(ca_file).map_err(fail)?)
                 .build();
             let agent: ureq::Agent = config.into();
             let resp = agent.get(url.as_str()).call().map_err(|e| fail(describe(&e)))?;
@@ -311,12 +318,32 @@ fn describe(e: &ureq::Error) -> String {
     }
 }
 
+/// The certificates of a PEM file (`[model_updates] ca_file`); at least one.
+pub fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{}: not PEM: {e}", path.display())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
 /// rustls with the aws-lc-rs provider the MQTT client already uses, trusting the system's
-/// CA store.
-fn tls_config() -> Result<ureq::tls::TlsConfig, String> {
+/// CA store and `ca_file`.
+fn tls_config(ca_file: Option<&Path>) -> Result<ureq::tls::TlsConfig, String> {
     let loaded = rustls_native_certs::load_native_certs();
-    let certs: Vec<ureq::tls::Certificate<'static>> =
+    let mut certs: Vec<ureq::tls::Certificate<'static>> =
         loaded.certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect();
+    if let Some(f) = ca_file {
+        certs.extend(read_ca_file(f)?);
+    }
     if certs.is_empty() {
         return Err("no CA certificates found in the system store (install ca-certificates)".into());
     }
