@@ -9,6 +9,7 @@
 //!
 //! `scripts/bench.sh` runs the set recorded in docs/BENCHMARKS.md.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -267,12 +268,14 @@ fn status_field(pid: u32, name: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow::Result<()> {
+/// A broker, `n` H.264 streams from an RTSP server in a process of its own (so the
+/// agent's CPU is the agent's alone) and a config for them with the agent's default
+/// inference threads (not the tests' 1) and its metrics listener on the returned port.
+fn stream_setup(n: usize, fps: f64, name: &str) -> anyhow::Result<(Mosquitto, RtspProcess, PathBuf, u16)> {
     let serve = std::env::current_exe()?.parent().map(|d| d.join("rtsp-serve")).context("exe dir")?;
     let broker = Mosquitto::start()?;
     let mounts: Vec<String> = (0..n).map(|i| format!("/cam{i}=h264")).collect();
     let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
-    // The server is a process of its own, so the agent's CPU below is the agent's alone.
     let server = RtspProcess::start(&serve, free_port()?, &mount_refs)?;
     let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
     let cams: Vec<Cam> = ids
@@ -280,15 +283,19 @@ async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow:
         .enumerate()
         .map(|(i, id)| Cam { id, url: server.url(&format!("/cam{i}")), fps, min_score: 0.5 })
         .collect();
-    let dir = scratch(&format!("bench-{n}"));
+    let dir = scratch(name);
     let config = write_config(&dir, &broker.url(), &cams)?;
-    // The benchmark uses the agent's default inference threads, not the tests' 1, and
-    // reads per-camera counters from its metrics.
     let port = free_port()?;
     let text = std::fs::read_to_string(&config)?
         .replace("[inference]\nthreads = 1\n", "")
         .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""));
     std::fs::write(&config, text)?;
+    Ok((broker, server, config, port))
+}
+
+async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow::Result<()> {
+    let (broker, server, config, port) = stream_setup(n, fps, &format!("bench-{n}"))?;
+    let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
     let rec = Recorder::start(broker.port(), "lookout/v1/+/+/cameras/+/detections").await?;
     let agent = AgentProcess::start(&config)?;
     let pid = agent.pid().context("agent pid")?;
@@ -569,24 +576,8 @@ fn watch_cameras(port: u16, ids: &[String], period: Duration, until: Instant) ->
 }
 
 fn bench_console(n: usize, fps: f64, warmup: u64, seconds: u64, rounds: usize) -> anyhow::Result<()> {
-    let serve = std::env::current_exe()?.parent().map(|d| d.join("rtsp-serve")).context("exe dir")?;
-    let broker = Mosquitto::start()?;
-    let mounts: Vec<String> = (0..n).map(|i| format!("/cam{i}=h264")).collect();
-    let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
-    let server = RtspProcess::start(&serve, free_port()?, &mount_refs)?;
+    let (_broker, server, config, port) = stream_setup(n, fps, &format!("bench-console-{n}"))?;
     let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
-    let cams: Vec<Cam> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| Cam { id, url: server.url(&format!("/cam{i}")), fps, min_score: 0.5 })
-        .collect();
-    let dir = scratch(&format!("bench-console-{n}"));
-    let config = write_config(&dir, &broker.url(), &cams)?;
-    let port = free_port()?;
-    let text = std::fs::read_to_string(&config)?
-        .replace("[inference]\nthreads = 1\n", "")
-        .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""));
-    std::fs::write(&config, text)?;
     let agent = AgentProcess::start(&config)?;
     let pid = agent.pid().context("agent pid")?;
     std::thread::sleep(Duration::from_secs(warmup));
