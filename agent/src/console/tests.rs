@@ -2,9 +2,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use gstreamer as gst;
-use gstreamer_video as gst_video;
-
 use super::*;
 use crate::event::stage::{CameraEvents, CameraSpec};
 use crate::event::{ModelOut, Topics};
@@ -40,13 +37,8 @@ fn rules() -> RulesConfig {
     }
 }
 
-/// A 64×48 grey decoded frame.
 fn original() -> Original {
-    gst::init().expect("gstreamer");
-    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48).build().expect("video info");
-    let mut buffer = gst::Buffer::with_size(info.size()).expect("buffer");
-    buffer.get_mut().expect("writable").map_writable().expect("map").as_mut_slice().fill(128);
-    Original { buffer, caps: info.to_caps().expect("caps") }
+    crate::source::test_original()
 }
 
 fn person(x: f32, score: f32) -> Detection {

@@ -161,12 +161,8 @@ impl Supervisor {
             loaded: self.models.contains_key(name),
             stats,
         });
-        let running: Vec<ModelOut> = self
-            .active
-            .iter()
-            .filter(|(n, _)| self.models.contains_key(*n))
-            .map(|(_, s)| ModelOut { name: s.name.clone(), version: s.version.clone(), sha256: s.sha256.clone() })
-            .collect();
+        let running: Vec<ModelOut> =
+            self.active.iter().filter(|(n, _)| self.models.contains_key(*n)).map(|(_, s)| ModelOut::of(s)).collect();
         self.deps.console.set_models(running);
     }
 
@@ -351,8 +347,10 @@ impl Supervisor {
         let rt = self.models.get(&cam.model).context("model not loaded")?;
         let min_score = cam.min_score.unwrap_or(spec.postprocess.score_threshold);
         let ctx = Arc::new(CameraCtx::new(&cam.id, min_score));
-        let spec_out = ModelOut { name: spec.name.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() };
-        self.deps.console.add_camera(&cam.id, crate::console::CameraInfo::new(spec_out, &spec.labels, &cam.rules));
+        let spec_out = ModelOut::of(&spec);
+        self.deps
+            .console
+            .add_camera(&cam.id, crate::console::CameraInfo::new(spec_out.clone(), &spec.labels, &cam.rules));
         let stage = CameraEvents::new(
             CameraSpec {
                 id: cam.id.clone(),
@@ -363,7 +361,7 @@ impl Supervisor {
                 snapshots: cam.snapshots,
                 labels: spec.labels.clone().into(),
                 // Messages name the model as its manifest does, like `detections` (infer).
-                model: ModelOut { name: spec.name.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() },
+                model: spec_out,
             },
             &self.deps.fleet.site,
             &self.deps.fleet.agent,
@@ -561,7 +559,7 @@ impl Supervisor {
             switched = self.cameras.values().filter(|c| c.config.model == name).map(|c| c.config.id.clone()).collect();
             switched.sort();
             // The console's camera pages name the version now running (history kept).
-            let out = ModelOut { name: spec.name.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() };
+            let out = ModelOut::of(spec);
             for c in self.cameras.values().filter(|c| c.config.model == name) {
                 let info = crate::console::CameraInfo::new(out.clone(), &spec.labels, &c.config.rules);
                 self.deps.console.add_camera(&c.config.id, info);

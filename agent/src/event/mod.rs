@@ -184,6 +184,13 @@ pub struct ModelOut {
     pub sha256: String,
 }
 
+impl ModelOut {
+    /// How messages name the model `spec` describes.
+    pub fn of(spec: &crate::infer::model::ModelSpec) -> Self {
+        Self { name: spec.name.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() }
+    }
+}
+
 /// `lookout.event/1` on `.../cameras/{camera}/events`. `type` says which optional
 /// parts are present: `object` for object-related types, `zone` for `zone.*`, `line`
 /// for `line.cross`, `snapshot` for `object.new` / `object.end` when one was taken.

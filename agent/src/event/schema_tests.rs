@@ -16,8 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gstreamer as gst;
-use gstreamer_video as gst_video;
 use serde_json::{Value, json};
 
 use super::stage::{CameraEvents, CameraSpec, Outgoing};
@@ -256,13 +254,8 @@ fn person(x: f32, y: f32, score: f32) -> Detection {
     Detection { class_id: 0, score, bbox: BBox { x: x - 0.025, y: y - 0.15, w: 0.05, h: 0.15 } }
 }
 
-/// A small grey decoded frame, for snapshots.
 fn original() -> Original {
-    gst::init().expect("gstreamer");
-    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48).build().expect("video info");
-    let mut buffer = gst::Buffer::with_size(info.size()).expect("buffer");
-    buffer.get_mut().expect("writable").map_writable().expect("map").as_mut_slice().fill(128);
-    Original { buffer, caps: info.to_caps().expect("caps") }
+    crate::source::test_original()
 }
 
 fn frame(cam: &Arc<CameraCtx>, s: f64, detections: Vec<Detection>) -> Analysed {

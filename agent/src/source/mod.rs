@@ -294,6 +294,17 @@ pub struct Original {
     pub caps: gstreamer::Caps,
 }
 
+/// A 64×48 grey I420 decoded frame, for tests of snapshots and the console.
+#[cfg(test)]
+pub(crate) fn test_original() -> Original {
+    use gstreamer_video as gst_video;
+    gstreamer::init().expect("gstreamer");
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48).build().expect("video info");
+    let mut buffer = gstreamer::Buffer::with_size(info.size()).expect("buffer");
+    buffer.get_mut().expect("writable").map_writable().expect("map").as_mut_slice().fill(128);
+    Original { buffer, caps: info.to_caps().expect("caps") }
+}
+
 #[cfg(test)]
 pub(crate) fn test_frame(slot: usize, pts_ns: u64) -> Frame {
     Frame {
