@@ -147,7 +147,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let mqtt_stop = CancellationToken::new();
     let presence = Presence { fleet: fleet.clone(), requests: requests_tx };
     let mqtt_task = publish::spawn(mqtt_config, delivery.clone(), presence, mqtt_stop.clone(), grace);
-    let supervisor_task = tokio::spawn(supervisor.run(requests_rx));
+    // The MQTT task and the supervisor count as workers too: if either ends early (a
+    // panic), the watchdog ping is withheld and /healthz fails, as for a dead thread.
+    expected_threads.fetch_add(2, Ordering::SeqCst);
+    let mqtt_task = liveness.watch(mqtt_task);
+    let supervisor_task = liveness.watch(tokio::spawn(supervisor.run(requests_rx)));
 
     info!(cameras = fleet.cameras().len(), "agent running");
     let health = Arc::new(Health {
@@ -381,7 +385,7 @@ async fn health_loop(health: Arc<Health>, shutdown: CancellationToken) {
             error!(
                 alive = health.liveness.alive(),
                 expected = health.expected_threads.load(Ordering::SeqCst),
-                "an inference or event thread has died; withholding the watchdog ping"
+                "a worker (inference, events, MQTT task or supervisor) has died; withholding the watchdog ping"
             );
         }
     }

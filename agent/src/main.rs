@@ -94,7 +94,11 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(f) {
+    let result = rt.block_on(f);
+    // A model download still blocked in a read must not hold the exit past the drain:
+    // what it staged is removed at the next start.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

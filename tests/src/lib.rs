@@ -561,6 +561,13 @@ impl Operator {
         Ok(Self { client, root: root.to_string(), replies, pump })
     }
 
+    /// Sends `name` with `payload` without waiting for a reply.
+    pub async fn send(&self, name: &str, payload: Value) -> anyhow::Result<()> {
+        let topic = format!("{}/commands/{name}", self.root);
+        self.client.publish(topic, QoS::AtLeastOnce, false, serde_json::to_vec(&payload)?).await?;
+        Ok(())
+    }
+
     /// Sends `name` with `payload` (which must carry `request_id`) and waits for its reply.
     pub async fn call(&self, name: &str, payload: Value, timeout: Duration) -> anyhow::Result<Value> {
         let id = payload["request_id"].as_str().context("payload without request_id")?.to_string();

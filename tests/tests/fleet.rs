@@ -9,6 +9,7 @@
 //! - Cameras: add, update, remove while another keeps streaming; runtime changes survive
 //!   a restart; `SIGHUP` adds a camera from the edited config file and leaves the rest.
 
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,6 +47,37 @@ fn release(dir: &Path, name: &str, key: Option<&Path>, edit: impl Fn(String) -> 
             .expect("sign");
     }
     out
+}
+
+/// A local HTTP server that answers every request with a redirect to `location`.
+fn redirect_server(location: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    port
+}
+
+/// A local HTTP server that accepts connections and never answers (a stalled download).
+fn silent_server() -> (u16, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let t = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten().take(4) {
+            held.push(conn);
+        }
+        std::thread::sleep(Duration::from_secs(120));
+    });
+    (port, t)
 }
 
 fn version(text: String, v: &str) -> String {
@@ -139,16 +171,44 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     make_pki(&pki, "rogue");
     let rogue = https_server(&www, &pki.join("rogue-server.pem"), &pki.join("rogue-server.key")).expect("https");
 
+    release(&www, "old", k, |t| version(t, "0.2.5"));
+    // The one folder file:// releases may come from: a release, a file that is not a
+    // manifest (a stand-in for a secret) and a FIFO (which must not block the agent).
+    let local_dir = dir.join("local");
+    std::fs::create_dir_all(&local_dir).expect("local dir");
+    std::fs::write(local_dir.join("secret.toml"), "SECRET-PASSWORD-4711\n").expect("secret");
+    let fifo = local_dir.join("fifo.toml");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    let closed = free_port().expect("port");
+    let unlisted = free_port().expect("port");
+    let redirect = redirect_server(format!("http://127.0.0.1:{unlisted}/good/manifest.toml"));
+    let (silent, _silent) = silent_server();
+
     let broker = Mosquitto::start().expect("mosquitto");
     let server = RtspServer::start(0, vec![("/cam".into(), still("grace_hopper.jpg"))]).expect("rtsp");
     let config =
         write_config(&dir, &broker.url(), &[Cam { id: "cam-1", url: server.url("/cam"), fps: FPS, min_score: 0.5 }])
             .expect("config");
     let mut text = std::fs::read_to_string(&config).expect("config");
+    let allowed: Vec<String> = [
+        http.url(""),
+        https.https_url(""),
+        rogue.https_url(""),
+        format!("http://127.0.0.1:{closed}/"),
+        format!("http://127.0.0.1:{redirect}/"),
+        format!("http://127.0.0.1:{silent}/"),
+        // Listed by name: it still may not reach a loopback address.
+        format!("http://localhost:{}/", http.port),
+    ]
+    .iter()
+    .map(|u| format!("\"{u}\""))
+    .collect();
     text.push_str(&format!(
-        "\n[model_updates]\ntrusted_keys = [\"{}\"]\nmax_bytes = 13000000\ntimeout_secs = 60\nca_file = \"{}\"\n",
+        "\n[model_updates]\ntrusted_keys = [\"{}\"]\nmax_bytes = 13000000\ntimeout_secs = 60\nca_file = \"{}\"\nallowed_urls = [{}]\nlocal_dir = \"{}\"\n",
         public.display(),
-        pki.join("rel-ca.pem").display()
+        pki.join("rel-ca.pem").display(),
+        allowed.join(", "),
+        local_dir.display()
     ));
     std::fs::write(&config, text).expect("config");
 
@@ -157,8 +217,9 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     let agent = AgentProcess::start(&config).expect("agent");
     detections.wait_for(WAIT, "detections", |m| m.len() >= 2).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
 
-    // Every bad release is refused with its own reason.
-    let closed = free_port().expect("port");
+    // Every bad release is refused with its own reason; URLs the gateway may not reach
+    // are refused before anything is read from them.
+    let file = |p: &Path| format!("file://{}", p.display());
     let bad = [
         ("foreign", http.url("foreign/manifest.toml"), "bad_signature"),
         ("unsigned", http.url("unsigned/manifest.toml"), "unsigned"),
@@ -171,6 +232,14 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
         ("missing", http.url("nothing-here/manifest.toml"), "download_failed"),
         ("untrusted-tls", rogue.https_url("tls/manifest.toml"), "download_failed"),
         ("ftp", "ftp://example.org/manifest.toml".into(), "invalid_field"),
+        ("environ", "file:///proc/self/environ".into(), "url_not_allowed"),
+        ("password", "file:///etc/lookout/mqtt-password".into(), "url_not_allowed"),
+        ("unlisted", format!("http://127.0.0.1:{unlisted}/good/manifest.toml"), "url_not_allowed"),
+        ("by-name", format!("http://localhost:{}/good/manifest.toml", http.port), "url_not_allowed"),
+        ("redirect", format!("http://127.0.0.1:{redirect}/good/manifest.toml"), "url_not_allowed"),
+        ("fifo", file(&fifo), "url_not_allowed"),
+        ("escape", file(&local_dir.join("../good/manifest.toml")), "url_not_allowed"),
+        ("secret", file(&local_dir.join("secret.toml")), "bad_signature"),
     ];
     let mut session = Vec::new();
     for (name, url, want) in &bad {
@@ -178,6 +247,8 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
         let reply = op.call("model.update", req.clone(), WAIT).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
         assert_eq!(reply["ok"], false, "{name}: {reply}");
         assert_eq!(code(&reply), *want, "{name}: {reply}");
+        let text = reply.to_string();
+        assert!(!text.contains("SECRET-PASSWORD") && !text.contains("PATH="), "{name}: the reply leaks: {reply}");
         session.push(format!("→ model.update {req}\n← {reply}"));
     }
     // The old model kept analysing throughout.
@@ -197,6 +268,11 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     assert_eq!(reply["previous"]["version"], "0.2.0", "{reply}");
     assert_eq!(reply["cameras"], json!(["cam-1"]), "{reply}");
     assert!(reply["signed_by"].as_str().is_some_and(|k| k.starts_with("ed25519:")), "{reply}");
+    // An older signed release cannot be replayed to go back.
+    let req = json!({"request_id": "upd-old", "manifest_url": http.url("old/manifest.toml")});
+    let reply = op.call("model.update", req.clone(), WAIT).await.expect("reply");
+    session.push(format!("→ model.update {req}\n← {reply}"));
+    assert_eq!(code(&reply), "downgrade", "{reply}");
     let n = detections.snapshot().len();
     detections
         .wait_for(WAIT, "detections by 0.3.0", |m| {
@@ -252,7 +328,7 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     assert!(after.iter().all(|(_, v)| v == "0.3.0"), "the updated version runs after a restart: {after:?}");
 
     // A release on the gateway's own disk (file://) installs the same way.
-    let local = release(&dir, "local-0.4.0", k, |t| version(t, "0.4.0"));
+    let local = release(&local_dir, "local-0.4.0", k, |t| version(t, "0.4.0"));
     let url = format!("file://{}", local.join("manifest.toml").display());
     let req = json!({"request_id": "upd-file", "manifest_url": url});
     let reply = op.call("model.update", req.clone(), WAIT).await.expect("reply");
@@ -271,6 +347,16 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     let reply = op.call("model.update", req.clone(), WAIT).await.expect("reply");
     session.push(format!("→ model.update {req}\n← {reply}"));
     assert_eq!((reply["ok"].clone(), reply["model"]["version"].clone()), (json!(true), json!("0.5.0")), "{reply}");
+
+    // A download that stalls holds up nothing: other commands are answered meanwhile, a
+    // second update is told to wait, and SIGTERM still stops the agent.
+    let stalled = format!("http://127.0.0.1:{silent}/r/manifest.toml");
+    op.send("model.update", json!({"request_id": "upd-stalled", "manifest_url": stalled})).await.expect("send");
+    let reply = op.call("camera.remove", json!({"request_id": "rm-none", "id": "nope"}), WAIT).await.expect("reply");
+    assert_eq!(code(&reply), "not_found", "{reply}");
+    let req = json!({"request_id": "upd-second", "manifest_url": http.url("good/manifest.toml")});
+    let reply = op.call("model.update", req, WAIT).await.expect("reply");
+    assert_eq!(code(&reply), "busy", "{reply}");
     let (status, _) = agent.stop().expect("stop");
     assert!(status.success());
 
@@ -315,6 +401,17 @@ async fn cameras_change_live_survive_a_restart_and_follow_sighup() {
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     }
+
+    // With updates off, model.update reads nothing; a camera whose numbers would have
+    // overflowed a Duration is refused, and the supervisor goes on answering.
+    let req = json!({"request_id": "upd-off", "manifest_url": "file:///proc/self/environ"});
+    let reply = op.call("model.update", req, WAIT).await.expect("reply");
+    assert_eq!(code(&reply), "updates_disabled", "{reply}");
+    assert!(!reply.to_string().contains("PATH="), "{reply}");
+    let huge = json!({"id": "cam-9", "url": server.url("/c"), "model": "person", "reconnect_min_secs": 1e20});
+    let reply = op.call("camera.add", json!({"request_id": "add-huge", "camera": huge}), WAIT).await.expect("reply");
+    assert_eq!(code(&reply), "invalid_camera", "{reply}");
+    assert!(reply.to_string().contains("reconnect_min_secs"), "{reply}");
 
     // Add a camera at runtime.
     let cam3 = json!({"id": "cam-3", "url": server.url("/c"), "model": "person", "fps": 1.0, "reconnect_max_secs": 2});

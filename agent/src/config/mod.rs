@@ -198,6 +198,28 @@ pub struct ModelUpdatesConfig {
     /// `ca_file` (default none): PEM certificates trusted for `https://` downloads in
     /// addition to the system's CA store (a release server with a private CA).
     pub ca_file: Option<PathBuf>,
+    /// `allowed_urls` (default none): URL prefixes (`http://` or `https://`, each ending in
+    /// `/`) that release manifests and their files may be downloaded from; any other
+    /// http(s) URL, and every redirect that leaves them, is refused. A host name must
+    /// resolve to public addresses only; a loopback, link-local or private address is
+    /// accepted only when a prefix names it literally (`http://10.0.0.5:8080/releases/`).
+    pub allowed_urls: Vec<url::Url>,
+    /// `local_dir` (default none): the one folder `file://` releases may be read from
+    /// (regular files only, symlinks resolved and still inside it). Without it `file://`
+    /// URLs are refused.
+    pub local_dir: Option<PathBuf>,
+    /// `allow_downgrade` (default false): accept a `model.update` whose version is lower
+    /// than the highest this gateway has run for that model. Off, an old signed release
+    /// cannot be replayed to downgrade a model; `model.rollback` is the way back.
+    pub allow_downgrade: bool,
+}
+
+impl ModelUpdatesConfig {
+    /// Updates are switched on by trusting a key (or, in labs, `allow_unsigned`); until
+    /// then `model.update` is refused before anything is fetched.
+    pub fn enabled(&self) -> bool {
+        !self.trusted_keys.is_empty() || self.allow_unsigned
+    }
 }
 
 impl Default for ModelUpdatesConfig {
@@ -210,6 +232,9 @@ impl Default for ModelUpdatesConfig {
             timeout: Duration::from_secs(300),
             keep_versions: 3,
             ca_file: None,
+            allowed_urls: Vec::new(),
+            local_dir: None,
+            allow_downgrade: false,
         }
     }
 }
@@ -400,11 +425,8 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
             }
         });
         let client_id = t.opt::<String>(&mut issues, "client_id").unwrap_or_default();
-        let keep_alive = t.opt::<u64>(&mut issues, "keep_alive_secs").unwrap_or(30);
-        if keep_alive < 5 {
-            let s = t.raw("keep_alive_secs").map(|v| v.span());
-            issues.push(&t.field_path("keep_alive_secs"), s.as_ref(), "must be ≥ 5");
-        }
+        // rumqttc keeps the keep-alive as u16 seconds: a larger value would wrap.
+        let keep_alive = t.num_in::<u64>(&mut issues, "keep_alive_secs", 5, 3600, "seconds").unwrap_or(30);
         let max_inflight = t.opt::<u64>(&mut issues, "max_inflight").unwrap_or(100);
         if !(1..=u16::MAX as u64).contains(&max_inflight) {
             let s = t.raw("max_inflight").map(|v| v.span());
@@ -460,14 +482,14 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         segment_bytes: 8 << 20,
     };
     if let Some(mut t) = root.table(&mut issues, "outbox", false) {
-        if let Some(n) = t.opt::<u64>(&mut issues, "max_bytes") {
+        if let Some(n) = t.num_in::<u64>(&mut issues, "max_bytes", 8 << 10, 1 << 40, "bytes") {
             outbox.max_bytes = n;
         }
-        if let Some(n) = t.opt::<u64>(&mut issues, "max_age_secs") {
-            outbox.max_age = Duration::from_secs(n.max(1));
+        if let Some(n) = t.num_in::<u64>(&mut issues, "max_age_secs", 60, 366 * 24 * 3600, "seconds") {
+            outbox.max_age = Duration::from_secs(n);
         }
         outbox.full_policy = t.keyword(&mut issues, "full_policy", OutboxFullPolicy::DropOldest);
-        if let Some(n) = t.opt::<u64>(&mut issues, "fsync_interval_ms") {
+        if let Some(n) = t.num_in::<u64>(&mut issues, "fsync_interval_ms", 0, 60_000, "ms") {
             outbox.fsync_interval = Duration::from_millis(n);
         }
         if let Some(n) = t.opt::<u64>(&mut issues, "segment_bytes") {
@@ -488,11 +510,8 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     let mut inference =
         InferenceConfig { threads: cores.min(4), max_batch: 2, max_wait: Duration::from_millis(10), spinning: false };
     if let Some(mut t) = root.table(&mut issues, "inference", false) {
-        if let Some(n) = t.opt::<usize>(&mut issues, "threads") {
-            if n == 0 {
-                issues.push(&t.field_path("threads"), t.raw("threads").map(|v| v.span()).as_ref(), "must be ≥ 1");
-            }
-            inference.threads = n.max(1);
+        if let Some(n) = t.num_in::<usize>(&mut issues, "threads", 1, 64, "threads") {
+            inference.threads = n;
         }
         if let Some(n) = t.opt::<usize>(&mut issues, "max_batch") {
             if !(1..=64).contains(&n) {
@@ -570,19 +589,11 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
             }
         }
         model_updates.allow_unsigned = t.opt::<bool>(&mut issues, "allow_unsigned").unwrap_or(false);
-        if let Some(n) = t.opt::<u64>(&mut issues, "max_bytes") {
-            if n == 0 {
-                let s = t.raw("max_bytes").map(|v| v.span());
-                issues.push(&t.field_path("max_bytes"), s.as_ref(), "must be > 0");
-            }
+        if let Some(n) = t.num_in::<u64>(&mut issues, "max_bytes", 1, 8 << 30, "bytes") {
             model_updates.max_bytes = n;
         }
-        if let Some(n) = t.opt::<u64>(&mut issues, "timeout_secs") {
-            if n == 0 {
-                let s = t.raw("timeout_secs").map(|v| v.span());
-                issues.push(&t.field_path("timeout_secs"), s.as_ref(), "must be ≥ 1");
-            }
-            model_updates.timeout = Duration::from_secs(n.max(1));
+        if let Some(n) = t.num_in::<u64>(&mut issues, "timeout_secs", 1, 3600, "seconds") {
+            model_updates.timeout = Duration::from_secs(n);
         }
         if let Some(f) = t.opt::<String>(&mut issues, "ca_file") {
             let path = resolve_path(&base_dir, cwd, &f);
@@ -594,17 +605,30 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 }
             }
         }
-        if let Some(n) = t.opt::<usize>(&mut issues, "keep_versions") {
-            if n < 2 {
-                let s = t.raw("keep_versions").map(|v| v.span());
-                issues.push(
-                    &t.field_path("keep_versions"),
-                    s.as_ref(),
-                    "must be ≥ 2 (the active version and the one to roll back to)",
-                );
-            }
-            model_updates.keep_versions = n.max(2);
+        // At least the active version and the one to roll back to.
+        if let Some(n) = t.num_in::<usize>(&mut issues, "keep_versions", 2, 100, "versions") {
+            model_updates.keep_versions = n;
         }
+        for prefix in t.opt::<Vec<String>>(&mut issues, "allowed_urls").unwrap_or_default() {
+            match url_prefix(&prefix) {
+                Ok(u) => model_updates.allowed_urls.push(u),
+                Err(e) => {
+                    let s = t.raw("allowed_urls").map(|v| v.span());
+                    issues.push(&t.field_path("allowed_urls"), s.as_ref(), format!("{prefix:?}: {e}"));
+                }
+            }
+        }
+        if let Some(d) = t.opt::<String>(&mut issues, "local_dir") {
+            let path = resolve_path(&base_dir, cwd, &d);
+            match path.canonicalize() {
+                Ok(p) if p.is_dir() => model_updates.local_dir = Some(p),
+                _ => {
+                    let s = t.raw("local_dir").map(|v| v.span());
+                    issues.push(&t.field_path("local_dir"), s.as_ref(), format!("{} is not a folder", path.display()));
+                }
+            }
+        }
+        model_updates.allow_downgrade = t.opt::<bool>(&mut issues, "allow_downgrade").unwrap_or(false);
         t.finish(&mut issues);
     }
 
@@ -701,6 +725,22 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
 /// Reads one camera given as JSON (a `camera.add` / `camera.update` command) with the
 /// same keys, defaults and checks as a `[[cameras]]` table in `config`'s file. Returns
 /// every problem as `camera.<field>: <message>`.
+/// An `allowed_urls` entry: an http(s) URL whose path ends in `/`, so that a prefix match
+/// can never run into a longer host name or a sibling folder.
+fn url_prefix(s: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(s).map_err(|e| e.to_string())?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    if u.host().is_none() || !u.username().is_empty() || u.password().is_some() {
+        return Err("must name a host, without user or password".into());
+    }
+    if !u.path().ends_with('/') || u.query().is_some() || u.fragment().is_some() {
+        return Err("must end with / (a folder) and have no query or fragment".into());
+    }
+    Ok(u)
+}
+
 pub fn camera_from_json(value: &serde_json::Value, config: &Config) -> Result<CameraConfig, Vec<String>> {
     let table = match toml::Value::try_from(value) {
         Ok(toml::Value::Table(t)) => t,
@@ -769,12 +809,14 @@ fn read_camera(
             DecoderPolicy::Element(name.to_string())
         }
     };
-    let rmin = t.opt::<f64>(issues, "reconnect_min_secs").unwrap_or(1.0);
-    let rmax = t.opt::<f64>(issues, "reconnect_max_secs").unwrap_or(30.0);
-    let stall = t.opt::<f64>(issues, "stall_seconds").unwrap_or(10.0);
-    let lost_after = t.opt::<f64>(issues, "lost_after");
-    let count_interval = t.opt::<f64>(issues, "count_interval").unwrap_or(60.0);
-    let update_interval = t.opt::<f64>(issues, "update_interval");
+    // Durations are bounded so that no clock arithmetic can overflow, whatever a config
+    // file or a command says; out of range is reported and the default stands in.
+    let rmin = t.secs_in(issues, "reconnect_min_secs", 0.01, 3600.0).unwrap_or(Duration::from_secs(1));
+    let rmax = t.secs_in(issues, "reconnect_max_secs", 0.01, 86_400.0).unwrap_or(Duration::from_secs(30));
+    let stall = t.secs_in(issues, "stall_seconds", 1.0, 3600.0).unwrap_or(Duration::from_secs(10));
+    let lost_after = t.secs_in(issues, "lost_after", 0.1, 3600.0);
+    let count_interval = t.secs_in(issues, "count_interval", 1.0, 86_400.0).unwrap_or(Duration::from_secs(60));
+    let update_interval = t.secs_in(issues, "update_interval", 0.1, 3600.0);
     let reference = t.keyword(issues, "reference_point", ReferencePoint::BottomCenter);
     let snapshots = SnapshotPolicy {
         enabled: t.opt::<bool>(issues, "snapshots").unwrap_or(true),
@@ -783,7 +825,7 @@ fn read_camera(
     };
     let motion_on = t.opt::<bool>(issues, "motion").unwrap_or(true);
     let motion_threshold = t.opt::<u64>(issues, "motion_threshold").unwrap_or(8);
-    let keepalive = t.opt::<f64>(issues, "keepalive").unwrap_or(10.0);
+    let keepalive = t.secs_in(issues, "keepalive", 0.1, 3600.0).unwrap_or(Duration::from_secs(10));
     let class_ids = model.as_deref().and_then(|m| labels.get(m).copied());
     let zones = read_zones(issues, t, class_ids);
     let lines = read_lines(issues, t, class_ids);
@@ -815,9 +857,9 @@ fn read_camera(
             format!("unknown model \"{m}\" (models: {})", known.join(", ")),
         );
     }
-    if !(fps > 0.0 && fps <= 60.0) {
+    if !(0.01..=60.0).contains(&fps) {
         let s = span_of(t, "fps");
-        issues.push(&t.field_path("fps"), s.as_ref(), format!("must be > 0 and ≤ 60, got {fps}"));
+        issues.push(&t.field_path("fps"), s.as_ref(), format!("must be > 0 and ≤ 60, got {fps} (the lowest is 0.01)"));
     }
     if let Some(ms) = min_score
         && !(ms > 0.0 && ms <= 1.0)
@@ -825,7 +867,7 @@ fn read_camera(
         let s = span_of(t, "min_score");
         issues.push(&t.field_path("min_score"), s.as_ref(), format!("must be in (0, 1], got {ms}"));
     }
-    if !(rmin > 0.0 && rmax >= rmin) {
+    if rmax < rmin {
         let s = span_of(t, "reconnect_max_secs");
         issues.push(
             &t.field_path("reconnect_max_secs"),
@@ -833,19 +875,6 @@ fn read_camera(
             "need 0 < reconnect_min_secs ≤ reconnect_max_secs",
         );
     }
-    let mut positive = |key: &str, v: Option<f64>, min: f64| {
-        if let Some(v) = v
-            && !(v >= min && v.is_finite())
-        {
-            let s = span_of(t, key);
-            issues.push(&t.field_path(key), s.as_ref(), format!("must be at least {min} seconds, got {v}"));
-        }
-    };
-    positive("lost_after", lost_after, 0.1);
-    positive("stall_seconds", Some(stall), 1.0);
-    positive("count_interval", Some(count_interval), 1.0);
-    positive("update_interval", update_interval, 0.1);
-    positive("keepalive", Some(keepalive), 0.1);
     if !(1..=255).contains(&motion_threshold) {
         let s = span_of(t, "motion_threshold");
         issues.push(&t.field_path("motion_threshold"), s.as_ref(), "must be from 1 to 255 (luma levels)");
@@ -858,18 +887,15 @@ fn read_camera(
         let s = span_of(t, "snapshot_quality");
         issues.push(&t.field_path("snapshot_quality"), s.as_ref(), "must be from 1 to 100");
     }
-    let secs = |v: f64| Duration::from_secs_f64(v.clamp(0.1, 1e9));
+    // fps is only used once it passed its check above: 0.01..=60.
+    let default_lost_after = Duration::from_secs_f64((3.0 / fps.clamp(0.01, 60.0)).clamp(5.0, 300.0));
     Some(CameraConfig {
-        stall: secs(stall),
-        lost_after: secs(lost_after.unwrap_or((3.0 / fps.max(0.01)).max(5.0))),
-        count_interval: secs(count_interval),
-        rules: RulesConfig { zones, lines, reference, update_interval: update_interval.map(secs) },
+        stall,
+        lost_after: lost_after.unwrap_or(default_lost_after),
+        count_interval,
+        rules: RulesConfig { zones, lines, reference, update_interval },
         snapshots,
-        motion: MotionPolicy {
-            enabled: motion_on,
-            threshold: motion_threshold.clamp(1, 255) as u8,
-            keepalive: secs(keepalive),
-        },
+        motion: MotionPolicy { enabled: motion_on, threshold: motion_threshold.clamp(1, 255) as u8, keepalive },
         id: id?,
         url: url?,
         model: model?,
@@ -878,10 +904,7 @@ fn read_camera(
         transport,
         decode,
         decoder,
-        reconnect: ReconnectPolicy {
-            min: Duration::from_secs_f64(rmin.max(0.01)),
-            max: Duration::from_secs_f64(rmax.max(rmin).max(0.01)),
-        },
+        reconnect: ReconnectPolicy { min: rmin, max: rmax.max(rmin) },
     })
 }
 
@@ -1053,8 +1076,8 @@ fn read_zones(issues: &mut Issues<'_>, cam: &mut TableReader<'_, '_>, labels: Op
     for mut t in cam.tables(issues, "zones") {
         let name = t.req::<String>(issues, "name");
         let polygon = read_points(issues, &mut t, "polygon");
-        let loiter = t.opt::<f64>(issues, "loiter_seconds");
-        let max_objects = t.opt::<usize>(issues, "max_objects");
+        let loiter = t.secs_in(issues, "loiter_seconds", 0.1, 86_400.0);
+        let max_objects = t.num_in::<usize>(issues, "max_objects", 0, 10_000, "objects");
         let classes = read_classes(issues, &mut t, labels);
         if let Some(n) = &name {
             check_rule_name(issues, &mut t, n, &mut names);
@@ -1075,15 +1098,8 @@ fn read_zones(issues: &mut Issues<'_>, cam: &mut TableReader<'_, '_>, labels: Op
             }
             problem.is_none()
         });
-        if let Some(l) = loiter
-            && !(l > 0.0 && l.is_finite())
-        {
-            let s = t.raw("loiter_seconds").map(|v| v.span());
-            issues.push(&t.field_path("loiter_seconds"), s.as_ref(), format!("must be > 0, got {l}"));
-        }
         t.finish(issues);
         if let (Some(name), Some(polygon)) = (name, polygon) {
-            let loiter = loiter.filter(|l| *l > 0.0 && l.is_finite()).map(Duration::from_secs_f64);
             zones.push(ZoneRule { name, polygon, loiter, max_objects, classes });
         }
     }

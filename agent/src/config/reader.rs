@@ -82,7 +82,13 @@ impl FromToml for bool {
 impl FromToml for f64 {
     fn from_toml(v: &DeValue<'_>) -> Result<Self, String> {
         if let Some(f) = v.as_float() {
-            return f.as_str().replace('_', "").parse::<f64>().map_err(|e| e.to_string());
+            let x = f.as_str().replace('_', "").parse::<f64>().map_err(|e| e.to_string())?;
+            // nan and ±inf are valid TOML but no setting means them; letting one through
+            // would reach a Duration or an Instant and panic there.
+            if !x.is_finite() {
+                return Err(format!("expected a finite number, found {}", f.as_str()));
+            }
+            return Ok(x);
         }
         if let Some(i) = v.as_integer() {
             return i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
@@ -186,6 +192,28 @@ impl<'t, 'i> TableReader<'t, 'i> {
             return None;
         }
         self.opt(issues, key)
+    }
+
+    /// A number that must lie in `lo..=hi`: outside it (or of the wrong type) the problem
+    /// is recorded, naming the bounds, and the result is `None`, so callers fall back to a
+    /// default and never build a value from an out-of-range number.
+    pub fn num_in<T>(&mut self, issues: &mut Issues<'_>, key: &str, lo: T, hi: T, unit: &str) -> Option<T>
+    where
+        T: FromToml + PartialOrd + fmt::Display + Copy,
+    {
+        let v = self.opt::<T>(issues, key)?;
+        if v >= lo && v <= hi {
+            return Some(v);
+        }
+        let span = self.raw(key).map(|r| r.span());
+        let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+        issues.push(&self.field_path(key), span.as_ref(), format!("must be from {lo} to {hi}{unit}, got {v}"));
+        None
+    }
+
+    /// A duration in seconds (a number, fractions allowed) within `lo..=hi` seconds.
+    pub fn secs_in(&mut self, issues: &mut Issues<'_>, key: &str, lo: f64, hi: f64) -> Option<std::time::Duration> {
+        self.num_in::<f64>(issues, key, lo, hi, "seconds").map(std::time::Duration::from_secs_f64)
     }
 
     /// A keyword field with a default.

@@ -388,7 +388,7 @@ fn bad_numeric_limits_in_mqtt_inference_and_reconnect_are_reported() {
         + "reconnect_min_secs = 10\nreconnect_max_secs = 5\n[inference]\nthreads = 0\nmax_batch = 65\n";
     let all = issues(&src);
     assert_eq!(all.len(), 5, "{all:#?}");
-    assert_issue(&all, &src, "mqtt.keep_alive_secs", "keep_alive_secs", "must be ≥ 5");
+    assert_issue(&all, &src, "mqtt.keep_alive_secs", "keep_alive_secs", "must be from 5 to 3600 seconds, got 1");
     assert_issue(&all, &src, "mqtt.max_inflight", "max_inflight", "between 1 and 65535");
     assert_issue(
         &all,
@@ -397,7 +397,7 @@ fn bad_numeric_limits_in_mqtt_inference_and_reconnect_are_reported() {
         "reconnect_max_secs",
         "reconnect_min_secs ≤ reconnect_max_secs",
     );
-    assert_issue(&all, &src, "inference.threads", "threads", "must be ≥ 1");
+    assert_issue(&all, &src, "inference.threads", "threads", "must be from 1 to 64 threads, got 0");
     assert_issue(&all, &src, "inference.max_batch", "max_batch", "between 1 and 64");
 }
 
@@ -613,7 +613,7 @@ fn outbox_section_has_safe_defaults_and_checked_limits() {
     assert_eq!(c.outbox.max_bytes, 256 << 20);
     assert_eq!(c.outbox.fsync_interval, Duration::from_millis(200));
     assert_eq!(c.outbox.full_policy, crate::publish::outbox::OutboxFullPolicy::DropOldest);
-    let src = format!("{}\n[outbox]\nmax_bytes = 5000\nsegment_bytes = 4096\nfull_policy = \"keep_all\"\n", minimal());
+    let src = format!("{}\n[outbox]\nmax_bytes = 10000\nsegment_bytes = 8192\nfull_policy = \"keep_all\"\n", minimal());
     let all = issues(&src);
     assert_issue(&all, &src, "outbox.max_bytes", "max_bytes", "at least twice segment_bytes");
     assert_issue(&all, &src, "outbox.full_policy", "full_policy", "\"drop_oldest\", \"drop_newest\"");
@@ -699,7 +699,13 @@ colour = "red"
     let all = issues(&src);
     assert_issue(&all, &src, "cameras[0].zones[0].polygon", "[[0.0, 0.0], [1.0, 1.0]", "crosses itself");
     assert_issue(&all, &src, "cameras[0].zones[1].polygon", "[[0.1, 0.1], [1.5", "point 1 is outside the frame");
-    assert_issue(&all, &src, "cameras[0].zones[1].loiter_seconds", "loiter_seconds = -1", "must be > 0");
+    assert_issue(
+        &all,
+        &src,
+        "cameras[0].zones[1].loiter_seconds",
+        "loiter_seconds = -1",
+        "must be from 0.1 to 86400 seconds",
+    );
     assert_issue(&all, &src, "cameras[0].zones[1].classes", "classes = [\"car\"]", "unknown class \"car\"");
     assert!(only(&all, "cameras[0].zones[1].name").message.contains("duplicate name \"bow\""));
     assert_issue(&all, &src, "cameras[0].zones[2].polygon", "[[0.1, 0.1], [0.2, 0.2]]", "at least 3 points");
@@ -718,9 +724,9 @@ fn bad_lifecycle_and_snapshot_values_are_reported() {
         + "lost_after = 0\ncount_interval = 0.5\nupdate_interval = -3\nsnapshot_max_side = 10\nsnapshot_quality = 0\n"
         + "reference_point = \"feet\"\n";
     let all = issues(&src);
-    assert_issue(&all, &src, "cameras[0].lost_after", "lost_after = 0", "at least 0.1 seconds");
-    assert_issue(&all, &src, "cameras[0].count_interval", "count_interval", "at least 1 seconds");
-    assert_issue(&all, &src, "cameras[0].update_interval", "update_interval", "at least 0.1 seconds");
+    assert_issue(&all, &src, "cameras[0].lost_after", "lost_after = 0", "must be from 0.1 to 3600 seconds");
+    assert_issue(&all, &src, "cameras[0].count_interval", "count_interval", "must be from 1 to 86400 seconds");
+    assert_issue(&all, &src, "cameras[0].update_interval", "update_interval", "must be from 0.1 to 3600 seconds");
     assert_issue(&all, &src, "cameras[0].snapshot_max_side", "snapshot_max_side", "32 to 4096");
     assert_issue(&all, &src, "cameras[0].snapshot_quality", "snapshot_quality", "1 to 100");
     assert_issue(&all, &src, "cameras[0].reference_point", "reference_point", "\"bottom_center\", \"center\"");
@@ -736,7 +742,7 @@ fn motion_gating_is_on_by_default_and_its_keys_are_read_and_checked() {
     let bad = minimal() + "motion_threshold = 0\nkeepalive = 0\n";
     let all = issues(&bad);
     assert_issue(&all, &bad, "cameras[0].motion_threshold", "motion_threshold", "1 to 255");
-    assert_issue(&all, &bad, "cameras[0].keepalive", "keepalive", "at least 0.1 seconds");
+    assert_issue(&all, &bad, "cameras[0].keepalive", "keepalive", "must be from 0.1 to 3600 seconds");
 }
 
 #[test]
@@ -791,5 +797,199 @@ fn update_limits_have_defaults_and_a_ca_file_without_a_certificate_is_reported()
     let fields: Vec<&str> = e.issues.iter().map(|i| i.field.as_str()).collect();
     for f in ["model_updates.ca_file", "model_updates.keep_versions", "model_updates.timeout_secs"] {
         assert!(fields.contains(&f), "{f} not reported: {:#?}", e.issues);
+    }
+}
+
+/// Numbers at the edges of what TOML can say.
+const EDGE_NUMBERS: &[&str] = &["nan", "+nan", "-nan", "inf", "-inf", "1e20", "1e300", "9223372036854775807"];
+
+/// Every numeric key of a camera, of a zone and of the sections.
+const CAMERA_NUMBERS: &[&str] = &[
+    "fps",
+    "min_score",
+    "reconnect_min_secs",
+    "reconnect_max_secs",
+    "stall_seconds",
+    "lost_after",
+    "count_interval",
+    "update_interval",
+    "keepalive",
+    "snapshot_max_side",
+    "snapshot_quality",
+    "motion_threshold",
+];
+const SECTION_NUMBERS: &[(&str, &str)] = &[
+    ("mqtt", "keep_alive_secs"),
+    ("mqtt", "max_inflight"),
+    ("outbox", "max_bytes"),
+    ("outbox", "max_age_secs"),
+    ("outbox", "fsync_interval_ms"),
+    ("outbox", "segment_bytes"),
+    ("inference", "threads"),
+    ("inference", "max_batch"),
+    ("inference", "max_wait_ms"),
+    ("model_updates", "max_bytes"),
+    ("model_updates", "timeout_secs"),
+    ("model_updates", "keep_versions"),
+];
+const ZONE: &str = "[[cameras.zones]]\nname = \"z\"\npolygon = [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]\n";
+
+/// `minimal()` with `key = value` placed in its section (`""` = the camera, `"zone"` = a zone).
+fn with_number(section: &str, key: &str, value: &str) -> String {
+    match section {
+        "" => minimal().replace("fps = 2.0\nmin_score = 0.5\n", "") + &format!("{key} = {value}\n"),
+        "zone" => minimal() + ZONE + &format!("{key} = {value}\n"),
+        "mqtt" => minimal().replace("[mqtt]\n", &format!("[mqtt]\n{key} = {value}\n")),
+        s => minimal() + &format!("[{s}]\n{key} = {value}\n"),
+    }
+}
+
+#[test]
+fn non_finite_and_huge_numbers_are_reported_on_their_line_not_a_panic() {
+    let mut places: Vec<(&str, &str)> = CAMERA_NUMBERS.iter().map(|k| ("", *k)).collect();
+    places.extend_from_slice(SECTION_NUMBERS);
+    places.extend([("zone", "loiter_seconds"), ("zone", "max_objects")]);
+    for (section, key) in places {
+        for n in EDGE_NUMBERS {
+            let src = with_number(section, key, n);
+            let all = issues(&src);
+            let found =
+                all.iter().any(|i| i.field.ends_with(key) && i.line == Some(line_of(&src, &format!("{key} ="))));
+            assert!(found, "{key} = {n} not reported on its line: {all:#?}");
+        }
+    }
+}
+
+#[test]
+fn durations_out_of_range_name_their_bounds() {
+    let src = with_number("", "reconnect_min_secs", "1e20");
+    assert_issue(
+        &issues(&src),
+        &src,
+        "cameras[0].reconnect_min_secs",
+        "reconnect_min_secs",
+        "must be from 0.01 to 3600",
+    );
+    let src = with_number("", "stall_seconds", "nan");
+    assert_issue(
+        &issues(&src),
+        &src,
+        "cameras[0].stall_seconds",
+        "stall_seconds",
+        "expected a finite number, found nan",
+    );
+    let src = with_number("zone", "loiter_seconds", "1e300");
+    assert_issue(
+        &issues(&src),
+        &src,
+        "cameras[0].zones[0].loiter_seconds",
+        "loiter_seconds",
+        "must be from 0.1 to 86400",
+    );
+    // rumqttc keeps the keep-alive in 16 bits: 65536 would have wrapped to 0.
+    let src = with_number("mqtt", "keep_alive_secs", "65536");
+    assert_issue(&issues(&src), &src, "mqtt.keep_alive_secs", "keep_alive_secs", "must be from 5 to 3600 seconds");
+}
+
+/// A config whose model really loads, for `camera_from_json` (parsed once: it hashes the model).
+fn shared_config() -> &'static Config {
+    static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| parse_ok(&minimal()))
+}
+
+#[test]
+fn commands_with_huge_durations_are_refused_with_the_field() {
+    let cam = |extra: serde_json::Value| {
+        let mut c = serde_json::json!({"id": "c2", "url": "rtsp://h/s", "model": "person"});
+        c.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        c
+    };
+    let err =
+        camera_from_json(&cam(serde_json::json!({"reconnect_min_secs": 1e20})), shared_config()).expect_err("refused");
+    assert!(err.iter().any(|e| e.starts_with("camera.reconnect_min_secs: must be from 0.01 to 3600")), "{err:?}");
+    let zone = serde_json::json!({"zones": [{"name": "z", "polygon": [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]], "loiter_seconds": 1e300}]});
+    let err = camera_from_json(&cam(zone), shared_config()).expect_err("refused");
+    assert!(err.iter().any(|e| e.starts_with("camera.zones[0].loiter_seconds: must be from 0.1")), "{err:?}");
+    let err = camera_from_json(&cam(serde_json::json!({"fps": 1e-300, "count_interval": -0.0})), shared_config())
+        .expect_err("refused");
+    assert_eq!(err.len(), 2, "{err:?}");
+}
+
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A TOML number literal: the edges, or any float or integer.
+    fn toml_number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(EDGE_NUMBERS).prop_map(str::to_string),
+            prop::sample::select(&["-0.0", "0", "-1", "1e-300", "-9223372036854775808", "0x7fffffffffffffff"][..])
+                .prop_map(str::to_string),
+            any::<f64>().prop_map(|f| if f.is_nan() {
+                "nan".to_string()
+            } else if f.is_infinite() {
+                if f > 0.0 { "inf".into() } else { "-inf".into() }
+            } else {
+                format!("{f:e}")
+            }),
+            any::<i64>().prop_map(|i| i.to_string()),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<f64>().prop_map(|f| json!(f)),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<u64>().prop_map(|i| json!(i)),
+            prop::sample::select(&[1e20, 1e300, -1e300, -0.0, 5e-324][..]).prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(|s| json!(s)),
+            any::<bool>().prop_map(|b| json!(b)),
+            Just(Value::Null),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Any number in any numeric key of a config file: a list of problems or a config, never a panic.
+        #[test]
+        fn config_reader_never_panics_on_numbers(
+            place in 0..(CAMERA_NUMBERS.len() + SECTION_NUMBERS.len() + 2),
+            n in toml_number(),
+        ) {
+            let (section, key) = if place < CAMERA_NUMBERS.len() {
+                ("", CAMERA_NUMBERS[place])
+            } else if place < CAMERA_NUMBERS.len() + SECTION_NUMBERS.len() {
+                SECTION_NUMBERS[place - CAMERA_NUMBERS.len()]
+            } else if place == CAMERA_NUMBERS.len() + SECTION_NUMBERS.len() {
+                ("zone", "loiter_seconds")
+            } else {
+                ("zone", "max_objects")
+            };
+            // A manifest that is not there: the whole file is still walked, without hashing a model per case.
+            let src = with_number(section, key, &n).replace(manifest().to_str().expect("UTF-8"), "/nonexistent/manifest.toml");
+            let _ = parse(Path::new(FILE), &src, Path::new(NO_CWD));
+        }
+
+        /// Any value for any camera key, from a command: refused or accepted, never a panic.
+        #[test]
+        fn camera_from_json_never_panics(
+            values in prop::collection::vec((prop::sample::select(CAMERA_NUMBERS), json_value()), 0..6),
+            zone_value in json_value(),
+        ) {
+            let mut cam = json!({"id": "c2", "url": "rtsp://h/s", "model": "person"});
+            let obj = cam.as_object_mut().expect("object");
+            for (k, v) in values {
+                obj.insert(k.to_string(), v);
+            }
+            obj.insert("zones".into(), json!([{"name": "z", "polygon": [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]],
+                "loiter_seconds": zone_value.clone(), "max_objects": zone_value}]));
+            let _ = camera_from_json(&cam, shared_config());
+        }
     }
 }

@@ -8,13 +8,15 @@
 //! Runtime camera changes persist in the state folder ([`super::overlay`]); installed
 //! model versions and the active one too ([`crate::model::store`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, SyncSender};
 use std::time::SystemTime;
 
 use anyhow::Context as _;
+use futures_util::FutureExt as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -31,8 +33,8 @@ use crate::event::stage::{CameraEvents, CameraSpec};
 use crate::infer::model::ModelSpec;
 use crate::infer::queue::FrameQueue;
 use crate::infer::{self, Analysed, Detector, InferError, ModelStats, ModelSwap};
-use crate::model::store::{ModelState, ModelStore, StoredVersion};
-use crate::model::update;
+use crate::model::store::{ModelState, ModelStore, StoredVersion, compare_versions};
+use crate::model::update::{self, Installed, KnownModel};
 use crate::source::{self, CameraCtx, FrameFormat};
 use crate::telemetry::Liveness;
 
@@ -55,6 +57,22 @@ pub struct Deps {
     pub shutdown: CancellationToken,
     /// The installers' console: told of every camera and model change.
     pub console: Arc<crate::console::ConsoleHub>,
+}
+
+/// A `model.update` downloaded, verified and loaded off the command loop, coming back
+/// to be swapped in (or refused).
+struct UpdateDone {
+    request_id: String,
+    url: String,
+    reply: oneshot::Sender<Reply>,
+    result: Result<Prepared, (&'static str, String)>,
+}
+
+struct Prepared {
+    installed: Installed,
+    spec: ModelSpec,
+    /// The new session, when the model was running as the job started.
+    detector: Option<Detector>,
 }
 
 struct ModelRuntime {
@@ -82,6 +100,8 @@ pub struct Supervisor {
     active: HashMap<String, ModelSpec>,
     models: HashMap<String, ModelRuntime>,
     cameras: HashMap<String, RunningCamera>,
+    /// The `model.update` in progress (one at a time), cancelled at shutdown.
+    updating: Option<CancellationToken>,
 }
 
 impl Supervisor {
@@ -93,6 +113,10 @@ impl Supervisor {
             error!("{w}");
         }
         let store = ModelStore::new(&config.agent.state_dir);
+        let leftovers = store.remove_staging();
+        if leftovers > 0 {
+            warn!(count = leftovers, "removed the staging folders of interrupted model downloads");
+        }
         let mut sup = Supervisor {
             config,
             overlay,
@@ -101,6 +125,7 @@ impl Supervisor {
             active: HashMap::new(),
             models: HashMap::new(),
             cameras: HashMap::new(),
+            updating: None,
         };
         for m in sup.config.models.clone() {
             let (spec, previous) = sup.restore_model(&m.name, &m.spec);
@@ -201,28 +226,67 @@ impl Supervisor {
         out
     }
 
-    /// Runs until shutdown: commands and `SIGHUP` reloads, one at a time. Then stops
-    /// every camera and inference worker (the event thread ends when they are gone).
+    /// Runs until shutdown: commands and `SIGHUP` reloads, one at a time; a model
+    /// download runs beside it and comes back to be swapped in. Then stops every camera
+    /// and inference worker (the event thread ends when they are gone).
     pub async fn run(mut self, mut requests: mpsc::Receiver<ControlRequest>) {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let shutdown = self.deps.shutdown.clone();
+        let (done_tx, mut done) = mpsc::unbounded_channel::<UpdateDone>();
         let mut open = true;
         loop {
             tokio::select! {
                 r = requests.recv(), if open => match r {
-                    Some(r) => {
-                        let reply = self.handle(&r.request).await;
-                        let code = reply.error.as_ref().map_or("", |e| e.code);
-                        info!(command = r.request.command.name(), request_id = %r.request.request_id, ok = reply.ok, code, "command done");
-                        let _ = r.reply.send(reply);
-                    }
+                    Some(r) => self.dispatch(r, &done_tx).await,
                     None => open = false,
                 },
-                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => self.reload().await,
+                Some(UpdateDone { request_id, url, reply, result }) = done.recv() => {
+                    let r = self.guarded("model.update", &request_id, |s| s.finish_update(&request_id, &url, result).boxed()).await;
+                    answer("model.update", &request_id, r, reply);
+                }
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
+                    if AssertUnwindSafe(self.reload()).catch_unwind().await.is_err() {
+                        error!("the reload failed inside the agent; the supervisor carries on");
+                    }
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
+        if let Some(t) = self.updating.take() {
+            t.cancel();
+        }
         self.stop_all().await;
+    }
+
+    async fn dispatch(&mut self, r: ControlRequest, done: &mpsc::UnboundedSender<UpdateDone>) {
+        let (name, id) = (r.request.command.name(), r.request.request_id.clone());
+        if let Command::ModelUpdate { manifest_url } = &r.request.command {
+            // A started update answers when it is done.
+            if let Err((reply, tx)) = self.start_update(&id, manifest_url, r.reply, done) {
+                answer(name, &id, reply, tx);
+            }
+            return;
+        }
+        let req = r.request;
+        let reply = self.guarded(name, &id, |s| s.handle(&req).boxed()).await;
+        answer(name, &id, reply, r.reply);
+    }
+
+    /// Runs one command's handler; a panic in it becomes an `internal` reply and the
+    /// supervisor lives on (the camera or model it touched may be left stopped).
+    async fn guarded<'a>(
+        &'a mut self,
+        name: &str,
+        id: &str,
+        f: impl FnOnce(&'a mut Self) -> futures_util::future::BoxFuture<'a, Reply>,
+    ) -> Reply {
+        match AssertUnwindSafe(f(self)).catch_unwind().await {
+            Ok(reply) => reply,
+            Err(_) => {
+                error!(command = name, request_id = %id, "the command failed inside the agent; the supervisor carries on");
+                Reply::error(id, "internal", "the command failed inside the agent; see its log")
+            }
+        }
     }
 
     async fn handle(&mut self, req: &Request) -> Reply {
@@ -231,7 +295,8 @@ impl Supervisor {
             Command::CameraAdd { camera } => self.camera_add(id, camera).await,
             Command::CameraUpdate { camera } => self.camera_update(id, camera).await,
             Command::CameraRemove { id: cam } => self.camera_remove(id, cam).await,
-            Command::ModelUpdate { manifest_url } => self.model_update(id, manifest_url).await,
+            // Started by `dispatch`, answered by `finish_update`.
+            Command::ModelUpdate { .. } => Reply::error(id, "internal", "model.update is not run inline"),
             Command::ModelRollback { name } => self.model_rollback(id, name).await,
             Command::CameraList | Command::ModelList => super::handle_read(req, &self.deps.fleet),
         }
@@ -441,35 +506,85 @@ impl Supervisor {
 
     // ---- models ----
 
-    async fn model_update(&mut self, id: &str, manifest_url: &str) -> Reply {
-        // (config name, manifest name it runs now)
-        let known: Vec<(String, String)> = self
+    /// The highest version `name` has run here: the config's or active one, and what
+    /// the store remembers (after a rollback the newer one stays the floor).
+    fn highest_version(&self, name: &str) -> String {
+        let mut best = self.active.get(name).map(|s| s.version.clone()).unwrap_or_default();
+        if let Ok(Some(st)) = self.store.state(name) {
+            let seen = [Some(st.active.version), st.previous.map(|p| p.version), st.highest];
+            for v in seen.into_iter().flatten() {
+                if compare_versions(&v, &best).is_gt() {
+                    best = v;
+                }
+            }
+        }
+        best
+    }
+
+    /// Starts a `model.update` off the command loop: download, verification, install and
+    /// the new session's load and self-test all run on the blocking pool, cancelled at
+    /// shutdown. `Err` is the reply when it cannot start.
+    fn start_update(
+        &mut self,
+        id: &str,
+        manifest_url: &str,
+        reply: oneshot::Sender<Reply>,
+        done: &mpsc::UnboundedSender<UpdateDone>,
+    ) -> Result<(), (Reply, oneshot::Sender<Reply>)> {
+        if !self.config.model_updates.enabled() {
+            let e = update::UpdateError::Disabled;
+            return Err((Reply::error(id, e.code(), e.to_string()), reply));
+        }
+        if self.updating.is_some() {
+            let busy = Reply::error(id, "busy", "another model.update is in progress; try again when it is answered");
+            return Err((busy, reply));
+        }
+        let known: Vec<KnownModel> = self
             .config
             .models
             .iter()
-            .map(|m| (m.name.clone(), self.active.get(&m.name).map_or_else(|| m.spec.name.clone(), |s| s.name.clone())))
+            .map(|m| KnownModel {
+                name: m.name.clone(),
+                manifest_name: self.active.get(&m.name).map_or_else(|| m.spec.name.clone(), |s| s.name.clone()),
+                highest: self.highest_version(&m.name),
+            })
             .collect();
-        let (url, cfg) = (manifest_url.to_string(), self.config.model_updates.clone());
+        let loaded: HashSet<String> = self.models.keys().cloned().collect();
+        let token = self.deps.shutdown.child_token();
+        self.updating = Some(token.clone());
+        let (url, cfg, icfg, env) = (
+            manifest_url.to_string(),
+            self.config.model_updates.clone(),
+            self.config.inference.clone(),
+            self.deps.env.clone(),
+        );
         let store = ModelStore::new(&self.config.agent.state_dir);
-        let installed = tokio::task::spawn_blocking(move || update::install(&url, &cfg, &store, &known)).await;
-        let installed = match installed {
-            Ok(Ok(i)) => i,
-            Ok(Err(e)) => {
-                warn!(url = manifest_url, code = e.code(), error = %e, "model update refused");
-                return Reply::error(id, e.code(), e.to_string());
+        let (done, request_id) = (done.clone(), id.to_string());
+        tokio::spawn(async move {
+            let job_url = url.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                prepare(&job_url, &cfg, &icfg, &env, &store, &known, &loaded, &token)
+            })
+            .await
+            .unwrap_or_else(|_| Err(("internal", "the update failed inside the agent; see its log".into())));
+            let _ = done.send(UpdateDone { request_id, url, reply, result });
+        });
+        Ok(())
+    }
+
+    async fn finish_update(&mut self, id: &str, url: &str, result: Result<Prepared, (&'static str, String)>) -> Reply {
+        self.updating = None;
+        let p = match result {
+            Ok(p) => p,
+            Err((code, message)) => {
+                warn!(url = %crate::config::redact_url(url), code, error = %message, "model update refused");
+                return Reply::error(id, code, message);
             }
-            Err(e) => return Reply::error(id, "internal", format!("download task failed: {e}")),
         };
+        let (installed, spec) = (&p.installed, &p.spec);
         let cleanup = |s: &Self| {
             if installed.fresh {
                 let _ = std::fs::remove_dir_all(s.store.version_dir(&installed.name, &installed.version));
-            }
-        };
-        let spec = match ModelSpec::load(&installed.manifest) {
-            Ok(s) => s,
-            Err(e) => {
-                cleanup(self);
-                return Reply::error(id, "bad_manifest", e.to_string());
             }
         };
         let alias = installed.name.clone();
@@ -484,7 +599,7 @@ impl Supervisor {
         }
         let mut extra = Map::new();
         extra.insert("signed_by".into(), json!(installed.signed_by));
-        match self.activate(&alias, &spec, "update").await {
+        match self.activate(&alias, spec, "update", p.detector).await {
             Ok(m) => {
                 extra.extend(m);
                 Reply::ok(id, extra)
@@ -519,20 +634,21 @@ impl Supervisor {
                 return Reply::error(id, "rollback_failed", format!("version {} is not usable: {e}", prev.version));
             }
         };
-        match self.activate(name, &spec, prev.source).await {
+        match self.activate(name, &spec, prev.source, None).await {
             Ok(m) => Reply::ok(id, m),
             Err((code, message)) => Reply::error(id, code, message),
         }
     }
 
     /// Makes `spec` the model's running version: a new session (shape checks and the
-    /// self-test included), then the swap, then the record on disk. On any error the
-    /// running version is untouched.
+    /// self-test included; `preloaded` if the caller made it already), then the swap,
+    /// then the record on disk. On any error the running version is untouched.
     async fn activate(
         &mut self,
         name: &str,
         spec: &ModelSpec,
         source: &'static str,
+        preloaded: Option<Detector>,
     ) -> Result<Map<String, Value>, (&'static str, String)> {
         let name = name.to_string();
         let old = self.active.get(&name).cloned().ok_or(("unknown_model", format!("no model {name}")))?;
@@ -544,11 +660,10 @@ impl Supervisor {
         let new_version = ModelVersion { version: spec.version.clone(), sha256: spec.sha256.clone(), source };
         let mut switched: Vec<String> = Vec::new();
         if self.models.contains_key(&name) {
-            let det = self.load(spec).await.map_err(|e| match e {
-                InferError::Mismatch { .. } => ("shape_mismatch", e.to_string()),
-                InferError::SelfTest { .. } => ("self_test_failed", e.to_string()),
-                _ => ("load_failed", e.to_string()),
-            })?;
+            let det = match preloaded {
+                Some(d) => d,
+                None => self.load(spec).await.map_err(load_error)?,
+            };
             let (h, w) = spec.input_size();
             let format = FrameFormat { width: w, height: h };
             let resize = self.models.get(&name).is_some_and(|rt| (rt.format.width, rt.format.height) != (w, h));
@@ -578,11 +693,16 @@ impl Supervisor {
                 }
             }
         }
+        let mut highest = self.highest_version(&name);
+        if compare_versions(&new_version.version, &highest).is_gt() {
+            highest = new_version.version.clone();
+        }
         self.active.insert(name.clone(), spec.clone());
         let state = ModelState {
             format: crate::model::store::FORMAT.into(),
             active: StoredVersion::from(&new_version),
             previous: Some(StoredVersion::from(&old_version)),
+            highest: Some(highest),
         };
         if let Err(e) = self.store.save_state(&name, &state) {
             error!(model = %name, error = %e, "cannot record the active model version; a restart would run the previous one");
@@ -701,6 +821,62 @@ impl Supervisor {
     pub fn camera_contexts(&self) -> Vec<Arc<CameraCtx>> {
         self.cameras.values().map(|c| c.ctx.clone()).collect()
     }
+}
+
+fn load_error(e: InferError) -> (&'static str, String) {
+    match e {
+        InferError::Mismatch { .. } => ("shape_mismatch", e.to_string()),
+        InferError::SelfTest { .. } => ("self_test_failed", e.to_string()),
+        _ => ("load_failed", e.to_string()),
+    }
+}
+
+/// The blocking half of a `model.update`: install the release, read its manifest, and
+/// load and self-test a session for it if the model is running. A fresh install that
+/// fails later is removed again.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    url: &str,
+    cfg: &crate::config::ModelUpdatesConfig,
+    icfg: &crate::config::InferenceConfig,
+    env: &ort::environment::Environment,
+    store: &ModelStore,
+    known: &[KnownModel],
+    loaded: &HashSet<String>,
+    cancel: &CancellationToken,
+) -> Result<Prepared, (&'static str, String)> {
+    let installed = update::install(url, cfg, store, known, cancel).map_err(|e| (e.code(), e.to_string()))?;
+    let remove = |i: &Installed| {
+        if i.fresh {
+            let _ = std::fs::remove_dir_all(store.version_dir(&i.name, &i.version));
+        }
+    };
+    let spec = match ModelSpec::load(&installed.manifest) {
+        Ok(s) => s,
+        Err(e) => {
+            remove(&installed);
+            return Err(("bad_manifest", e.to_string()));
+        }
+    };
+    let detector = if loaded.contains(&installed.name) {
+        let det = Detector::new(&spec, icfg, env).and_then(|mut d| d.self_test().map(|()| d));
+        match det {
+            Ok(d) => Some(d),
+            Err(e) => {
+                remove(&installed);
+                return Err(load_error(e));
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Prepared { installed, spec, detector })
+}
+
+fn answer(name: &str, id: &str, reply: Reply, tx: oneshot::Sender<Reply>) {
+    let code = reply.error.as_ref().map_or("", |e| e.code);
+    info!(command = name, request_id = %id, ok = reply.ok, code, "command done");
+    let _ = tx.send(reply);
 }
 
 fn model_keys(c: &Config) -> String {

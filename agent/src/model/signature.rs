@@ -43,9 +43,21 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> SignatureError + '_ {
     move |source| SignatureError::Io { path: path.display().to_string(), source }
 }
 
+/// Where a downloaded file is not TOML, without a word of its text: toml's own message
+/// quotes the offending line, and a fetched file may be anything (a secret included).
+pub fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1;
+            format!("not valid TOML (line {line})")
+        }
+        None => "not valid TOML".into(),
+    }
+}
+
 /// The bytes a manifest's signature covers (see the module docs).
 pub fn signed_bytes(manifest_text: &str) -> Result<Vec<u8>, String> {
-    let mut table: toml::Table = toml::from_str(manifest_text).map_err(|e| e.to_string())?;
+    let mut table: toml::Table = toml::from_str(manifest_text).map_err(|e| toml_problem(manifest_text, &e))?;
     table.remove("signature");
     let json = serde_json::to_value(&table).map_err(|e| e.to_string())?;
     // serde_json's maps are sorted by key: the serialisation is canonical.
@@ -133,7 +145,8 @@ pub fn sign(manifest_text: &str, key: &SigningKey) -> Result<String, String> {
 
 /// Checks the manifest's signature against `trusted` keys; returns the key that signed.
 pub fn verify(manifest_text: &str, trusted: &[VerifyingKey]) -> Result<VerifyingKey, SignatureError> {
-    let table: toml::Table = toml::from_str(manifest_text).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+    let table: toml::Table =
+        toml::from_str(manifest_text).map_err(|e| SignatureError::Malformed(toml_problem(manifest_text, &e)))?;
     let sig = match table.get("signature") {
         None => return Err(SignatureError::Unsigned),
         Some(v) => v.as_str().ok_or_else(|| SignatureError::Malformed("not a string".into()))?,

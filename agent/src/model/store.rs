@@ -52,6 +52,10 @@ pub struct ModelState {
     pub format: String,
     pub active: StoredVersion,
     pub previous: Option<StoredVersion>,
+    /// The highest version this gateway has run: `model.update` never goes below it
+    /// (unless `allow_downgrade`), even once that version's files are pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub highest: Option<String>,
 }
 
 pub struct ModelStore {
@@ -134,10 +138,93 @@ impl ModelStore {
     }
 }
 
+impl ModelStore {
+    /// Removes what interrupted downloads left (`.staging-*` folders): they would
+    /// otherwise fill the state folder, which the outbox shares. Returns how many.
+    pub fn remove_staging(&self) -> usize {
+        let Ok(models) = std::fs::read_dir(&self.root) else { return 0 };
+        let mut removed = 0;
+        for m in models.filter_map(Result::ok) {
+            let Ok(entries) = std::fs::read_dir(m.path()) else { continue };
+            for e in entries.filter_map(Result::ok) {
+                if e.file_name().to_string_lossy().starts_with(".staging-") && std::fs::remove_dir_all(e.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// Orders release versions: semantic versions as SemVer says (`1.0.0-rc.1` < `1.0.0`),
+/// anything else by its runs of digits as numbers (`0.10` > `0.9`), then as text.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    if let (Ok(x), Ok(y)) = (semver::Version::parse(a), semver::Version::parse(b)) {
+        return x.cmp(&y);
+    }
+    fn runs(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ra, rb) = (runs(a), runs(b));
+    for (x, y) in ra.iter().zip(&rb) {
+        let ord = match (x, y) {
+            ((true, n), (true, m)) => {
+                let (n, m) = (n.trim_start_matches('0'), m.trim_start_matches('0'));
+                n.len().cmp(&m.len()).then_with(|| n.cmp(m))
+            }
+            ((_, n), (_, m)) => n.cmp(m),
+        };
+        if ord.is_ne() {
+            return ord;
+        }
+    }
+    ra.len().cmp(&rb.len())
+}
+
 /// Whether `v` can name a folder: letters, digits, `.`, `-`, `_`, `+`, not starting with a dot.
 pub fn valid_version(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 64
         && !v.starts_with('.')
         && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+
+    use super::*;
+
+    #[test]
+    fn versions_compare_as_releases_do() {
+        assert_eq!(compare_versions("0.3.0", "0.2.0"), Greater);
+        assert_eq!(compare_versions("0.10.0", "0.9.1"), Greater);
+        assert_eq!(compare_versions("1.0.0-rc.1", "1.0.0"), Less);
+        assert_eq!(compare_versions("1.0.0", "1.0.0"), Equal);
+        assert_eq!(compare_versions("2024.10", "2024.9"), Greater);
+        assert_eq!(compare_versions("v2", "v10"), Less);
+        assert_eq!(compare_versions("1.2", "1.2.1"), Less);
+    }
+
+    #[test]
+    fn staging_leftovers_are_removed_and_versions_kept() {
+        let root = std::env::temp_dir().join(format!("lookout-store-{}", uuid::Uuid::now_v7()));
+        let store = ModelStore::new(&root);
+        std::fs::create_dir_all(store.model_dir("person").join(".staging-a/sub")).expect("mkdir");
+        std::fs::create_dir_all(store.version_dir("person", "0.3.0")).expect("mkdir");
+        assert_eq!(store.remove_staging(), 1);
+        assert!(!store.model_dir("person").join(".staging-a").exists());
+        assert!(store.version_dir("person", "0.3.0").is_dir());
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

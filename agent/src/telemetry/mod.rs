@@ -66,6 +66,16 @@ impl Liveness {
     pub fn alive(&self) -> usize {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// Counts an async task as a worker while it runs: when it ends, or panics, its
+    /// guard goes and the count drops, as for a thread.
+    pub fn watch(&self, task: tokio::task::JoinHandle<()>) -> tokio::task::JoinHandle<()> {
+        let alive = self.guard();
+        tokio::spawn(async move {
+            let _alive = alive;
+            let _ = task.await;
+        })
+    }
 }
 
 impl Drop for Alive {
@@ -77,3 +87,22 @@ impl Drop for Alive {
 /// How long start-up waits for the first MQTT connection before telling systemd it is
 /// ready anyway: with the broker down at boot the agent must still run and buffer.
 pub const READY_WITHOUT_MQTT_AFTER: Duration = Duration::from_secs(20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watched_task_that_panics_no_longer_counts_as_alive() {
+        let liveness = Liveness::default();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let task = liveness.watch(tokio::spawn(async move {
+            let _ = wait.await;
+            panic!("a bug in a worker task");
+        }));
+        assert_eq!(liveness.alive(), 1);
+        let _ = go.send(());
+        let _ = task.await;
+        assert_eq!(liveness.alive(), 0, "a dead task must withhold the watchdog");
+    }
+}
