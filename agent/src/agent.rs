@@ -160,6 +160,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         expected_threads,
         liveness: liveness.clone(),
         ready: std::sync::atomic::AtomicBool::new(false),
+        listener: Default::default(),
     });
     let health_task = tokio::spawn(health_loop(health.clone(), shutdown.clone()));
     let http = listen.map(|addr| {

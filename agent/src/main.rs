@@ -117,5 +117,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     tracing::info!("signal received, draining (signal again to exit now)");
     shutdown.cancel();
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    // Exiting skips destructors: the demo's broker, outside the terminal's process
+    // group, would outlive us.
+    lookout::demo::broker::stop_detached();
     std::process::exit(130);
 }

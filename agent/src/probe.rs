@@ -48,6 +48,11 @@ struct Still {
 }
 
 pub fn run(opts: &ProbeOptions) -> anyhow::Result<()> {
+    // Whatever fails (GStreamer's messages may quote the location) is shown masked.
+    probe(opts).map_err(|e| anyhow::anyhow!(crate::config::redact_secrets_in(&format!("{e:#}"), &opts.url)))
+}
+
+fn probe(opts: &ProbeOptions) -> anyhow::Result<()> {
     gst::init()?;
     println!("probing {} for {} s …", crate::config::redact_url(&opts.url), opts.seconds);
     let stats = Arc::new(Mutex::new(StreamStats::default()));

@@ -205,6 +205,11 @@ fn console_api_shows_watched_cameras_frames_with_tracked_people_and_encodes_noth
 /// An agent listening on every address, with a camera that refuses connections (the
 /// console does not need pictures to be guarded).
 fn start_exposed(name: &str, token: Option<&str>) -> (AgentProcess, u16) {
+    start_listening(name, "0.0.0.0", token)
+}
+
+/// The same agent with its telemetry listener on `ip`.
+fn start_listening(name: &str, ip: &str, token: Option<&str>) -> (AgentProcess, u16) {
     let dir = scratch(name);
     let dead = format!("rtsp://127.0.0.1:{}/none", free_port().expect("port"));
     let config = write_config(&dir, "mqtt://127.0.0.1:1", &[Cam { id: "cam", url: dead, fps: 1.0, min_score: 0.5 }])
@@ -213,7 +218,7 @@ fn start_exposed(name: &str, token: Option<&str>) -> (AgentProcess, u16) {
     let token = token.map(|t| format!("console_token = \"{t}\"\n")).unwrap_or_default();
     let text = std::fs::read_to_string(&config)
         .expect("config")
-        .replace("listen = \"off\"\n", &format!("listen = \"0.0.0.0:{port}\"\n{token}"));
+        .replace("listen = \"off\"\n", &format!("listen = \"{ip}:{port}\"\n{token}"));
     std::fs::write(&config, text).expect("config");
     let agent = AgentProcess::start(&config).expect("agent");
     wait(30, "the telemetry listener", || agent.log(), || http_request(port, "GET", "/healthz", &[]).ok().map(drop));
@@ -247,6 +252,133 @@ fn console_beyond_loopback_needs_its_token_and_without_one_is_refused() {
     assert!(r.text().contains("console_token"), "{}", r.text());
     assert_eq!(http_request(port, "GET", "/metrics", &[]).expect("metrics").code, 200);
     assert!(agent.log().contains("console refused"), "{}", agent.log());
+}
+
+/// Sends `request` as is and reads until the agent closes: the whole answer.
+fn raw(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn has_header(answer: &str, name: &str, value_part: &str) -> bool {
+    let head = answer.split("\r\n\r\n").next().unwrap_or("");
+    head.lines()
+        .any(|l| l.split_once(':').is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case(name) && v.contains(value_part)))
+}
+
+#[test]
+fn console_on_loopback_refuses_other_host_names_dns_rebinding_and_sends_security_headers() {
+    let (agent, port) = start_listening("console-rebinding", "127.0.0.1", None);
+    let get = |path: &str, host: &str| {
+        raw(port, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"))
+    };
+    // A page on evil.example re-pointed at 127.0.0.1 (through an installer's SSH tunnel):
+    // refused, with nothing of the cameras in the answer.
+    for path in
+        ["/", "/api/cameras", "/api/cameras/cam", "/api/cameras/cam/frame", "/api/cameras/cam/frame.jpg", "/api/status"]
+    {
+        for host in ["evil.example", &format!("evil.example:{port}"), "localhost.evil.example", "127.0.0.1.nip.io"] {
+            let a = get(path, host);
+            assert_eq!(status_of(&a), 421, "GET {path} Host {host}: {a}");
+            assert!(!a.contains("\"cam\"") && !a.contains("image/jpeg") && !a.contains("\"cameras\""), "{a}");
+            assert!(has_header(&a, "content-security-policy", "frame-ancestors 'none'"), "{a}");
+        }
+    }
+    // The absolute form names the host in the request line.
+    let a = raw(port, "GET http://evil.example/api/cameras HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&a), 421, "{a}");
+    // No Host at all is not a browser: refused too.
+    assert_eq!(status_of(&raw(port, "GET /api/cameras HTTP/1.0\r\n\r\n")), 421);
+    // The names an installer uses, with any port (a tunnel's local port differs).
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "localhost:8080".into(), "[::1]:9464".into()]
+    {
+        let a = get("/api/cameras", &host);
+        assert_eq!(status_of(&a), 200, "Host {host}: {a}");
+        assert!(a.contains("\"cam\""), "{a}");
+    }
+    // Every console answer keeps itself out of frames and other sites.
+    for path in ["/", "/camera/cam", "/console/app.js", "/api/cameras", "/api/cameras/nope"] {
+        let a = get(path, &format!("127.0.0.1:{port}"));
+        for (name, value) in [
+            ("content-security-policy", "frame-ancestors 'none'"),
+            ("content-security-policy", "default-src 'none'"),
+            ("x-frame-options", "DENY"),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "no-referrer"),
+        ] {
+            assert!(has_header(&a, name, value), "GET {path}: no {name}: {value} in\n{a}");
+        }
+    }
+    // Monitoring is not the console: scrapers may use any name.
+    assert_eq!(status_of(&get("/metrics", "evil.example")), 200);
+    assert_eq!(status_of(&get("/healthz", "evil.example")), 200);
+    drop(agent);
+}
+
+#[test]
+fn console_token_in_the_query_counts_on_the_root_page_only() {
+    const TOKEN: &str = "0123456789abcdef0123";
+    let (agent, port) = start_exposed("console-query-token", Some(TOKEN));
+    let req = |path: &str| http_request(port, "GET", path, &[]).expect("request");
+    for path in ["/api/cameras", "/api/status", "/api/cameras/cam/frame.jpg", "/camera/cam", "/console/app.js"] {
+        let r = req(&format!("{path}?token={TOKEN}"));
+        assert_eq!(r.code, 401, "{path}?token=: {}", r.text());
+        assert!(r.header("set-cookie").is_none(), "{path}");
+    }
+    let page = req(&format!("/?token={TOKEN}"));
+    assert_eq!(page.code, 200);
+    assert!(page.header("set-cookie").is_some());
+    drop(agent);
+}
+
+#[test]
+fn telemetry_listener_caps_connections_and_closes_half_sent_headers() {
+    use std::io::{Read, Write};
+    let (agent, port) = start_listening("listener-limits", "127.0.0.1", None);
+    // 128 clients (the cap) that each send half a header and then nothing.
+    let held: Vec<std::net::TcpStream> = (0..128)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let a = raw(port, "");
+    assert!(a.starts_with("HTTP/1.1 503"), "the 129th connection: {a:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "refused after {:?}", t.elapsed());
+    // The agent closes each half header after its 10 s header-read timeout.
+    for mut s in held {
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut buf = Vec::new();
+        let closed = match s.read_to_end(&mut buf) {
+            Ok(_) => true,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        };
+        assert!(closed, "a half-sent header was kept open");
+    }
+    assert!(t.elapsed() < Duration::from_secs(15), "half headers held for {:?}", t.elapsed());
+    let m = wait(
+        10,
+        "the listener serving again",
+        || agent.log(),
+        || {
+            let r = http_request(port, "GET", "/metrics", &[]).ok()?;
+            (r.code == 200).then(|| r.text())
+        },
+    );
+    assert!(m.contains("lookout_http_connections_refused_total 1\n"), "{m}");
+    drop(agent);
 }
 
 /// `target/test-artifacts/`, beside the build this test belongs to.

@@ -75,3 +75,96 @@ async fn commands_get_replies_and_bad_ones_never_stop_the_agent() {
     assert!(status.success());
     pump.abort();
 }
+
+/// Camera credentials, in the userinfo and in the query as many cameras take them, are
+/// masked in everything the agent shows: command replies, retained statuses, the console,
+/// /metrics, its log, check-config and probe output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_secrets_never_appear_in_replies_statuses_console_logs_or_errors() {
+    const SECRETS: [&str; 6] =
+        ["UsrPw9Secret", "QryPw9Secret", "AddPw9Secret", "AddTok9Secret", "NewPw9Secret", "CfgPw9Secret"];
+    let leaks = |what: &str, text: &str| {
+        for s in SECRETS {
+            assert!(!text.contains(s), "{what} shows the secret {s}:\n{text}");
+        }
+    };
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dead = free_port().expect("port");
+    let dir = scratch("secrets");
+    let url = format!("rtsp://admin:UsrPw9Secret@127.0.0.1:{dead}/s?user=admin&Password=QryPw9Secret&channel=1");
+    let config =
+        write_config(&dir, &broker.url(), &[Cam { id: "cam-1", url, fps: 1.0, min_score: 0.5 }]).expect("config");
+    let http = free_port().expect("port");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("listen = \"off\"\n", &format!("listen = \"127.0.0.1:{http}\"\n"));
+    std::fs::write(&config, text).expect("config");
+    let statuses = Recorder::start(broker.port(), &format!("{ROOT}/cameras/+/status")).await.expect("sub");
+    let agent = AgentProcess::start(&config).expect("agent");
+    let op = Operator::connect(broker.port(), ROOT).await.expect("operator");
+
+    // The camera fails (nothing listens there): its reason is published and logged.
+    statuses
+        .wait_for(WAIT, "cam-1 reconnecting", |m| m.iter().any(|r| r.json["state"] == "reconnecting"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let list = op.call("camera.list", serde_json::json!({"request_id": "l1"}), WAIT).await.expect("list");
+    let shown = list["cameras"][0]["url"].as_str().unwrap_or("").to_string();
+    assert!(shown.contains("admin:***@") && shown.contains("Password=***") && shown.contains("channel=1"), "{list}");
+    leaks("camera.list", &list.to_string());
+
+    // A camera.add whose URL does not parse: the error quotes it, masked.
+    let bad = format!("rtsp://admin:AddPw9Secret@[bad:{dead}/s?token=AddTok9Secret");
+    let add = serde_json::json!({"request_id": "a1", "camera": {"id": "cam-2", "url": bad, "model": "person"}});
+    let reply = op.call("camera.add", add, WAIT).await.expect("add");
+    assert_eq!(reply["error"]["code"], "invalid_camera", "{reply}");
+    assert!(reply["error"]["message"].as_str().is_some_and(|m| m.contains("***")), "{reply}");
+    leaks("the camera.add reply", &reply.to_string());
+    // A valid one: it fails as well, its status and log masked too.
+    let good = format!("rtsp://ops:NewPw9Secret@127.0.0.1:{dead}/live?apikey=NewPw9Secret");
+    let add = serde_json::json!({"request_id": "a2", "camera": {"id": "cam-3", "url": good, "model": "person"}});
+    let reply = op.call("camera.add", add, WAIT).await.expect("add");
+    assert_eq!(reply["ok"], true, "{reply}");
+    leaks("the camera.add reply", &reply.to_string());
+    statuses
+        .wait_for(WAIT, "cam-3 reconnecting", |m| {
+            m.iter().any(|r| r.topic.ends_with("/cam-3/status") && r.json["state"] == "reconnecting")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let list = op.call("camera.list", serde_json::json!({"request_id": "l2"}), WAIT).await.expect("list");
+    leaks("camera.list", &list.to_string());
+    for r in statuses.snapshot() {
+        leaks("a camera status", &String::from_utf8_lossy(&r.payload));
+    }
+    for path in ["/api/cameras", "/api/cameras/cam-1", "/api/cameras/cam-3", "/api/status", "/metrics"] {
+        let r = http_request(http, "GET", path, &[]).expect("console");
+        assert_eq!(r.code, 200, "{path}");
+        leaks(path, &r.text());
+    }
+    let (_, stdout) = agent.stop().expect("stop");
+    leaks("the agent's summary", &stdout);
+    let log = std::fs::read_to_string(config.with_extension("log")).expect("log");
+    assert!(log.contains("camera failed"), "{log}");
+    leaks("the agent's log", &log);
+
+    // check-config and probe print what is wrong with a URL without its secrets.
+    let broken = dir.join("broken.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let at = text.find("url = \"rtsp://").expect("camera url");
+    let end = at + text[at..].find('\n').expect("line end");
+    let text = format!("{}url = \"rtsp://admin:CfgPw9Secret@[bad/s?pwd=CfgPw9Secret\"{}", &text[..at], &text[end..]);
+    std::fs::write(&broken, text).expect("write");
+    let out =
+        std::process::Command::new(lookout_bin()).arg("check-config").arg(&broken).output().expect("check-config");
+    assert!(!out.status.success());
+    let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains("cameras[0].url") && shown.contains("***"), "{shown}");
+    leaks("check-config", &shown);
+    let probe = format!("rtsp://admin:UsrPw9Secret@127.0.0.1:{dead}/s?password=QryPw9Secret");
+    let out =
+        std::process::Command::new(lookout_bin()).args(["probe", &probe, "--seconds", "2"]).output().expect("probe");
+    let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(shown.contains("probing rtsp://admin:***@127.0.0.1"), "{shown}");
+    leaks("lookout probe", &shown);
+}

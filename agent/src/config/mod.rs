@@ -7,6 +7,7 @@
 //! the installer everything to fix.
 
 mod reader;
+mod redact;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -746,6 +747,7 @@ pub fn camera_from_json(value: &serde_json::Value, config: &Config) -> Result<Ca
         Ok(toml::Value::Table(t)) => t,
         Ok(_) => return Err(vec!["camera: must be an object".into()]),
         Err(e) => {
+            let e = redact_urls_in(&e.to_string());
             return Err(vec![format!("camera: cannot be read as a [[cameras]] table ({e}); null is not a value")]);
         }
     };
@@ -760,7 +762,7 @@ pub fn camera_from_json(value: &serde_json::Value, config: &Config) -> Result<Ca
     let parsed = toml::de::DeTable::parse(&src);
     let doc = match &parsed {
         Ok(d) => d,
-        Err(e) => return Err(vec![format!("camera: {}", e.message())]),
+        Err(e) => return Err(vec![redact_urls_in(&format!("camera: {}", e.message()))]),
     };
     let Some(cam) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == "camera").map(|(_, v)| v) else {
         return Err(vec!["camera: missing".into()]);
@@ -937,19 +939,11 @@ fn check_segment(issues: &mut Issues<'_>, t: &mut TableReader<'_, '_>, key: &str
     }
 }
 
-/// The URL with its password masked, for logs, replies and printing.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
+/// URLs with their secrets masked, for logs, replies, errors and printing (`redact`).
+pub use redact::{redact_secrets_in, redact_url, redact_urls_in};
 
 fn check_rtsp_url(u: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(u).map_err(|e| format!("not a valid URL ({e}): \"{u}\""))?;
+    let parsed = url::Url::parse(u).map_err(|e| format!("not a valid URL ({e}): \"{}\"", redact_url(u)))?;
     if !matches!(parsed.scheme(), "rtsp" | "rtsps" | "rtspt") {
         return Err(format!("expected an rtsp:// URL, got scheme \"{}\"", parsed.scheme()));
     }
@@ -962,7 +956,7 @@ fn check_rtsp_url(u: &str) -> Result<(), String> {
 /// `mqtt://host[:port]` (also `tcp://`) or `mqtts://host[:port]` to host, port and
 /// whether TLS is on.
 pub fn parse_mqtt_url(u: &str) -> Result<(String, u16, bool), String> {
-    let parsed = url::Url::parse(u).map_err(|e| format!("not a valid URL ({e}): \"{u}\""))?;
+    let parsed = url::Url::parse(u).map_err(|e| format!("not a valid URL ({e}): \"{}\"", redact_url(u)))?;
     let tls = match parsed.scheme() {
         "mqtt" | "tcp" => false,
         "mqtts" | "ssl" => true,

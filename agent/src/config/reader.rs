@@ -56,9 +56,12 @@ impl<'s> Issues<'s> {
         self.src.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
+    /// Any URL in `message` is shown with its secrets masked (check-config output and
+    /// command replies are read by people who need not know camera passwords).
     pub fn push(&mut self, field: &str, span: Option<&Range<usize>>, message: impl Into<String>) {
         let line = span.map(|s| self.line_of(s));
-        self.list.push(Issue { file: self.file.clone(), line, field: field.to_string(), message: message.into() });
+        let message = super::redact_urls_in(&message.into());
+        self.list.push(Issue { file: self.file.clone(), line, field: field.to_string(), message });
     }
 }
 

@@ -5,10 +5,18 @@
 //! the address. On any other address without a token the console is refused (403, logged
 //! once at start): live camera pictures must never be one open port away.
 //!
+//! On a loopback listener the console also answers only requests whose `Host` is
+//! `localhost` or a loopback IP literal: a page on `evil.example` whose name an attacker
+//! re-points at 127.0.0.1 (DNS rebinding) is same-origin with itself, so the browser of an
+//! installer with a tunnel open would let it read the console; its `Host` still says
+//! `evil.example`. Every console response carries headers that keep it out of frames and
+//! other origins' pages; the token is taken from the query on `/` only (the page that
+//! sets the cookie), so it does not spread into logged or shared URLs of the API.
+//!
 //! Handlers never panic and never block the async workers: JPEG encoding runs on the
 //! blocking pool.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -72,6 +80,8 @@ pub struct Console {
     pub hub: Arc<ConsoleHub>,
     pub health: Arc<Health>,
     pub access: Access,
+    /// The listener's address: on loopback, `Host` must name it (see [`host_allowed`]).
+    pub listen: SocketAddr,
 }
 
 type Shared = Arc<Console>;
@@ -100,7 +110,78 @@ pub fn router(console: Console) -> Router {
         .route("/api/cameras/{id}/counts", get(counts))
         .route("/api/cameras/{id}/snapshots/{snapshot}", get(snapshot))
         .route_layer(middleware::from_fn_with_state(shared.clone(), check_access))
+        .route_layer(middleware::from_fn(secure_headers))
         .with_state(shared)
+}
+
+/// The console's pages need only their own script, style, images and API: nothing
+/// inline, nothing from elsewhere, never inside another site's frame.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// On every console answer, refusals included.
+async fn secure_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Other sites' pages cannot even embed a frame as an <img>.
+    h.insert(header::HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("same-origin"));
+    resp
+}
+
+/// Whether `host` (a `Host` header or a request URI's authority) names a loopback
+/// listener in a way DNS cannot re-point: `localhost`, a loopback IP literal or the
+/// listener's own IP, with any port (an SSH tunnel's local port differs).
+pub fn host_allowed(host: &str, listen: SocketAddr) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else { return false };
+        match after {
+            "" => (ip, None),
+            a => match a.strip_prefix(':') {
+                Some(p) => (ip, Some(p)),
+                None => return false,
+            },
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, p)) => (name, Some(p)),
+            None => (host, None),
+        }
+    };
+    if port.is_some_and(|p| !(1..=5).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return false;
+    }
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    // A bracketed name must be an IPv6 literal, a bare one IPv4.
+    let ip = if host.starts_with('[') {
+        name.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+    } else {
+        name.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+    };
+    ip.is_some_and(|ip| ip.is_loopback() || ip == listen.ip())
+}
+
+/// The DNS-rebinding guard: `None` when the request may go on.
+fn misdirected(req: &Request, listen: SocketAddr) -> Option<Response> {
+    if !listen.ip().is_loopback() {
+        return None;
+    }
+    let mut names = req.headers().get_all(header::HOST).iter().map(|v| v.to_str().unwrap_or("")).collect::<Vec<_>>();
+    names.extend(req.uri().authority().map(|a| a.as_str()));
+    if !names.is_empty() && names.iter().all(|h| host_allowed(h, listen)) {
+        return None;
+    }
+    let port = listen.port();
+    let text = format!(
+        "this console answers only to http://127.0.0.1:{port}/, http://localhost:{port}/ or http://[::1]:{port}/ \
+         (other host names are refused: DNS rebinding)\n"
+    );
+    Some((StatusCode::MISDIRECTED_REQUEST, text).into_response())
 }
 
 /// `lookout_console_*` lines for /metrics.
@@ -123,7 +204,8 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
 }
 
-fn presented_tokens<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<&'a str> {
+/// The tokens a request shows: its bearer header, its cookie and, on `/` only, `?token=`.
+fn presented_tokens<'a>(headers: &'a HeaderMap, path: &str, query: Option<&'a str>) -> Vec<&'a str> {
     let mut got = Vec::new();
     if let Some(b) =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
@@ -133,11 +215,16 @@ fn presented_tokens<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<&
     for c in headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()) {
         got.extend(c.split(';').filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('=')));
     }
-    got.extend(query_param(query, "token"));
+    if path == "/" {
+        got.extend(query_param(query, "token"));
+    }
     got
 }
 
 async fn check_access(State(c): State<Shared>, req: Request, next: Next) -> Response {
+    if let Some(refusal) = misdirected(&req, c.listen) {
+        return refusal;
+    }
     let want = match &c.access {
         Access::Open => return next.run(req).await,
         Access::Refused => {
@@ -150,16 +237,21 @@ async fn check_access(State(c): State<Shared>, req: Request, next: Next) -> Resp
         Access::Token(t) => t.clone(),
     };
     let query = req.uri().query().map(str::to_string);
-    let ok = presented_tokens(req.headers(), query.as_deref()).iter().any(|t| same(t.as_bytes(), want.as_bytes()));
+    let on_root = req.uri().path() == "/";
+    let ok = presented_tokens(req.headers(), req.uri().path(), query.as_deref())
+        .iter()
+        .any(|t| same(t.as_bytes(), want.as_bytes()));
     if !ok {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
-            "the console needs its token: open /?token=… once (it is then kept in a cookie) or send Authorization: Bearer …\n",
+            "the console needs its token: open /?token=… once (it is then kept in a cookie) or send Authorization: Bearer … \
+             (?token= counts on / only)\n",
         )
             .into_response();
     }
-    let from_query = query_param(query.as_deref(), "token").is_some_and(|t| same(t.as_bytes(), want.as_bytes()));
+    let from_query =
+        on_root && query_param(query.as_deref(), "token").is_some_and(|t| same(t.as_bytes(), want.as_bytes()));
     let mut resp = next.run(req).await;
     if from_query && let Ok(v) = HeaderValue::from_str(&format!("{COOKIE}={want}; Path=/; HttpOnly; SameSite=Strict")) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -384,9 +476,58 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
         h.insert(header::COOKIE, HeaderValue::from_static("x=1; lookout_console_token=def"));
-        assert_eq!(presented_tokens(&h, Some("a=1&token=ghi")), vec!["abc", "def", "ghi"]);
-        assert!(presented_tokens(&HeaderMap::new(), Some("tokenx=1")).is_empty());
+        assert_eq!(presented_tokens(&h, "/", Some("a=1&token=ghi")), vec!["abc", "def", "ghi"]);
+        assert!(presented_tokens(&HeaderMap::new(), "/", Some("tokenx=1")).is_empty());
         assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn query_tokens_count_on_the_root_page_only() {
+        for path in ["/api/cameras", "/api/cameras/c/frame.jpg", "/agent", "/camera/c", "//"] {
+            assert!(presented_tokens(&HeaderMap::new(), path, Some("token=ghi")).is_empty(), "{path}");
+        }
+    }
+
+    #[test]
+    fn only_loopback_names_pass_the_dns_rebinding_guard() {
+        let lo: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
+        let lo2: SocketAddr = "127.0.0.2:9464".parse().expect("addr");
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9464",
+            "127.0.0.1:8080",
+            "localhost",
+            "LocalHost:9464",
+            "[::1]",
+            "[::1]:9464",
+            "127.1.2.3:1",
+        ] {
+            assert!(host_allowed(ok, lo), "{ok} should pass");
+        }
+        assert!(host_allowed("127.0.0.2:9464", lo2));
+        for bad in [
+            "evil.example",
+            "evil.example:9464",
+            "localhost.evil.example",
+            "localhost.",
+            "127.0.0.1.nip.io",
+            "10.0.0.1:9464",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "[127.0.0.1]",
+            "::1",
+            "127.0.0.1:99999x",
+            "127.0.0.1:123456",
+            "127.0.0.1:-1",
+            "localhost:80:80",
+            "",
+            "0x7f.1",
+            "2130706433",
+            "[::ffff:7f00:1]evil",
+        ] {
+            assert!(!host_allowed(bad, lo), "{bad:?} should be refused");
+        }
     }
 
     #[test]

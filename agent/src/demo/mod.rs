@@ -68,7 +68,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let server = rtsp::RtspServer::start(0, mounts)?;
     let broker = match &opts.mqtt {
         Some(_) => None,
-        None => Some(broker::Mosquitto::start()?),
+        None => Some(broker::Mosquitto::start_detached()?),
     };
     let mqtt_url = opts.mqtt.clone().or_else(|| broker.as_ref().map(|b| b.url())).unwrap_or_default();
 
@@ -111,6 +111,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let _ = std::fs::remove_file(&config_path);
     let _ = std::fs::remove_dir_all(&state_dir);
     drop(server);
+    // Only now: the agent's drain needed it (it is out of reach of the terminal's Ctrl-C).
     drop(broker);
     let summary = summary?;
     let analysed: u64 = summary.cameras.iter().map(|c| c.analysed_frames).sum();

@@ -48,6 +48,19 @@ impl SourceError {
         SourceError::Build { camera: camera.to_string(), message: e.to_string() }
     }
 
+    /// The error with `url`'s secrets masked in its text: it becomes the camera's status
+    /// reason (MQTT, console) and a log line, and GStreamer's messages may quote the URL.
+    pub fn redacted(self, url: &str) -> Self {
+        let r = |m: String| crate::config::redact_secrets_in(&m, url);
+        match self {
+            SourceError::Build { camera, message } => SourceError::Build { camera, message: r(message) },
+            SourceError::Stream { camera, element, message, fault } => {
+                SourceError::Stream { camera, element, message: r(message), fault }
+            }
+            other => other,
+        }
+    }
+
     /// Missing plugins, wrong credentials or paths and unsupported codecs do not heal by
     /// waiting (the camera is still retried, slowly, in case someone fixes it); network
     /// faults, camera reboots and server restarts may, so those are retried with back-off.
@@ -383,7 +396,7 @@ pub async fn run(
                 Err(e) => e,
             };
             ctx.stats.restarts.fetch_add(1, Ordering::Relaxed);
-            let err = diagnose(err, &cam.url).await;
+            let err = diagnose(err, &cam.url).await.redacted(&cam.url);
             let state = if err.retry_can_help() { CameraState::Reconnecting } else { CameraState::Failed };
             ctx.set_state(state, Some(err.to_string()));
             if err.retry_can_help() {
@@ -414,7 +427,7 @@ async fn run_once(
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
     let pipeline = pipeline::build(cam, ctx.clone(), format, queue.clone(), slot)?;
-    let result = watch_bus(&pipeline, ctx, cam.stall, shutdown).await;
+    let result = watch_bus(&pipeline, ctx, cam.stall, &cam.url, shutdown).await;
     // Always back to Null, whatever happened: this closes the RTSP session (TEARDOWN)
     // and frees the decoder. It can block (a TEARDOWN to a dead server waits for its
     // timeout), so not on an async worker.
@@ -428,6 +441,7 @@ async fn watch_bus(
     pipeline: &gst::Pipeline,
     ctx: &Arc<CameraCtx>,
     stall: Duration,
+    url: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
     use futures_util::StreamExt;
@@ -486,7 +500,10 @@ async fn watch_bus(
                         });
                     }
                     MessageView::Eos(_) => return Err(SourceError::Eos { camera }),
-                    MessageView::Warning(w) => warn!(warning = %w.error(), "GStreamer warning"),
+                    MessageView::Warning(w) => {
+                        let warning = crate::config::redact_secrets_in(&w.error().to_string(), url);
+                        warn!(%warning, "GStreamer warning");
+                    }
                     _ => {}
                 }
             }

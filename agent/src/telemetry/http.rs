@@ -7,19 +7,29 @@
 //! - `GET /metrics`: Prometheus text format, `lookout_<name>_<unit>[_total]`, per-camera
 //!   series labelled `camera`, per-model ones `model`.
 //! - The installers' console (`/`, `/camera/{id}`, `/agent`, `/api/…`): `console::http`.
+//!
+//! Served through hyper directly rather than `axum::serve`, which sets no timer (so no
+//! header-read timeout) and accepts without bound: a client that opens connections and
+//! sends half a header must not pin the agent's file descriptors. See [`Limits`].
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::Liveness;
 use crate::console::ConsoleHub;
@@ -38,6 +48,46 @@ pub struct Health {
     pub expected_threads: Arc<std::sync::atomic::AtomicUsize>,
     /// Set by the health loop when systemd is told READY.
     pub ready: AtomicBool,
+    /// The listener's connections (for /metrics).
+    pub listener: Arc<ListenerStats>,
+}
+
+/// Bounds of the telemetry listener. Hostile clients are ordinary clients here: each
+/// bound refuses or closes without waiting on the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; one more is answered `503` and closed at once (nothing
+    /// queues in the agent; the kernel's listen backlog is the only queue).
+    pub max_connections: usize,
+    /// A request's header must be complete within this, counted from the moment the
+    /// connection is ready for a request: it also closes idle keep-alive connections.
+    pub header_read_timeout: Duration,
+    /// A connection is asked to close after this (after its response in progress) and
+    /// dropped `close_grace` later: bounds a client that reads its response too slowly.
+    pub max_connection_age: Duration,
+    pub close_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // 128: a few browsers (≈6 connections each) and scrapers, far below the fds the
+        // agent needs for cameras and the outbox (systemd raises LimitNOFILE).
+        Self {
+            max_connections: 128,
+            header_read_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(120),
+            close_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters of the telemetry listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections being served now.
+    pub open: AtomicU64,
+    /// Connections refused because `max_connections` were open.
+    pub refused: AtomicU64,
 }
 
 impl Health {
@@ -74,7 +124,7 @@ pub async fn serve(
     console_token: Option<String>,
     shutdown: CancellationToken,
 ) {
-    let listener = match tokio::net::TcpListener::bind(addr).await {
+    let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
             error!(%addr, error = %e, "cannot listen for telemetry; /readyz and /metrics are off");
@@ -83,6 +133,7 @@ pub async fn serve(
     };
     info!(addr = %listener.local_addr().unwrap_or(addr), "telemetry listening");
     let metrics_hub = console.clone();
+    let stats = health.listener.clone();
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -96,12 +147,102 @@ pub async fn serve(
         .with_state(health.clone());
     if let Some(hub) = console {
         let access = Access::for_listener(addr, console_token.as_deref());
-        app = app.merge(crate::console::http::router(Console { hub, health, access }));
+        app = app.merge(crate::console::http::router(Console { hub, health, access, listen: addr }));
     }
-    let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-    if let Err(e) = result {
-        error!(error = %e, "telemetry listener failed");
+    serve_app(listener, app, Limits::default(), stats, shutdown).await;
+}
+
+/// The bare `503` a connection beyond the cap gets (written without waiting, then closed).
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 32\r\n\
+    Retry-After: 5\r\nConnection: close\r\n\r\ntoo many connections, try again\n";
+
+/// Serves `app` on `listener` within `limits` until `shutdown`; then lets connections
+/// finish their response for at most `close_grace`.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    stats: Arc<ListenerStats>,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut conns = JoinSet::new();
+    let mut last_refusal_log: Option<std::time::Instant> = None;
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, or the loop spins.
+                    warn!(error = %e, "telemetry listener cannot accept; pausing 100 ms");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse(&stream);
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                last_refusal_log = Some(std::time::Instant::now());
+                warn!(max = limits.max_connections, "telemetry listener full; refusing connections (503)");
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let stop = shutdown.clone();
+        let open = Open::new(&stats, permit);
+        conns.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let finished = tokio::select! {
+                _ = conn.as_mut() => true,
+                _ = tokio::time::sleep(limits.max_connection_age) => false,
+                _ = stop.cancelled() => false,
+            };
+            if !finished {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(limits.close_grace, conn).await;
+            }
+            drop(open);
+        });
     }
+    // Every connection saw `shutdown` and closes within `close_grace`; the margin
+    // covers their last poll.
+    let drain = async { while conns.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(limits.close_grace + Duration::from_secs(1), drain).await;
+}
+
+/// One served connection: its slot and its count, given back however its task ends.
+struct Open {
+    stats: Arc<ListenerStats>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(stats: &Arc<ListenerStats>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Self { stats: stats.clone(), _permit: permit }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn refuse(stream: &TcpStream) {
+    // A fresh socket's send buffer is empty: this never waits, and a partial write
+    // only shortens the answer.
+    let _ = stream.try_write(BUSY);
 }
 
 async fn healthz(State(h): State<Arc<Health>>) -> impl IntoResponse {
@@ -229,7 +370,7 @@ fn render(h: &Health) -> String {
     render_models(&mut out, &h.fleet.model_stats());
     let o = h.delivery.outbox().stats();
     let s = &h.delivery.stats;
-    let global: [(&str, &str, &str, u64); 6] = [
+    let global: [(&str, &str, &str, u64); 8] = [
         (
             "lookout_mqtt_connected",
             "gauge",
@@ -246,9 +387,137 @@ fn render(h: &Health) -> String {
         ("lookout_outbox_pending_bytes", "gauge", "Disk used by those messages.", o.pending_bytes),
         ("lookout_outbox_dropped_total", "counter", "Messages dropped (announced as delivery.gap).", o.dropped_total),
         ("lookout_up", "gauge", "1 while every worker thread is alive.", u64::from(h.healthy())),
+        (
+            "lookout_http_connections_open",
+            "gauge",
+            "Connections the telemetry listener serves now.",
+            h.listener.open.load(Ordering::Relaxed),
+        ),
+        (
+            "lookout_http_connections_refused_total",
+            "counter",
+            "Connections refused (503) because the listener's connection cap was reached.",
+            h.listener.refused.load(Ordering::Relaxed),
+        ),
     ];
     for (name, kind, help, v) in global {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    struct Server {
+        addr: SocketAddr,
+        stats: Arc<ListenerStats>,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    /// `serve_app` on a real loopback socket, with one route.
+    async fn start(limits: Limits) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route("/x", get(|| async { "x\n" }));
+        let stats = Arc::new(ListenerStats::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve_app(listener, app, limits, stats.clone(), stop.clone()));
+        Server { addr, stats, stop, task }
+    }
+
+    /// What the server sends until it closes, or `None` if it has not closed `within`.
+    async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<String> {
+        let mut out = Vec::new();
+        let read = async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(within, read).await.ok()?;
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    async fn open_becomes(stats: &ListenerStats, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.open.load(Ordering::Relaxed) != n {
+            assert!(
+                Instant::now() < deadline,
+                "open connections stayed {}, expected {n}",
+                stats.open.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[test]
+    fn the_service_gives_the_agent_descriptors_for_many_cameras_and_a_full_listener() {
+        let unit = include_str!("../../../systemd/lookout.service");
+        let limit: usize = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("LimitNOFILE="))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("LimitNOFILE= in systemd/lookout.service");
+        // ~14 per camera (measured), 512 cameras, a full listener, and room for the rest.
+        assert!(limit >= 512 * 14 + Limits::default().max_connections + 1024, "LimitNOFILE={limit}");
+    }
+
+    const GET_X: &[u8] = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_client_that_sends_half_a_header_or_nothing_is_disconnected() {
+        let timeout = Duration::from_millis(300);
+        let s = start(Limits { header_read_timeout: timeout, ..Limits::default() }).await;
+        let mut half = TcpStream::connect(s.addr).await.expect("connect");
+        half.write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaa").await.expect("write");
+        let mut silent = TcpStream::connect(s.addr).await.expect("connect");
+        let t = Instant::now();
+        let got = read_until_closed(&mut half, Duration::from_secs(5)).await.expect("half a header: not closed in 5 s");
+        assert!(t.elapsed() >= timeout - Duration::from_millis(50), "closed after {:?}", t.elapsed());
+        assert!(!got.contains("200"), "{got}");
+        read_until_closed(&mut silent, Duration::from_secs(5)).await.expect("a silent client: not closed in 5 s");
+        // A keep-alive connection idle after its response is closed the same way.
+        let mut kept = TcpStream::connect(s.addr).await.expect("connect");
+        kept.write_all(GET_X).await.expect("write");
+        let got = read_until_closed(&mut kept, Duration::from_secs(5)).await.expect("idle keep-alive: not closed");
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        open_becomes(&s.stats, 0).await;
+        s.stop.cancel();
+        s.task.await.expect("server task");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_refused_at_once_and_served_again_when_one_closes() {
+        let s = start(Limits { max_connections: 3, ..Limits::default() }).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(TcpStream::connect(s.addr).await.expect("connect"));
+        }
+        open_becomes(&s.stats, 3).await;
+        let mut extra = TcpStream::connect(s.addr).await.expect("connect");
+        let got = read_until_closed(&mut extra, Duration::from_secs(2)).await.expect("the 4th waited");
+        assert!(got.starts_with("HTTP/1.1 503"), "{got:?}");
+        assert_eq!(s.stats.refused.load(Ordering::Relaxed), 1);
+        drop(held.pop());
+        open_becomes(&s.stats, 2).await;
+        let mut next = TcpStream::connect(s.addr).await.expect("connect");
+        next.write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.expect("write");
+        let got = read_until_closed(&mut next, Duration::from_secs(5)).await.expect("served");
+        assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("x\n"), "{got:?}");
+        // Shutdown does not wait for the held connections' clients.
+        let t = Instant::now();
+        s.stop.cancel();
+        s.task.await.expect("server task");
+        assert!(t.elapsed() < Duration::from_secs(3), "shutdown took {:?}", t.elapsed());
+    }
 }

@@ -323,6 +323,13 @@ function showError(e) {
   summary.textContent = "⚠ " + e.message.slice(0, 200);
 }
 
+// ?token= has set the cookie by now: keep the token out of the address bar and history.
+const query = new URLSearchParams(location.search);
+if (query.has("token")) {
+  query.delete("token");
+  history.replaceState(null, "", location.pathname + (query.size ? "?" + query : ""));
+}
+
 const path = location.pathname;
 const route = path.startsWith("/camera/") ? cameraPage(decodeURIComponent(path.slice(8)))
   : path === "/agent" ? agentPage() : gridPage();
