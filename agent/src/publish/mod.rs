@@ -40,6 +40,7 @@ use tracing::{Instrument, info, warn};
 use crate::config::MqttConfig;
 use crate::control::command::{self, NO_REQUEST_ID, Reply};
 use crate::control::fleet::Fleet;
+use crate::control::signed::CommandGuard;
 use crate::control::supervisor::ControlRequest;
 use crate::event::{Topics, camera_status_message, status_message};
 use outbox::Outbox;
@@ -85,6 +86,9 @@ pub struct Presence {
     pub fleet: Arc<Fleet>,
     /// Where commands that change something go (the supervisor).
     pub requests: tokio::sync::mpsc::Sender<ControlRequest>,
+    /// Signature checks and the nonces seen: shared by every connection, so a command
+    /// captured on one cannot be replayed on the next.
+    pub guard: Mutex<CommandGuard>,
 }
 
 /// Spawns the `mqtt` task. It runs until `shutdown`, then keeps delivering for up to
@@ -356,7 +360,14 @@ impl<'a> Connection<'a> {
             // A retained command would run again at every reconnect.
             Reply::error(NO_REQUEST_ID, "retained_command", "commands must not be retained")
         } else {
-            match command::parse(name, payload) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let admitted = self.presence.guard.lock().unwrap_or_else(|e| e.into_inner()).admit(name, payload, now);
+            match admitted.and_then(|a| {
+                if let Some(key) = a.signed_by {
+                    info!(command = name, key = %crate::model::signature::public_key_string(&key), "signed command");
+                }
+                command::parse_object(name, a.payload)
+            }) {
                 Ok(req) if req.command.is_read_only() => {
                     let reply = crate::control::handle_read(&req, &self.presence.fleet);
                     info!(command = name, request_id = %req.request_id, ok = reply.ok, "command");
