@@ -259,11 +259,14 @@ impl<'a> Connection<'a> {
     ) -> Result<(), String> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            // Until the CONNACK, poll() alone: a poll() cancelled while it connects drops
+            // the fresh connection (rumqttc then connects again), and the broker publishes
+            // that first connection's will, "offline", to the platform.
             tokio::select! {
                 ev = self.eventloop.poll() => self.on_event(ev)?,
                 Some(reply) = replies.recv(), if self.connected => self.publish_reply(&reply),
-                _ = self.delivery.wake.notified() => {}
-                _ = tick.tick() => if self.connected { self.report_cameras(false) },
+                _ = self.delivery.wake.notified(), if self.connected => {}
+                _ = tick.tick(), if self.connected => self.report_cameras(false),
                 _ = shutdown.cancelled() => return self.drain(grace).await,
             }
             self.flush_pending();
