@@ -1,5 +1,6 @@
-//! Who may control a gateway: signed commands (`[control] require_signed`) against the
-//! real agent.
+//! Who may control a gateway: the broker ACL documented in docs/INSTALL.md ("Securing a
+//! gateway"), read from that page and run in a real mosquitto, and signed commands
+//! (`[control] require_signed`) against the real agent.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,6 +12,16 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// The fenced block of docs/INSTALL.md whose first line is `first`.
+fn doc_block(first: &str) -> String {
+    let text = std::fs::read_to_string(workspace().join("docs/INSTALL.md")).expect("INSTALL.md");
+    let mut blocks = text.split("```").skip(1).step_by(2);
+    let block = blocks
+        .find_map(|b| b.split_once('\n').map(|(_, body)| body).filter(|body| body.starts_with(first)))
+        .unwrap_or_else(|| panic!("docs/INSTALL.md has no block starting with {first:?}"));
+    block.to_string()
+}
 
 /// Topic and payload of each message received.
 type Messages = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
@@ -87,6 +98,106 @@ impl Drop for Peer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn passwd(file: &Path, user: &str, password: &str) {
+    let mut cmd = Command::new("mosquitto_passwd");
+    if !file.exists() {
+        cmd.arg("-c");
+    }
+    let out = cmd.arg("-b").arg(file).arg(user).arg(password).output().expect("mosquitto_passwd");
+    assert!(out.status.success(), "mosquitto_passwd: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gateways_credentials_cannot_command_another_or_read_its_events() {
+    // The broker runs exactly the documented ACL and settings.
+    let dir = scratch("security-acl");
+    let acl = dir.join("lookout.acl");
+    std::fs::write(&acl, doc_block("# /etc/mosquitto/lookout.acl")).expect("acl");
+    let passwords = dir.join("lookout.passwd");
+    for (user, pw) in [("platform", "platform-pw"), ("main-street/gw-07", "gw07-pw"), ("main-street/gw-08", "gw08-pw")]
+    {
+        passwd(&passwords, user, pw);
+    }
+    let conf = doc_block("# /etc/mosquitto/conf.d/lookout.conf")
+        .replace("/etc/mosquitto/lookout.passwd", &passwords.display().to_string())
+        .replace("/etc/mosquitto/lookout.acl", &acl.display().to_string());
+    let mosquitto_log = dir.join("mosquitto.log");
+    let conf = format!("{conf}\nlog_dest file {}\nlog_type all\n", mosquitto_log.display());
+    let broker = Mosquitto::start_with(free_port().expect("port"), &conf).expect("mosquitto");
+
+    // Gateway gw-07: the real agent with its own account, streaming one camera.
+    let clip = Arc::new(clip(Codec::H264).expect("clip"));
+    let server = RtspServer::start(
+        0,
+        vec![("/cam".into(), Media::Clip { codec: Codec::H264, units: clip, fps: 10, loop_from: 0 })],
+    )
+    .expect("rtsp");
+    let config =
+        write_config(&dir, &broker.url(), &[Cam { id: "cam-1", url: server.url("/cam"), fps: 2.0, min_score: 0.5 }])
+            .expect("config");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let text = text
+        .replace("site = \"test-site\"", "site = \"main-street\"")
+        .replace("id = \"gw-test\"", "id = \"gw-07\"")
+        .replace("[mqtt]\n", "[mqtt]\nusername = \"main-street/gw-07\"\npassword = \"gw07-pw\"\n");
+    std::fs::write(&config, text).expect("write config");
+    const A: &str = "lookout/v1/main-street/gw-07";
+
+    let platform = Peer::connect(broker.port(), "platform-e2e", "platform", "platform-pw").await;
+    platform.subscribe("lookout/v1/#").await;
+    let agent = AgentProcess::start(&config).expect("agent");
+    platform
+        .wait_for("gw-07's detections on the platform", |m| {
+            m.iter().any(|(t, _)| t == &format!("{A}/cameras/cam-1/detections"))
+        })
+        .await;
+    assert!(platform.on(&format!("{A}/status")).iter().any(|s| s["state"] == "online"), "{}", agent.log());
+
+    // Gateway gw-08's credentials, even with gw-07's client id (a takeover would cut gw-07 off).
+    let intruder = Peer::connect(broker.port(), "lookout-main-street-gw-07", "main-street/gw-08", "gw08-pw").await;
+    intruder.subscribe(&format!("{A}/#")).await;
+    intruder.subscribe("lookout/v1/#").await;
+    intruder.subscribe("#").await;
+    intruder
+        .publish(format!("{A}/commands/camera.remove"), false, br#"{"request_id":"evil-1","id":"cam-1"}"#.to_vec())
+        .await;
+    intruder.publish(format!("{A}/commands/camera.list"), false, br#"{"request_id":"evil-2"}"#.to_vec()).await;
+    intruder.publish(format!("{A}/status"), true, b"forged".to_vec()).await;
+    // Its own topics work: the refusals above are the ACL, not bad credentials.
+    intruder.publish("lookout/v1/main-street/gw-08/status".to_string(), true, br#"{"state":"online"}"#.to_vec()).await;
+    platform
+        .wait_for("gw-08's own status", |m| m.iter().any(|(t, _)| t == "lookout/v1/main-street/gw-08/status"))
+        .await;
+
+    // The platform's own command still gets through, after the intruder's.
+    platform.publish(format!("{A}/commands/camera.list"), false, br#"{"request_id":"list-1"}"#.to_vec()).await;
+    platform.wait_for("the reply to list-1", |m| m.iter().any(|(t, _)| t == &format!("{A}/replies/list-1"))).await;
+    let list = platform.on(&format!("{A}/replies/list-1")).remove(0);
+    assert_eq!(list["cameras"][0]["id"], "cam-1", "the intruder's camera.remove ran: {list}");
+    // More detections after all that: gw-07 kept streaming and publishing.
+    let before = platform.on(&format!("{A}/cameras/cam-1/detections")).len();
+    platform
+        .wait_for("more detections", |m| {
+            m.iter().filter(|(t, _)| t == &format!("{A}/cameras/cam-1/detections")).count() >= before + 2
+        })
+        .await;
+
+    let seen = platform.received();
+    assert!(!seen.iter().any(|(t, _)| t.contains("/replies/evil-")), "gw-07 answered the intruder");
+    assert!(!seen.iter().any(|(_, p)| p == b"forged"), "the intruder forged gw-07's status");
+    assert!(
+        !platform.on(&format!("{A}/status")).iter().any(|s| s["state"] == "offline"),
+        "gw-07 was cut off (session takeover): {:?}\n{}",
+        platform.on(&format!("{A}/status")),
+        std::fs::read_to_string(&mosquitto_log).unwrap_or_default()
+    );
+    let leaked: Vec<String> = intruder.received().into_iter().map(|(t, _)| t).filter(|t| t.contains("gw-07")).collect();
+    assert!(leaked.is_empty(), "gw-08's account read gw-07's topics: {leaked:?}");
+    assert!(!agent.log().contains("evil-"), "gw-07 saw the intruder's commands\n{}", agent.log());
+    let (status, _) = agent.stop().expect("stop");
+    assert!(status.success());
 }
 
 /// `lookout command sign NAME --key KEY --agent AGENT` with `payload` on stdin.
