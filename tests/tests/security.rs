@@ -248,7 +248,6 @@ async fn signed_commands_are_required_checked_and_never_replayed() {
     // The n-th reply (from 1) on replies/{id}.
     let reply = |id: &'static str, n: usize| {
         let peer = &peer;
-        let log = agent.log();
         async move {
             let topic = format!("{ROOT}/replies/{id}");
             let deadline = Instant::now() + WAIT;
@@ -257,7 +256,7 @@ async fn signed_commands_are_required_checked_and_never_replayed() {
                 if got.len() >= n {
                     return got[n - 1].clone();
                 }
-                assert!(Instant::now() < deadline, "no reply #{n} to {id}\n{log}");
+                assert!(Instant::now() < deadline, "no reply #{n} to {id}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -274,8 +273,18 @@ async fn signed_commands_are_required_checked_and_never_replayed() {
     assert_eq!(done["ok"], true, "{done}");
     assert_eq!(done["camera"], "cam-2", "{done}");
     // The same signed command again, as someone who captured it would send it.
-    send("camera.remove", remove).await;
+    send("camera.remove", remove.clone()).await;
     assert_eq!(code(&reply("rm-1", 2).await), "replayed");
+    // And after a restart (the agent remembers the nonces on disk).
+    let (status, _) = agent.stop().expect("stop");
+    assert!(status.success());
+    let online = |m: &[(String, Vec<u8>)]| {
+        m.iter().filter(|(t, p)| t == &format!("{ROOT}/status") && p.windows(8).any(|w| w == b"\"online\"")).count()
+    };
+    let agent = AgentProcess::start(&config).expect("agent again");
+    peer.wait_for("the agent online again", |m| online(m) >= 2).await;
+    send("camera.remove", remove).await;
+    assert_eq!(code(&reply("rm-1", 3).await), "replayed");
 
     let other = cli_sign("camera.list", &secret, "test-site/gw-other", &json!({"request_id": "other-1"}));
     send("camera.list", other).await;

@@ -15,10 +15,13 @@
 //! `bad_signature`), then the agent (`wrong_agent`), the expiry (`expired`; more than
 //! [`MAX_EXPIRY_SECS`] ahead is `expiry_too_far`), then the nonce (`replayed`). Nonces
 //! of admitted commands are kept until their expiry, at most [`MAX_NONCES`] at once (more
-//! are refused `busy` until some expire), so a captured command runs at most once.
+//! are refused `busy` until some expire), so a captured command runs at most once; with
+//! [`CommandGuard::persist_in`] they are saved on disk too, so a restart forgets none.
 //! Refusal messages are fixed texts: nothing from the payload is echoed.
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -46,6 +49,8 @@ pub struct CommandGuard {
     agent: String,
     /// nonce → its command's expiry.
     nonces: HashMap<String, u64>,
+    /// Where the nonces are saved after each admitted signed command.
+    store: Option<PathBuf>,
 }
 
 /// A command let through: its payload without the envelope, and who signed it.
@@ -163,7 +168,40 @@ impl CommandGuard {
     /// `trusted` keys (`[control] trusted_keys`); `require_signed` refuses unsigned
     /// commands; `agent` as [`agent_name`] gives it.
     pub fn new(trusted: Vec<VerifyingKey>, require_signed: bool, agent: String) -> Self {
-        Self { trusted, require_signed, agent, nonces: HashMap::new() }
+        Self { trusted, require_signed, agent, nonces: HashMap::new(), store: None }
+    }
+
+    /// Saves the nonces in `path` after each admitted signed command, and loads those of
+    /// earlier runs that have not expired at `now`: a command captured before a restart
+    /// cannot be replayed after it. Returns a warning when the file cannot be read.
+    pub fn persist_in(&mut self, path: PathBuf, now: u64) -> Option<String> {
+        let warning = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<HashMap<String, u64>>(&bytes) {
+                Ok(saved) => {
+                    self.nonces =
+                        saved.into_iter().filter(|(n, until)| *until > now && is_nonce(n)).take(MAX_NONCES).collect();
+                    None
+                }
+                Err(e) => Some(format!("{}: unreadable ({e}); starting with no nonces", path.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(format!("cannot read {}: {e}; starting with no nonces", path.display())),
+        };
+        self.store = Some(path);
+        warning
+    }
+
+    /// Whole file to a temporary one, synced, renamed over the old one: a power cut leaves
+    /// the old set or the new one.
+    fn save(&self, path: &Path) -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(&self.nonces).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
     }
 
     /// Checks command `name`'s payload at time `now` (unix seconds): the payload without
@@ -198,13 +236,19 @@ impl CommandGuard {
         if self.nonces.get(&env.nonce).is_some_and(|&until| until > now) {
             return Err(refuse("replayed", "this signed command was already received"));
         }
+        self.nonces.retain(|_, until| *until > now);
         if self.nonces.len() >= MAX_NONCES {
-            self.nonces.retain(|_, until| *until > now);
-            if self.nonces.len() >= MAX_NONCES {
-                return Err(refuse("busy", "too many signed commands in the last 10 minutes; try again later"));
-            }
+            return Err(refuse("busy", "too many signed commands in the last 10 minutes; try again later"));
         }
-        self.nonces.insert(env.nonce, env.expires);
+        self.nonces.insert(env.nonce.clone(), env.expires);
+        if let Some(path) = &self.store
+            && let Err(e) = self.save(path)
+        {
+            // Carrying it out unrecorded would let it be replayed after a restart.
+            tracing::warn!(error = %e, path = %path.display(), "cannot save the nonces of signed commands");
+            self.nonces.remove(&env.nonce);
+            return Err(refuse("persist_failed", "the command's nonce cannot be saved; nothing ran"));
+        }
         Ok(Admitted { payload: obj, signed_by: Some(key) })
     }
 }
@@ -316,6 +360,34 @@ mod tests {
         // Once the first ones expired there is room again; the cache never grows past the bound.
         assert_eq!(code(&g.admit("camera.list", &b, NOW + 11)), "ok");
         assert!(g.nonces.len() <= MAX_NONCES);
+    }
+
+    #[test]
+    fn saved_nonces_outlive_a_restart_until_they_expire() {
+        let dir = std::env::temp_dir().join(format!("lookout-nonces-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("runtime").join("command-nonces.json");
+        let p = json!({"request_id": "x"});
+        let short = signed("camera.list", p.clone(), AGENT, NOW + 10, "nonce-short-000001");
+        let long = signed("camera.list", p.clone(), AGENT, NOW + 300, "nonce-long-0000001");
+        let mut g = guard(true);
+        assert_eq!(g.persist_in(path.clone(), NOW), None, "no file yet is no problem");
+        assert_eq!(code(&g.admit("camera.list", &short, NOW)), "ok");
+        assert_eq!(code(&g.admit("camera.list", &long, NOW)), "ok");
+        // A restart 20 s later: the long one is still remembered, the expired one dropped.
+        let mut again = guard(true);
+        assert_eq!(again.persist_in(path.clone(), NOW + 20), None);
+        assert_eq!(code(&again.admit("camera.list", &long, NOW + 20)), "replayed");
+        assert_eq!(again.nonces.len(), 1);
+        std::fs::write(&path, "{not json").expect("write");
+        assert!(guard(true).persist_in(path.clone(), NOW).is_some_and(|w| w.contains("unreadable")));
+        // Cannot save: refused, and not remembered either.
+        let mut blocked = guard(true);
+        blocked.persist_in(dir.join("runtime").join("command-nonces.json").join("not-a-dir.json"), NOW);
+        std::fs::write(dir.join("runtime").join("command-nonces.json"), "{}").expect("write");
+        assert_eq!(code(&blocked.admit("camera.list", &long, NOW)), "persist_failed");
+        assert!(blocked.nonces.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// JSON values, with the envelope's keys likely.
