@@ -124,6 +124,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     // Models and cameras: the supervisor starts them (restoring runtime changes) and
     // changes them on commands and SIGHUP.
     let mqtt_config = config.mqtt.clone();
+    let mut guard = crate::control::signed::CommandGuard::new(
+        config.control.trusted_keys.clone(),
+        config.control.require_signed,
+        crate::control::signed::agent_name(&config.agent.site, &config.agent.id),
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if let Some(w) = guard.persist_in(config.agent.state_dir.join("runtime").join("command-nonces.json"), now) {
+        warn!("{w}");
+    }
     let listen = config.telemetry.listen;
     let console_token = config.telemetry.console_token.as_ref().map(|t| t.expose().to_string());
     let supervisor = Supervisor::start(
@@ -145,7 +154,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
 
     // Publishing: its own token so it outlives the cameras and drains last.
     let mqtt_stop = CancellationToken::new();
-    let presence = Presence { fleet: fleet.clone(), requests: requests_tx };
+    let presence = Presence { fleet: fleet.clone(), requests: requests_tx, guard: std::sync::Mutex::new(guard) };
     let mqtt_task = publish::spawn(mqtt_config, delivery.clone(), presence, mqtt_stop.clone(), grace);
     // The MQTT task and the supervisor count as workers too: if either ends early (a
     // panic), the watchdog ping is withheld and /healthz fails, as for a dead thread.

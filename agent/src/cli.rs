@@ -54,6 +54,9 @@ pub enum Command {
     /// Model maintenance: keys, signing and verifying manifests (see models/README.md).
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Signed commands: sign a command for one agent (see docs/EVENTS.md, "Signed commands").
+    #[command(subcommand)]
+    Command(CommandCommand),
     /// Run everything locally: the bundled clip served over RTSP, a local broker, the
     /// default model; prints one line per published message.
     Demo {
@@ -96,5 +99,24 @@ pub enum ModelCommand {
         /// The public key file.
         #[arg(long)]
         pubkey: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandCommand {
+    /// Sign a command's JSON payload, read from stdin, for one agent; prints the signed
+    /// payload to publish on `lookout/v1/{site}/{agent}/commands/{name}`.
+    Sign {
+        /// The command, as in its topic (e.g. `camera.remove`).
+        name: String,
+        /// The secret key file (`lookout model keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The agent it is for: `{site}/{agent id}`.
+        #[arg(long)]
+        agent: String,
+        /// Seconds until it expires (1 to 600).
+        #[arg(long, default_value_t = 300)]
+        expires_in: u64,
     },
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use lookout::cli::{Cli, Command, ModelCommand};
+use lookout::cli::{Cli, Command, CommandCommand, ModelCommand};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -54,6 +54,15 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Command(CommandCommand::Sign { name, key, agent, expires_in }) => {
+            match lookout::control::sign_command(&name, &key, &agent, expires_in) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
                 }
             }
         }

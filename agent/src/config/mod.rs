@@ -51,6 +51,7 @@ pub struct Config {
     pub outbox: OutboxSettings,
     pub telemetry: TelemetryConfig,
     pub model_updates: ModelUpdatesConfig,
+    pub control: ControlConfig,
     pub models: Vec<ModelConfig>,
     pub cameras: Vec<CameraConfig>,
 }
@@ -221,6 +222,21 @@ impl ModelUpdatesConfig {
     pub fn enabled(&self) -> bool {
         !self.trusted_keys.is_empty() || self.allow_unsigned
     }
+}
+
+/// `[control]` (optional section): who may send commands, independently of the broker's ACL.
+#[derive(Debug, Clone, Default)]
+pub struct ControlConfig {
+    /// `trusted_keys` (default none): public key files (`lookout model keygen`, the same
+    /// format as `[model_updates] trusted_keys`) whose signatures on commands are accepted.
+    /// Relative paths resolve against the config file's folder.
+    pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// The files they came from, for messages.
+    pub trusted_key_files: Vec<PathBuf>,
+    /// `require_signed` (default false): refuse commands without a valid signature
+    /// (`unsigned_command`). Needs at least one trusted key. A signature that is present
+    /// is checked either way.
+    pub require_signed: bool,
 }
 
 impl Default for ModelUpdatesConfig {
@@ -633,6 +649,36 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         t.finish(&mut issues);
     }
 
+    let mut control = ControlConfig::default();
+    if let Some(mut t) = root.table(&mut issues, "control", false) {
+        let before_keys = issues.list.len();
+        if let Some(files) = t.opt::<Vec<String>>(&mut issues, "trusted_keys") {
+            for f in files {
+                let path = resolve_path(&base_dir, cwd, &f);
+                match crate::model::signature::read_public(&path) {
+                    Ok(k) => {
+                        control.trusted_keys.push(k);
+                        control.trusted_key_files.push(path);
+                    }
+                    Err(e) => {
+                        let s = t.raw("trusted_keys").map(|v| v.span());
+                        issues.push(&t.field_path("trusted_keys"), s.as_ref(), e.to_string());
+                    }
+                }
+            }
+        }
+        control.require_signed = t.opt::<bool>(&mut issues, "require_signed").unwrap_or(false);
+        if control.require_signed && control.trusted_keys.is_empty() && issues.list.len() == before_keys {
+            let s = t.raw("require_signed").map(|v| v.span());
+            issues.push(
+                &t.field_path("require_signed"),
+                s.as_ref(),
+                "needs trusted_keys: no command could be accepted",
+            );
+        }
+        t.finish(&mut issues);
+    }
+
     let mut models = Vec::new();
     let before = issues.list.len();
     let model_tables = root.tables(&mut issues, "models");
@@ -710,6 +756,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 outbox,
                 telemetry,
                 model_updates,
+                control,
                 models,
                 cameras,
             })

@@ -172,7 +172,7 @@ fn unknown_keys_are_reported_with_their_line_and_the_accepted_keys() {
     assert!(
         only(&all, "debug")
             .message
-            .contains("agent, mqtt, outbox, inference, telemetry, model_updates, models, cameras"),
+            .contains("agent, mqtt, outbox, inference, telemetry, model_updates, control, models, cameras"),
         "{all:#?}"
     );
     assert_issue(
@@ -521,7 +521,7 @@ min_score = true
         (
             2,
             "lookout",
-            "unknown field, expected one of: agent, mqtt, outbox, inference, telemetry, model_updates, models, cameras",
+            "unknown field, expected one of: agent, mqtt, outbox, inference, telemetry, model_updates, control, models, cameras",
         ),
     ];
     assert_eq!(err.issues.len(), expected.len(), "{err}");
@@ -992,4 +992,24 @@ mod fuzz {
             let _ = camera_from_json(&cam, shared_config());
         }
     }
+}
+
+#[test]
+fn control_keys_are_read_and_require_signed_needs_a_key() {
+    let dir = TempDir::new("control");
+    let (_, public) = crate::model::signature::keygen().expect("keygen");
+    std::fs::write(dir.0.join("ops.pub"), public).expect("write");
+    let file = dir.0.join("lookout.toml");
+    let c = parse_ok(&minimal());
+    assert!(c.control.trusted_keys.is_empty() && !c.control.require_signed, "no section: unsigned commands accepted");
+    let src = minimal() + "[control]\ntrusted_keys = [\"ops.pub\"]\nrequire_signed = true\n";
+    let c = parse(&file, &src, Path::new(NO_CWD)).expect("valid");
+    assert_eq!(c.control.trusted_keys.len(), 1);
+    assert!(c.control.require_signed);
+    let src = minimal() + "[control]\nrequire_signed = true\n";
+    assert_issue(&issues(&src), &src, "control.require_signed", "require_signed", "needs trusted_keys");
+    let bad = minimal() + "[control]\ntrusted_keys = [\"missing.pub\"]\nrequire_signed = true\n";
+    let Err(e) = parse(&file, &bad, Path::new(NO_CWD)) else { panic!("refused") };
+    assert_eq!(e.issues.len(), 1, "one problem, the missing file: {:#?}", e.issues);
+    assert_eq!(e.issues[0].field, "control.trusted_keys");
 }

@@ -112,7 +112,7 @@ impl Reply {
 }
 
 /// Whether `s` can be a topic segment: no MQTT wildcards or separators, printable ASCII.
-fn is_segment(s: &str) -> bool {
+pub(crate) fn is_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_REQUEST_ID
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
@@ -120,19 +120,37 @@ fn is_segment(s: &str) -> bool {
 
 /// Parses the command `name` (the topic's last segment) with its payload.
 pub fn parse(name: &str, payload: &[u8]) -> Result<Request, Reply> {
-    let refuse = |id: &str, code, msg: String| Reply::error(id, code, msg);
+    parse_object(name, decode(payload)?)
+}
+
+/// A payload as a JSON object (the size cap first), or the refusal.
+pub fn decode(payload: &[u8]) -> Result<Map<String, Value>, Reply> {
+    let refuse = |code, msg: String| Reply::error(NO_REQUEST_ID, code, msg);
     if payload.len() > MAX_PAYLOAD {
         return Err(refuse(
-            NO_REQUEST_ID,
             "payload_too_large",
             format!("{} bytes; commands are at most {MAX_PAYLOAD}", payload.len()),
         ));
     }
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|e| refuse(NO_REQUEST_ID, "malformed_json", format!("not JSON: {e}")))?;
-    let Value::Object(mut obj) = value else {
-        return Err(refuse(NO_REQUEST_ID, "malformed_json", "expected a JSON object".into()));
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| refuse("malformed_json", format!("not JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(refuse("malformed_json", "expected a JSON object".into()));
     };
+    Ok(obj)
+}
+
+/// The reply topic segment for a payload: its `request_id` when usable.
+pub fn reply_id(obj: &Map<String, Value>) -> &str {
+    match obj.get("request_id") {
+        Some(Value::String(s)) if is_segment(s) => s,
+        _ => NO_REQUEST_ID,
+    }
+}
+
+/// Parses the command `name` from a decoded payload (see [`decode`]).
+pub fn parse_object(name: &str, mut obj: Map<String, Value>) -> Result<Request, Reply> {
+    let refuse = |id: &str, code, msg: String| Reply::error(id, code, msg);
     let request_id = match obj.remove("request_id") {
         Some(Value::String(s)) if is_segment(&s) => s,
         Some(Value::String(_)) => {

@@ -7,6 +7,7 @@
 pub mod command;
 pub mod fleet;
 pub mod overlay;
+pub mod signed;
 pub mod supervisor;
 
 use serde_json::{Map, Value, json};
@@ -60,4 +61,34 @@ pub fn handle_read(req: &Request, fleet: &Fleet) -> Reply {
         }
         other => Reply::error(id, "internal", format!("{} is not a read-only command", other.name())),
     }
+}
+
+/// `lookout command sign`: the payload on stdin, signed for `agent` (`{site}/{id}`), on
+/// stdout. The command is parsed first: signing one every agent refuses helps nobody.
+pub fn sign_command(name: &str, key: &std::path::Path, agent: &str, expires_in: u64) -> anyhow::Result<()> {
+    use anyhow::{Context, bail};
+    use std::io::Read as _;
+    if !(1..=signed::MAX_EXPIRY_SECS).contains(&expires_in) {
+        bail!("--expires-in must be 1 to {} seconds", signed::MAX_EXPIRY_SECS);
+    }
+    let id_ok =
+        |s: &str| (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !agent.split_once('/').is_some_and(|(site, id)| id_ok(site) && id_ok(id)) {
+        bail!("--agent must be {{site}}/{{agent id}}, e.g. main-street/gw-07");
+    }
+    let key = crate::model::signature::read_secret(key)?;
+    let mut text = Vec::new();
+    std::io::stdin().read_to_end(&mut text).context("reading the payload from stdin")?;
+    let mut payload =
+        command::decode(&text).map_err(|r| anyhow::anyhow!("{}", r.error.map_or_else(String::new, |e| e.message)))?;
+    payload.remove(signed::FIELD);
+    if let Err(r) = command::parse_object(name, payload.clone()) {
+        let e = r.error.map_or_else(String::new, |e| format!("{}: {}", e.code, e.message));
+        bail!("the command would be refused: {e}");
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).context("clock")?.as_secs();
+    let nonce = signed::new_nonce().map_err(anyhow::Error::msg)?;
+    let signed = signed::sign(name, payload, &key, agent, now + expires_in, &nonce);
+    println!("{}", serde_json::to_string(&signed)?);
+    Ok(())
 }

@@ -17,6 +17,9 @@
 //!   retained, says "offline"; a clean shutdown publishes "offline" itself. Each camera's
 //!   retained `lookout.camera_status/1` is published on connect, on every state change,
 //!   and every 60 s. These are state, not events: they carry no `seq` and bypass the outbox.
+//! - Presence messages and replies wait in [`Connection::pending`] until rumqttc's request
+//!   queue has room (it holds `max_inflight + 16` requests; on connect an agent with a few
+//!   hundred cameras has more statuses than that): nothing is dropped for lack of room.
 
 pub mod gaps;
 pub mod outbox;
@@ -37,6 +40,7 @@ use tracing::{Instrument, info, warn};
 use crate::config::MqttConfig;
 use crate::control::command::{self, NO_REQUEST_ID, Reply};
 use crate::control::fleet::Fleet;
+use crate::control::signed::CommandGuard;
 use crate::control::supervisor::ControlRequest;
 use crate::event::{Topics, camera_status_message, status_message};
 use outbox::Outbox;
@@ -82,6 +86,9 @@ pub struct Presence {
     pub fleet: Arc<Fleet>,
     /// Where commands that change something go (the supervisor).
     pub requests: tokio::sync::mpsc::Sender<ControlRequest>,
+    /// Signature checks and the nonces seen: shared by every connection, so a command
+    /// captured on one cannot be replayed on the next.
+    pub guard: Mutex<CommandGuard>,
 }
 
 /// Spawns the `mqtt` task. It runs until `shutdown`, then keeps delivering for up to
@@ -115,6 +122,12 @@ async fn run(
             Ok(c) => c.run(&shutdown, grace, &mut replies).await,
             Err(e) => Err(e.to_string()),
         };
+        if let Ok(c) = &conn
+            && !c.pending.is_empty()
+        {
+            // Statuses are sent again on the next connection; those replies are lost.
+            warn!(count = c.pending.len(), "connection ended with statuses or replies not yet handed to MQTT");
+        }
         match result {
             Ok(()) => return,
             Err(reason) => {
@@ -192,7 +205,22 @@ struct Connection<'a> {
     /// The fleet generation the birth message described.
     fleet_generation: u64,
     reply_tx: tokio::sync::mpsc::UnboundedSender<Reply>,
+    /// Presence messages and replies not yet accepted by rumqttc's request queue, oldest
+    /// first; topped up into it as it drains. At most one retained state per topic (a newer
+    /// state replaces the queued one) and [`MAX_PENDING_REPLIES`] replies.
+    pending: VecDeque<PendingPublish>,
 }
+
+/// A publish waiting for room in rumqttc's request queue.
+struct PendingPublish {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+/// Most replies waiting for room at once: a command flood while the broker is slow to
+/// acknowledge must not grow memory without bound. Beyond it replies are dropped, logged.
+const MAX_PENDING_REPLIES: usize = 256;
 
 impl<'a> Connection<'a> {
     fn new(
@@ -218,6 +246,7 @@ impl<'a> Connection<'a> {
             camera_reports: HashMap::new(),
             fleet_generation: 0,
             reply_tx,
+            pending: VecDeque::new(),
         })
     }
 
@@ -230,13 +259,17 @@ impl<'a> Connection<'a> {
     ) -> Result<(), String> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            // Until the CONNACK, poll() alone: a poll() cancelled while it connects drops
+            // the fresh connection (rumqttc then connects again), and the broker publishes
+            // that first connection's will, "offline", to the platform.
             tokio::select! {
                 ev = self.eventloop.poll() => self.on_event(ev)?,
                 Some(reply) = replies.recv(), if self.connected => self.publish_reply(&reply),
-                _ = self.delivery.wake.notified() => {}
-                _ = tick.tick() => if self.connected { self.report_cameras(false) },
+                _ = self.delivery.wake.notified(), if self.connected => {}
+                _ = tick.tick(), if self.connected => self.report_cameras(false),
                 _ = shutdown.cancelled() => return self.drain(grace).await,
             }
+            self.flush_pending();
             self.top_up();
         }
     }
@@ -254,12 +287,13 @@ impl<'a> Connection<'a> {
                     self.topics.status(),
                     status_message(&self.presence.fleet.agent_info(), "online", None),
                 );
-                self.report_cameras(true);
-                // A fresh session each connection: subscribe again. Subscribe requests are
-                // not publish requests, so the pkid → seq FIFO is unaffected.
+                // A fresh session each connection: subscribe again, before the camera
+                // statuses fill the request queue. Subscribe requests are not publish
+                // requests, so the pkid → seq FIFO is unaffected.
                 if let Err(e) = self.client.try_subscribe(self.topics.commands(), QoS::AtLeastOnce) {
                     warn!(error = %e, "cannot subscribe to commands");
                 }
+                self.report_cameras(true);
             }
             Event::Incoming(Packet::Publish(p)) => self.on_command(&p.topic, &p.payload, p.retain),
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -329,7 +363,14 @@ impl<'a> Connection<'a> {
             // A retained command would run again at every reconnect.
             Reply::error(NO_REQUEST_ID, "retained_command", "commands must not be retained")
         } else {
-            match command::parse(name, payload) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let admitted = self.presence.guard.lock().unwrap_or_else(|e| e.into_inner()).admit(name, payload, now);
+            match admitted.and_then(|a| {
+                if let Some(key) = a.signed_by {
+                    info!(command = name, key = %crate::model::signature::public_key_string(&key), "signed command");
+                }
+                command::parse_object(name, a.payload)
+            }) {
                 Ok(req) if req.command.is_read_only() => {
                     let reply = crate::control::handle_read(&req, &self.presence.fleet);
                     info!(command = name, request_id = %req.request_id, ok = reply.ok, "command");
@@ -372,16 +413,38 @@ impl<'a> Connection<'a> {
     /// Replies go out at QoS 1, not retained, not through the outbox: a reply to a
     /// request nobody waits for any more is worthless.
     fn publish_reply(&mut self, reply: &Reply) {
-        let body = serde_json::to_vec(reply).unwrap_or_default();
-        if self.client.try_publish(self.topics.reply(&reply.request_id), QoS::AtLeastOnce, false, body).is_ok() {
-            self.requested.push_back(None);
+        if self.pending.iter().filter(|p| !p.retain).count() >= MAX_PENDING_REPLIES {
+            warn!(request_id = %reply.request_id, "reply dropped: {MAX_PENDING_REPLIES} replies already wait for the broker");
+            return;
         }
+        let body = serde_json::to_vec(reply).unwrap_or_default();
+        self.pending.push_back(PendingPublish {
+            topic: self.topics.reply(&reply.request_id),
+            payload: body,
+            retain: false,
+        });
+        self.flush_pending();
     }
 
-    /// Retained state messages (not in the outbox).
+    /// Retained state messages (not in the outbox). Only the latest state of a topic
+    /// matters, so one still waiting is replaced in place (keeping its turn).
     fn publish_state(&mut self, topic: String, payload: Vec<u8>) {
-        if self.client.try_publish(topic, QoS::AtLeastOnce, true, payload).is_ok() {
+        match self.pending.iter_mut().find(|p| p.retain && p.topic == topic) {
+            Some(p) => p.payload = payload,
+            None => self.pending.push_back(PendingPublish { topic, payload, retain: true }),
+        }
+        self.flush_pending();
+    }
+
+    /// Hands waiting presence messages and replies to rumqttc while its request queue
+    /// takes them; the rest stay queued for the next call (after the next event).
+    fn flush_pending(&mut self) {
+        while let Some(p) = self.pending.front() {
+            if self.client.try_publish(p.topic.clone(), QoS::AtLeastOnce, p.retain, p.payload.clone()).is_err() {
+                return;
+            }
             self.requested.push_back(None);
+            self.pending.pop_front();
         }
     }
 
@@ -442,6 +505,7 @@ impl<'a> Connection<'a> {
     async fn drain(&mut self, grace: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + grace;
         while self.connected && self.delivery.outbox().stats().pending_records > 0 {
+            self.flush_pending();
             self.top_up();
             match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
                 Ok(ev) => {
@@ -460,6 +524,11 @@ impl<'a> Connection<'a> {
             info!(acked = self.delivery.stats.acked.load(Ordering::Relaxed), "outbox empty: everything acknowledged");
         }
         if self.connected {
+            // "offline" goes first: camera statuses still waiting would be stale at once.
+            if !self.pending.is_empty() {
+                info!(count = self.pending.len(), "stopping: statuses and replies not yet handed to MQTT are dropped");
+                self.pending.clear();
+            }
             self.publish_state(
                 self.topics.status(),
                 status_message(&self.presence.fleet.agent_info(), "offline", Some("shutdown")),
@@ -468,8 +537,9 @@ impl<'a> Connection<'a> {
             let until = tokio::time::Instant::now() + Duration::from_secs(2);
             loop {
                 match tokio::time::timeout_at(until, self.eventloop.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) if self.pending.is_empty() => break,
+                    Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(_)) => self.flush_pending(),
                 }
             }
             let _ = self.client.try_disconnect();
