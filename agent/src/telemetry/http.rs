@@ -66,6 +66,9 @@ pub struct Limits {
     /// dropped `close_grace` later: bounds a client that reads its response too slowly.
     pub max_connection_age: Duration,
     pub close_grace: Duration,
+    /// At shutdown, how long responses in progress may take before their connections
+    /// are dropped: the agent's drain waits for the listener, a client must not delay it.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -77,6 +80,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(120),
             close_grace: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(1),
         }
     }
 }
@@ -157,7 +161,7 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/pla
     Retry-After: 5\r\nConnection: close\r\n\r\ntoo many connections, try again\n";
 
 /// Serves `app` on `listener` within `limits` until `shutdown`; then lets connections
-/// finish their response for at most `close_grace`.
+/// finish their response for at most `shutdown_grace`.
 pub async fn serve_app(
     listener: TcpListener,
     app: Router,
@@ -167,14 +171,25 @@ pub async fn serve_app(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut conns = JoinSet::new();
+    // At most one line a minute each, whatever a client does.
     let mut last_refusal_log: Option<std::time::Instant> = None;
+    let mut last_accept_log: Option<std::time::Instant> = None;
+    let due = |last: &mut Option<std::time::Instant>| {
+        let due = last.is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    };
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
                     // Out of file descriptors and the like: pause, or the loop spins.
-                    warn!(error = %e, "telemetry listener cannot accept; pausing 100 ms");
+                    if due(&mut last_accept_log) {
+                        warn!(error = %e, "telemetry listener cannot accept; pausing 100 ms per failure");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                         _ = shutdown.cancelled() => break,
@@ -187,8 +202,7 @@ pub async fn serve_app(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refuse(&stream);
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                last_refusal_log = Some(std::time::Instant::now());
+            if due(&mut last_refusal_log) {
                 warn!(max = limits.max_connections, "telemetry listener full; refusing connections (503)");
             }
             continue;
@@ -214,10 +228,10 @@ pub async fn serve_app(
             drop(open);
         });
     }
-    // Every connection saw `shutdown` and closes within `close_grace`; the margin
-    // covers their last poll.
+    // Every connection saw `shutdown`: idle ones are closed, responses in progress get
+    // `shutdown_grace`; whatever is left is dropped with the set.
     let drain = async { while conns.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(limits.close_grace + Duration::from_secs(1), drain).await;
+    let _ = tokio::time::timeout(limits.shutdown_grace, drain).await;
 }
 
 /// One served connection: its slot and its count, given back however its task ends.
@@ -514,10 +528,12 @@ mod tests {
         next.write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.expect("write");
         let got = read_until_closed(&mut next, Duration::from_secs(5)).await.expect("served");
         assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("x\n"), "{got:?}");
-        // Shutdown does not wait for the held connections' clients.
+        // Shutdown does not wait for the held connections' clients, even one that has
+        // sent half a header.
+        held[0].write_all(b"GET /x HTTP/1.1\r\nHo").await.expect("write");
         let t = Instant::now();
         s.stop.cancel();
         s.task.await.expect("server task");
-        assert!(t.elapsed() < Duration::from_secs(3), "shutdown took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(2), "shutdown took {:?}", t.elapsed());
     }
 }
