@@ -156,6 +156,10 @@ pub async fn serve(
     serve_app(listener, app, Limits::default(), stats, shutdown).await;
 }
 
+/// What one connection may buffer of a request (hyper's default is ~400 kB): a
+/// browser's header with its cookie is a few kB, and 128 full buffers stay at 8 MiB.
+const MAX_REQUEST_BUFFER: usize = 64 * 1024;
+
 /// The bare `503` a connection beyond the cap gets (written without waiting, then closed).
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 32\r\n\
     Retry-After: 5\r\nConnection: close\r\n\r\ntoo many connections, try again\n";
@@ -213,7 +217,10 @@ pub async fn serve_app(
         let open = Open::new(&stats, permit);
         conns.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(MAX_REQUEST_BUFFER);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             let finished = tokio::select! {
@@ -489,7 +496,7 @@ mod tests {
     const GET_X: &[u8] = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
     #[tokio::test]
-    async fn a_client_that_sends_half_a_header_or_nothing_is_disconnected() {
+    async fn a_client_that_sends_half_a_header_nothing_or_too_much_is_disconnected() {
         let timeout = Duration::from_millis(300);
         let s = start(Limits { header_read_timeout: timeout, ..Limits::default() }).await;
         let mut half = TcpStream::connect(s.addr).await.expect("connect");
@@ -505,6 +512,12 @@ mod tests {
         kept.write_all(GET_X).await.expect("write");
         let got = read_until_closed(&mut kept, Duration::from_secs(5)).await.expect("idle keep-alive: not closed");
         assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        // An endless header is cut off at the buffer bound, not stored.
+        let mut huge = TcpStream::connect(s.addr).await.expect("connect");
+        huge.write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ").await.expect("write");
+        let _ = huge.write_all(&[b'a'; 200 * 1024]).await;
+        let got = read_until_closed(&mut huge, Duration::from_secs(5)).await.expect("a huge header: not closed");
+        assert!(got.starts_with("HTTP/1.1 431"), "{got:?}");
         open_becomes(&s.stats, 0).await;
         s.stop.cancel();
         s.task.await.expect("server task");
