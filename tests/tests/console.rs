@@ -337,6 +337,17 @@ fn console_token_in_the_query_counts_on_the_root_page_only() {
     let page = req(&format!("/?token={TOKEN}"));
     assert_eq!(page.code, 200);
     assert!(page.header("set-cookie").is_some());
+    // In a browser: the page works on its cookie (under its CSP) and drops the token from
+    // the address bar.
+    let browser = Browser::start().expect("headless chromium");
+    browser.goto(&format!("http://127.0.0.1:{port}/?token={TOKEN}&page=0")).expect("open the console");
+    let seen = wait_browser(30, || {
+        let v = browser.eval("return [location.href, document.querySelectorAll('.tile').length]").ok()?;
+        (v[1].as_u64() == Some(1)).then_some(()).filter(|_| !v[0].as_str().unwrap_or("token").contains("token"))
+    });
+    let now = browser.eval("return [location.href, document.body.innerText]").unwrap_or_default();
+    assert!(seen.is_some(), "the grid should show the camera and the address no token: {now}");
+    assert!(now[0].as_str().is_some_and(|u| u.ends_with("/?page=0")), "{now}");
     drop(agent);
 }
 

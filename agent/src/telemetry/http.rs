@@ -66,6 +66,9 @@ pub struct Limits {
     /// dropped `close_grace` later: bounds a client that reads its response too slowly.
     pub max_connection_age: Duration,
     pub close_grace: Duration,
+    /// At shutdown, how long responses in progress may take before their connections
+    /// are dropped: the agent's drain waits for the listener, a client must not delay it.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -77,6 +80,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(120),
             close_grace: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(1),
         }
     }
 }
@@ -152,12 +156,16 @@ pub async fn serve(
     serve_app(listener, app, Limits::default(), stats, shutdown).await;
 }
 
+/// What one connection may buffer of a request (hyper's default is ~400 kB): a
+/// browser's header with its cookie is a few kB, and 128 full buffers stay at 8 MiB.
+const MAX_REQUEST_BUFFER: usize = 64 * 1024;
+
 /// The bare `503` a connection beyond the cap gets (written without waiting, then closed).
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 32\r\n\
     Retry-After: 5\r\nConnection: close\r\n\r\ntoo many connections, try again\n";
 
 /// Serves `app` on `listener` within `limits` until `shutdown`; then lets connections
-/// finish their response for at most `close_grace`.
+/// finish their response for at most `shutdown_grace`.
 pub async fn serve_app(
     listener: TcpListener,
     app: Router,
@@ -167,14 +175,25 @@ pub async fn serve_app(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut conns = JoinSet::new();
+    // At most one line a minute each, whatever a client does.
     let mut last_refusal_log: Option<std::time::Instant> = None;
+    let mut last_accept_log: Option<std::time::Instant> = None;
+    let due = |last: &mut Option<std::time::Instant>| {
+        let due = last.is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    };
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
                     // Out of file descriptors and the like: pause, or the loop spins.
-                    warn!(error = %e, "telemetry listener cannot accept; pausing 100 ms");
+                    if due(&mut last_accept_log) {
+                        warn!(error = %e, "telemetry listener cannot accept; pausing 100 ms per failure");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                         _ = shutdown.cancelled() => break,
@@ -187,8 +206,7 @@ pub async fn serve_app(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refuse(&stream);
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                last_refusal_log = Some(std::time::Instant::now());
+            if due(&mut last_refusal_log) {
                 warn!(max = limits.max_connections, "telemetry listener full; refusing connections (503)");
             }
             continue;
@@ -199,7 +217,10 @@ pub async fn serve_app(
         let open = Open::new(&stats, permit);
         conns.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(MAX_REQUEST_BUFFER);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             let finished = tokio::select! {
@@ -214,10 +235,10 @@ pub async fn serve_app(
             drop(open);
         });
     }
-    // Every connection saw `shutdown` and closes within `close_grace`; the margin
-    // covers their last poll.
+    // Every connection saw `shutdown`: idle ones are closed, responses in progress get
+    // `shutdown_grace`; whatever is left is dropped with the set.
     let drain = async { while conns.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(limits.close_grace + Duration::from_secs(1), drain).await;
+    let _ = tokio::time::timeout(limits.shutdown_grace, drain).await;
 }
 
 /// One served connection: its slot and its count, given back however its task ends.
@@ -475,7 +496,7 @@ mod tests {
     const GET_X: &[u8] = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
     #[tokio::test]
-    async fn a_client_that_sends_half_a_header_or_nothing_is_disconnected() {
+    async fn a_client_that_sends_half_a_header_nothing_or_too_much_is_disconnected() {
         let timeout = Duration::from_millis(300);
         let s = start(Limits { header_read_timeout: timeout, ..Limits::default() }).await;
         let mut half = TcpStream::connect(s.addr).await.expect("connect");
@@ -491,6 +512,12 @@ mod tests {
         kept.write_all(GET_X).await.expect("write");
         let got = read_until_closed(&mut kept, Duration::from_secs(5)).await.expect("idle keep-alive: not closed");
         assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        // An endless header is cut off at the buffer bound, not stored.
+        let mut huge = TcpStream::connect(s.addr).await.expect("connect");
+        huge.write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ").await.expect("write");
+        let _ = huge.write_all(&[b'a'; 200 * 1024]).await;
+        let got = read_until_closed(&mut huge, Duration::from_secs(5)).await.expect("a huge header: not closed");
+        assert!(got.starts_with("HTTP/1.1 431"), "{got:?}");
         open_becomes(&s.stats, 0).await;
         s.stop.cancel();
         s.task.await.expect("server task");
@@ -514,10 +541,12 @@ mod tests {
         next.write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.expect("write");
         let got = read_until_closed(&mut next, Duration::from_secs(5)).await.expect("served");
         assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("x\n"), "{got:?}");
-        // Shutdown does not wait for the held connections' clients.
+        // Shutdown does not wait for the held connections' clients, even one that has
+        // sent half a header.
+        held[0].write_all(b"GET /x HTTP/1.1\r\nHo").await.expect("write");
         let t = Instant::now();
         s.stop.cancel();
         s.task.await.expect("server task");
-        assert!(t.elapsed() < Duration::from_secs(3), "shutdown took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(2), "shutdown took {:?}", t.elapsed());
     }
 }

@@ -327,7 +327,8 @@ function showError(e) {
 const query = new URLSearchParams(location.search);
 if (query.has("token")) {
   query.delete("token");
-  history.replaceState(null, "", location.pathname + (query.size ? "?" + query : ""));
+  const rest = query.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : ""));
 }
 
 const path = location.pathname;
