@@ -845,7 +845,9 @@ fn prepare(
     loaded: &HashSet<String>,
     cancel: &CancellationToken,
 ) -> Result<Prepared, (&'static str, String)> {
-    let installed = update::install(url, cfg, store, known, cancel).map_err(|e| (e.code(), e.to_string()))?;
+    // A release URL may carry a token in its query: replies and logs show it masked.
+    let installed = update::install(url, cfg, store, known, cancel)
+        .map_err(|e| (e.code(), crate::config::redact_urls_in(&e.to_string())))?;
     let remove = |i: &Installed| {
         if i.fresh {
             let _ = std::fs::remove_dir_all(store.version_dir(&i.name, &i.version));
