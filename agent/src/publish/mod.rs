@@ -39,7 +39,7 @@ use crate::control::command::{self, NO_REQUEST_ID, Reply};
 use crate::control::fleet::Fleet;
 use crate::control::supervisor::ControlRequest;
 use crate::event::{Topics, camera_status_message, status_message};
-use outbox::Outbox;
+use outbox::{Outbox, OutboxError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -71,9 +71,31 @@ impl Delivery {
         Self { outbox: Mutex::new(outbox), wake: Notify::new(), stats: MqttStats::default() }
     }
 
-    /// The outbox; short critical sections only (appends, reads of a few records, acks).
+    /// The outbox; short critical sections only (appends, reads of a few records, acks),
+    /// never an fsync: [`Delivery::sync`] and [`Delivery::append`] do those outside it.
     pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Outbox::append`], with the fsync a new segment needs done outside the lock, so
+    /// the async tasks that take it (PUBACKs, `/metrics`, the health loop) never wait for
+    /// the disk. Only one thread may append (the events thread).
+    pub fn append(&self, topic: &str, build: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, OutboxError> {
+        let prepared = self.outbox().prepare(topic, build)?;
+        // Its own statement: the guard must be gone before `sync` takes the lock again.
+        let rolls_dirty = self.outbox().rolls_dirty(&prepared);
+        if rolls_dirty && let Err(e) = self.sync() {
+            warn!(error = %e, "cannot sync the outbox before starting a new segment");
+        }
+        self.outbox().commit(prepared)
+    }
+
+    /// [`Outbox::sync`] holding the lock only to plan and to record the result: the
+    /// fsyncs run on cloned file handles without it.
+    pub fn sync(&self) -> Result<(), OutboxError> {
+        let Some(mut job) = self.outbox().begin_sync() else { return Ok(()) };
+        job.run();
+        self.outbox().finish_sync(job)
     }
 }
 
