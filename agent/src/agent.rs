@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::console::{self, ConsoleHub};
 use crate::control::fleet::Fleet;
 use crate::control::supervisor::{Deps, Supervisor};
+use crate::event::snapshot;
 use crate::event::stage::{CameraEvents, Outgoing};
 use crate::event::{Topics, detections_message, gap_message};
 use crate::infer::{self, Analysed};
@@ -82,7 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         max_age: o.max_age,
         segment_bytes: o.segment_bytes,
         full_policy: o.full_policy,
-        max_message_bytes: crate::publish::outbox::MAX_BODY as u64,
+        max_message_bytes: config.mqtt.max_message_bytes.saturating_sub(publish::PUBLISH_OVERHEAD),
     })
     .with_context(|| format!("opening the outbox in {} ([agent] state_dir)", outbox_dir.display()))?;
     if report.corrupt_records > 0 || report.torn_bytes > 0 || report.unreadable_segments > 0 {
@@ -353,8 +354,37 @@ fn append_outgoing(
     console: &ConsoleHub,
 ) {
     let mut snapshot_seq = None;
-    for out in outs {
+    // Width and height of a snapshot made smaller to fit, for the event that names it.
+    let mut shrunk: Option<(u32, u32)> = None;
+    let max_message = delivery.outbox().max_message_bytes();
+    for mut out in outs {
         let is_snapshot = matches!(out, Outgoing::Snapshot { .. });
+        match &mut out {
+            Outgoing::Snapshot { topic, jpeg } => {
+                shrunk = None;
+                let room = max_message.saturating_sub(topic.len() as u64);
+                if jpeg.bytes.len() as u64 > room {
+                    match snapshot::shrink(jpeg, room as usize) {
+                        Some(j) => {
+                            shrunk = Some((j.width, j.height));
+                            *jpeg = Arc::new(j);
+                        }
+                        None => {
+                            // Left out: the event that follows goes without a snapshot.
+                            warn!(camera = %camera.id, bytes = jpeg.bytes.len(), max = room, "snapshot too large for an MQTT message even made smaller; leaving it out");
+                            snapshot_seq = None;
+                            continue;
+                        }
+                    }
+                }
+            }
+            Outgoing::Event(m) => {
+                if let (Some((w, h)), Some(s)) = (shrunk.take(), m.snapshot.as_mut()) {
+                    (s.width, s.height) = (w, h);
+                }
+            }
+            Outgoing::Counts(_) => {}
+        }
         let kind = console::Kind::of(&out);
         let mut kept = None;
         let seq = append(delivery, camera, &out.topic(topics), |seq| {

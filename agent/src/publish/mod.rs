@@ -99,6 +99,10 @@ impl Delivery {
     }
 }
 
+/// Bytes of an MQTT 3.1.1 QoS 1 PUBLISH besides topic and payload, at most: the fixed
+/// header (1 + up to 4 of remaining length), the topic's length (2) and the packet id (2).
+pub const PUBLISH_OVERHEAD: u64 = 9;
+
 /// What presence messages need.
 pub struct Presence {
     pub fleet: Arc<Fleet>,
@@ -165,7 +169,10 @@ fn options(cfg: &MqttConfig, topics: &Topics, presence: &Presence) -> Result<Mqt
     // session state is needed (and stale in-memory state in rumqttc can't interfere).
     opts.set_clean_session(true);
     opts.set_inflight(cfg.max_inflight);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
+    // What the outbox admits (topic + payload ≤ max_message_bytes - PUBLISH_OVERHEAD)
+    // always fits, so rumqttc never fails a connection on one of our records.
+    let max = usize::try_from(cfg.max_message_bytes).unwrap_or(usize::MAX);
+    opts.set_max_packet_size(max, max);
     opts.set_request_channel_capacity(cfg.max_inflight as usize + 16);
     opts.set_last_will(LastWill::new(
         topics.status(),
