@@ -11,14 +11,15 @@
 //!   is named after the first seq written into it. Only the newest (active) segment is
 //!   appended to; it rolls when the next record would take it past `segment_bytes` (a
 //!   larger record gets a segment of its own).
-//! - `state.a`, `state.b`: two copies of the ack state, 32 bytes each, written in place
-//!   alternately (write, fsync): `b"LKS2"`, generation u64, watermark u64, next seq u64,
-//!   CRC-32 of the preceding 28 bytes (u32). The valid copy with the higher generation
-//!   wins, so a torn or rotten copy leaves the other one, a generation older. Every seq ≤
-//!   watermark is done: acknowledged, or dropped and reported as a gap. The next seq is
-//!   kept so seq never goes backwards, even once every segment has been deleted: before a
-//!   segment is deleted both copies are written, so whichever single file is damaged, the
-//!   other copy or the segments still on disk tell where seq stood. (`state`, the single
+//! - `state.a`, `state.b`: two copies of the ack state, 32 bytes each, both written in
+//!   place at every state write, one after the other (write, fsync, then the other):
+//!   `b"LKS2"`, generation u64, watermark u64, next seq u64, CRC-32 of the preceding 28
+//!   bytes (u32). The valid copy with the higher generation wins, so a torn or rotten copy
+//!   leaves the other one, equal or one write older. Every seq ≤ watermark is done:
+//!   acknowledged, or dropped and reported as a gap. The next seq is kept so seq never
+//!   goes backwards, even once every segment has been deleted: segments are deleted only
+//!   after both copies are written, so whichever single file is damaged, the other copy
+//!   or the segments still on disk tell where seq stood. (`state`, the single
 //!   24-byte `LKS1` file of earlier versions, is read once and replaced.)
 //! - `<first_seq:020>.seg.unreadable`: a segment that could not be read at open (I/O
 //!   error), moved aside for inspection; its seqs are reported as a `Corrupt` gap and
@@ -777,9 +778,10 @@ impl Outbox {
         let watermark = self.watermark();
         let mut state = Vec::new();
         if !delete.is_empty() || self.state_stale() {
-            // Before segments go, both copies must know the seqs they held.
-            let copies = if !delete.is_empty() || self.rewrite_state { 2 } else { 1 };
-            for generation in self.state_gen + 1..=self.state_gen + copies {
+            // Both copies, one after the other: a torn write damages one, and the other
+            // then says the same or what the previous sync said (no segment was deleted
+            // in between: deletion waits for both).
+            for generation in self.state_gen + 1..=self.state_gen + 2 {
                 state.push((generation, encode_state(generation, watermark, self.next_seq)));
             }
         }
@@ -788,6 +790,7 @@ impl Outbox {
             dir: self.cfg.dir.clone(),
             segments,
             sync_dir,
+            state_new: self.rewrite_state && !state.is_empty(),
             state,
             watermark,
             next_seq: self.next_seq,
@@ -818,14 +821,15 @@ impl Outbox {
             if self.next_seq == job.next_seq {
                 self.seq_dirty = false;
             }
-            if job.state.len() == 2 {
+            if r.state_written == job.state.last().map(|s| s.0) {
                 self.rewrite_state = false;
                 if std::mem::take(&mut self.legacy_state) {
                     let _ = fs::remove_file(self.cfg.dir.join(LEGACY_STATE));
                 }
             }
-        } else if !job.state.is_empty() {
-            // A copy may be half written: write both next time.
+        }
+        if r.state_written != job.state.last().map(|s| s.0) {
+            // A copy may be half written, or missing: write both next time.
             self.rewrite_state = true;
         }
         for first in &r.deleted {
@@ -1070,6 +1074,8 @@ pub struct SyncJob {
     sync_dir: bool,
     /// State copies to write, by generation.
     state: Vec<(u64, [u8; STATE_LEN])>,
+    /// The copies may not exist yet: the directory is synced after them.
+    state_new: bool,
     watermark: u64,
     next_seq: u64,
     /// Done segments, deleted once the state is on disk.
@@ -1129,11 +1135,11 @@ impl SyncJob {
                 }
             }
         }
-        // Both copies were written (or rewritten): their names must be durable too before
-        // anything is deleted.
+        // Copies just created (or replacing damaged ones): their names must be durable too
+        // before anything is deleted.
         let state_ok = self.state.is_empty() || r.state_written == self.state.last().map(|s| s.0);
         if state_ok
-            && self.state.len() == 2
+            && self.state_new
             && let Err(e) = sync_dir(&self.dir, &self.faults)
         {
             fail(r, e);
