@@ -18,11 +18,12 @@ use crate::config::Config;
 use crate::console::{self, ConsoleHub};
 use crate::control::fleet::Fleet;
 use crate::control::supervisor::{Deps, Supervisor};
+use crate::event::snapshot;
 use crate::event::stage::{CameraEvents, Outgoing};
 use crate::event::{Topics, detections_message, gap_message};
 use crate::infer::{self, Analysed};
 use crate::publish::gaps::{GapAnnouncer, Range};
-use crate::publish::outbox::{GapReason, Outbox, OutboxConfig, OutboxError};
+use crate::publish::outbox::{Outbox, OutboxConfig, OutboxError};
 use crate::publish::{self, Delivery, Presence};
 use crate::source::{self, CameraCtx};
 use crate::telemetry::{self, Liveness, http::Health};
@@ -82,13 +83,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         max_age: o.max_age,
         segment_bytes: o.segment_bytes,
         full_policy: o.full_policy,
+        max_message_bytes: config.mqtt.max_message_bytes.saturating_sub(publish::PUBLISH_OVERHEAD),
     })
     .with_context(|| format!("opening the outbox in {} ([agent] state_dir)", outbox_dir.display()))?;
-    if report.corrupt_records > 0 || report.torn_bytes > 0 {
+    if report.corrupt_records > 0 || report.torn_bytes > 0 || report.unreadable_segments > 0 {
         warn!(
             corrupt_records = report.corrupt_records,
             torn_bytes = report.torn_bytes,
-            "outbox had damaged records (power cut?); skipped them"
+            unreadable_segments = report.unreadable_segments,
+            "outbox had damaged records (power cut? bad sectors?); skipped them and announce them as a gap"
         );
     }
     info!(pending = report.pending, dir = %outbox_dir.display(), "outbox open");
@@ -241,6 +244,7 @@ fn run_events(
     let mut last_sync = Instant::now();
     let mut last_expire = Instant::now();
     let mut last_announce: Option<Instant> = None;
+    let mut sync_failures = 0u64;
     let mut open = true;
     while open {
         // Cameras joining and leaving (the supervisor); a leaving camera ends its tracks
@@ -308,8 +312,16 @@ fn run_events(
         }
         let needs_sync = delivery.outbox().needs_sync();
         if needs_sync && (!open || last_sync.elapsed() >= fsync) {
-            if let Err(e) = delivery.outbox().sync() {
-                error!(error = %e, "cannot sync the outbox to disk");
+            // Outside the outbox lock: async tasks keep acking and reading meanwhile.
+            match delivery.sync() {
+                Ok(()) => sync_failures = 0,
+                Err(e) => {
+                    sync_failures += 1;
+                    // Retried every interval: say so once, then now and then.
+                    if sync_failures % 100 == 1 {
+                        error!(error = %e, failures_in_a_row = sync_failures, "cannot sync the outbox to disk; nothing new is published until it works");
+                    }
+                }
             }
             last_sync = Instant::now();
             delivery.wake.notify_one();
@@ -317,17 +329,27 @@ fn run_events(
     }
 }
 
-/// Appends one message, counting it for its camera; returns its `seq`. A refusal
-/// (outbox full with `drop_newest`) is counted and announced as a gap like any other drop.
+/// Appends one message, counting it for its camera; returns its `seq` when it is in the
+/// outbox. A message that used up its seq without being stored (refused when full, too
+/// large, its write failed) is counted by the outbox and announced as a gap like any
+/// other drop.
 fn append(delivery: &Delivery, camera: &CameraCtx, topic: &str, build: impl FnOnce(u64) -> Vec<u8>) -> Option<u64> {
-    match delivery.outbox().append(topic, build) {
+    match delivery.append(topic, build) {
         Ok(seq) => {
             camera.stats.messages.fetch_add(1, Ordering::Relaxed);
             Some(seq)
         }
         Err(OutboxError::Refused { seq }) => {
             warn!(camera = %camera.id, seq, "outbox full: message refused (full_policy = drop_newest)");
-            Some(seq)
+            None
+        }
+        Err(e @ OutboxError::WriteFailed { .. }) => {
+            // A full or failing disk fails every append: log the first and then now and then.
+            let failures = delivery.outbox().stats().write_failures_total;
+            if failures % 100 == 1 {
+                error!(camera = %camera.id, error = %e, write_failures_total = failures, "cannot write to the outbox; the messages are announced as lost");
+            }
+            None
         }
         Err(e) => {
             error!(camera = %camera.id, error = %e, "cannot append a message to the outbox");
@@ -346,8 +368,37 @@ fn append_outgoing(
     console: &ConsoleHub,
 ) {
     let mut snapshot_seq = None;
-    for out in outs {
+    // Width and height of a snapshot made smaller to fit, for the event that names it.
+    let mut shrunk: Option<(u32, u32)> = None;
+    let max_message = delivery.outbox().max_message_bytes();
+    for mut out in outs {
         let is_snapshot = matches!(out, Outgoing::Snapshot { .. });
+        match &mut out {
+            Outgoing::Snapshot { topic, jpeg } => {
+                shrunk = None;
+                let room = max_message.saturating_sub(topic.len() as u64);
+                if jpeg.bytes.len() as u64 > room {
+                    match snapshot::shrink(jpeg, room as usize) {
+                        Some(j) => {
+                            shrunk = Some((j.width, j.height));
+                            *jpeg = Arc::new(j);
+                        }
+                        None => {
+                            // Left out: the event that follows goes without a snapshot.
+                            warn!(camera = %camera.id, bytes = jpeg.bytes.len(), max = room, "snapshot too large for an MQTT message even made smaller; leaving it out");
+                            snapshot_seq = None;
+                            continue;
+                        }
+                    }
+                }
+            }
+            Outgoing::Event(m) => {
+                if let (Some((w, h)), Some(s)) = (shrunk.take(), m.snapshot.as_mut()) {
+                    (s.width, s.height) = (w, h);
+                }
+            }
+            Outgoing::Counts(_) => {}
+        }
         let kind = console::Kind::of(&out);
         let mut kept = None;
         let seq = append(delivery, camera, &out.topic(topics), |seq| {
@@ -364,8 +415,8 @@ fn append_outgoing(
 
 /// Tells systemd when the agent is ready (first MQTT connection, or after a while without
 /// one: the outbox buffers meanwhile), keeps its status line current, and pings the
-/// watchdog only while every inference and event thread is alive, so a dead one gets the
-/// service restarted.
+/// watchdog only while healthy (every inference and event thread alive, the outbox's disk
+/// working), so a dead thread or a failing disk gets the service restarted.
 async fn health_loop(health: Arc<Health>, shutdown: CancellationToken) {
     let started = Instant::now();
     let watchdog = telemetry::systemd::watchdog_interval();
@@ -393,9 +444,10 @@ async fn health_loop(health: Arc<Health>, shutdown: CancellationToken) {
             }
         } else {
             error!(
+                problem = health.problem().unwrap_or_default(),
                 alive = health.liveness.alive(),
                 expected = health.expected_threads.load(Ordering::SeqCst),
-                "a worker (inference, events, MQTT task or supervisor) has died; withholding the watchdog ping"
+                "unhealthy; withholding the watchdog ping"
             );
         }
     }
@@ -405,11 +457,7 @@ async fn health_loop(health: Arc<Health>, shutdown: CancellationToken) {
 fn collect_gaps(delivery: &Delivery, gaps: &mut GapAnnouncer) {
     let mut outbox = delivery.outbox();
     for gap in outbox.take_gaps() {
-        let reason = match gap.reason {
-            GapReason::Full => "full",
-            GapReason::Expired => "expired",
-            GapReason::Corrupt => "corrupt",
-        };
+        let reason = gap.reason.as_str();
         warn!(
             first_seq = gap.first,
             last_seq = gap.last,
@@ -427,13 +475,14 @@ fn collect_gaps(delivery: &Delivery, gaps: &mut GapAnnouncer) {
 fn announce_gaps(delivery: &Delivery, gaps: &mut GapAnnouncer, topics: &Topics, site: &str, agent: &str) {
     for r in gaps.take() {
         let Range { first, last, reason } = r;
-        let appended = delivery
-            .outbox()
-            .append(&topics.delivery(), |seq| gap_message(site, agent, seq, first, last, r.count(), reason));
+        let appended =
+            delivery.append(&topics.delivery(), |seq| gap_message(site, agent, seq, first, last, r.count(), reason));
         match appended {
             Ok(seq) => gaps.sent(seq, r),
             Err(e) => {
-                // Refused (its own seq is a new gap) or an I/O error: try again later.
+                // Refused or a failed write (its own seq is a new gap, merged with this
+                // one when adjacent): kept here and tried again later, until the disk
+                // takes it.
                 warn!(error = %e, "cannot append the delivery.gap message yet");
                 gaps.add(r);
             }

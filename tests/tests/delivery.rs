@@ -71,6 +71,36 @@ fn assert_complete(msgs: &[Received]) -> u64 {
     max
 }
 
+/// Turns the config's telemetry listener on, on a free loopback port; returns the port.
+fn listen_telemetry(config: &Path) -> u16 {
+    let port = free_port().expect("port");
+    let text = std::fs::read_to_string(config).expect("config");
+    std::fs::write(config, text.replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""))).expect("write");
+    port
+}
+
+/// The value of one series in a `/metrics` text.
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+}
+
+/// Polls `probe` until it gives a value, or fails after `timeout` with `what`.
+async fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 struct Setup {
     _server: RtspServer,
     config: std::path::PathBuf,
@@ -380,10 +410,7 @@ async fn tells_systemd_when_ready_pings_the_watchdog_and_says_when_stopping() {
 async fn serves_readiness_health_and_metrics() {
     let broker = Mosquitto::start().expect("mosquitto");
     let s = setup("telemetry", &broker.url(), 1, 2.0, "");
-    let port = free_port().expect("port");
-    let text = std::fs::read_to_string(&s.config).expect("config");
-    std::fs::write(&s.config, text.replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\"")))
-        .expect("write");
+    let port = listen_telemetry(&s.config);
     let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
     let agent = AgentProcess::start(&s.config).expect("agent");
     // Three frames with detections: three analysed frames at least.
@@ -406,14 +433,7 @@ async fn serves_readiness_health_and_metrics() {
     assert_eq!(http_get(port, "/healthz").expect("healthz").0, 200);
     let (code, metrics) = http_get(port, "/metrics").expect("metrics");
     assert_eq!(code, 200);
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
-    };
+    let value = |series: &str| metric(&metrics, series);
     assert!(value("lookout_frames_analysed_total{camera=\"cam-0\"}") >= 3.0);
     assert!(
         value("lookout_frames_received_total{camera=\"cam-0\"}")
@@ -431,4 +451,204 @@ async fn serves_readiness_health_and_metrics() {
     assert_eq!(value("lookout_up"), 1.0);
     assert!(value("lookout_mqtt_acked_total") >= 1.0);
     drop(agent);
+}
+
+/// A tmpfs of `size` mounted on a folder (the tests run as root), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs on {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `path` with one file, until it is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
+
+fn write_failed_gaps(msgs: &[Received]) -> u64 {
+    unique(msgs)
+        .iter()
+        .filter(|m| m.json["type"] == "delivery.gap" && m.json["reason"] == "write_failed")
+        .filter_map(|m| m.json["count"].as_u64())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_announced_as_write_failed_gaps_fails_healthz_and_does_not_crash_the_agent() {
+    let port = free_port().expect("port");
+    let broker = Mosquitto::start_on(port).expect("mosquitto");
+    let s = setup("diskfull", &broker.url(), 1, 2.0, "[outbox]\nmax_bytes = 524288\nsegment_bytes = 65536\n");
+    let state = s.dir.join("state");
+    let _disk = Tmpfs::mount(&state, "2m");
+    let http = listen_telemetry(&s.config);
+    let rec = Recorder::start_with(port, &[ALL], Some("platform-diskfull")).await.expect("recorder");
+    let agent = AgentProcess::start(&s.config).expect("agent");
+    rec.wait_for(WAIT, "first messages", |m| count_seq(m) >= 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+
+    // The broker goes away (nothing is acknowledged, so no segment is freed) and the
+    // disk fills up.
+    broker.terminate();
+    let hold = PortHold::again(port).expect("hold port");
+    let filler = state.join("filler");
+    fill(&filler);
+    let body = wait_until(WAIT, "/healthz to fail", || match http_get(http, "/healthz") {
+        Ok((503, body)) => Some(body),
+        _ => None,
+    })
+    .await;
+    assert!(body.contains("appends failed") && body.contains("No space"), "{body}");
+    let (_, metrics) = http_get(http, "/metrics").expect("metrics");
+    let failures = metric(&metrics, "lookout_outbox_write_failures_total");
+    assert!(failures >= 3.0, "{metrics}");
+    assert_eq!(metric(&metrics, "lookout_up"), 0.0);
+
+    // Room again, and the broker back: the lost seqs are announced, nothing else is lost.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let _broker = Mosquitto::start_on(hold.release()).expect("mosquitto again");
+    rec.wait_for(WAIT, "a write_failed gap", |m| write_failed_gaps(m) >= 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    wait_until(WAIT, "/healthz to recover", || http_get(http, "/healthz").ok().filter(|r| r.0 == 200)).await;
+    let (status, summary) = agent.stop().expect("stop");
+    assert!(status.success(), "the agent must survive a full disk");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = rec.snapshot();
+    assert_complete(&msgs);
+    let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
+    let announced: u64 = gaps(&msgs).iter().map(|g| g.2).sum();
+    assert_eq!(summary["outbox_dropped"].as_u64(), Some(announced), "counter vs announced: {summary}");
+    assert!(write_failed_gaps(&msgs) as f64 >= failures);
+}
+
+/// Outbox segments, oldest first.
+fn segments(outbox: &Path) -> Vec<std::path::PathBuf> {
+    let mut segs: Vec<_> = std::fs::read_dir(outbox)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "seg")).collect())
+        .unwrap_or_default();
+    segs.sort();
+    segs
+}
+
+/// The seqs of the records in a segment, read per the disk format (publish/outbox.rs).
+fn record_seqs(segment: &Path) -> Vec<u64> {
+    let data = std::fs::read(segment).expect("segment");
+    let (mut at, mut seqs) = (0, Vec::new());
+    while at + 20 <= data.len() && data[at..at + 4] == *b"LKO1" {
+        let len = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        seqs.push(u64::from_le_bytes(data[at + 12..at + 20].try_into().expect("8 bytes")));
+        at += 12 + len;
+    }
+    seqs
+}
+
+/// Flips a byte in the state copy with the higher generation.
+fn damage_newest_state_copy(outbox: &Path) {
+    let generation = |name: &str| {
+        std::fs::read(outbox.join(name)).ok().map(|b| u64::from_le_bytes(b[4..12].try_into().expect("8 bytes")))
+    };
+    let newest = if generation("state.a") >= generation("state.b") { "state.a" } else { "state.b" };
+    let path = outbox.join(newest);
+    let mut data = std::fs::read(&path).expect("state copy");
+    data[20] ^= 0x10;
+    std::fs::write(&path, data).expect("damage state");
+}
+
+/// No seq was given to two different messages.
+fn assert_no_seq_reused(msgs: &[Received]) {
+    let mut ids: HashMap<u64, String> = HashMap::new();
+    for m in unique(msgs) {
+        let (seq, id) = (m.json["seq"].as_u64().expect("seq"), m.json["id"].to_string());
+        if let Some(other) = ids.insert(seq, id.clone()) {
+            assert_eq!(other, id, "seq {seq} reused");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seqs_only_go_forward_past_an_unreadable_segment_and_a_damaged_state() {
+    let hold = PortHold::new().expect("port");
+    let s = setup(
+        "unreadable",
+        &format!("mqtt://127.0.0.1:{}", hold.port),
+        1,
+        2.0,
+        "[outbox]\nmax_bytes = 1048576\nsegment_bytes = 4096\n",
+    );
+    let outbox = s.dir.join("state/outbox");
+    // No broker: messages pile up over several segments.
+    let agent = AgentProcess::start(&s.config).expect("agent");
+    wait_until(WAIT, "four outbox segments", || (segments(&outbox).len() >= 4).then_some(())).await;
+    let (status, _) = agent.stop().expect("stop");
+    assert!(status.success());
+    let segs = segments(&outbox);
+    let written: Vec<u64> = segs.iter().flat_map(|p| record_seqs(p)).collect();
+    let max_written = *written.iter().max().expect("records");
+
+    // A bad sector makes a segment in the middle unreadable (here: a folder in its place),
+    // and the newest state copy is damaged.
+    let victim = &segs[1];
+    let lost = record_seqs(victim);
+    std::fs::remove_file(victim).expect("remove segment");
+    std::fs::create_dir(victim).expect("unreadable segment");
+    damage_newest_state_copy(&outbox);
+
+    let broker = Mosquitto::start_on(hold.release()).expect("mosquitto");
+    let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
+    let agent = AgentProcess::start(&s.config).expect("agent again");
+    let covered = |m: &[Received], seqs: &[u64]| {
+        let g = gaps(m);
+        seqs.iter().all(|s| g.iter().any(|(f, l, _)| (f..=l).contains(&s)))
+    };
+    rec.wait_for(WAIT, "the backlog, a gap for the unreadable segment and new messages", |m| {
+        covered(m, &lost) && delivered_seqs(m).iter().filter(|&&s| s > max_written).count() >= 3
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert!(agent.log().contains("unreadable"), "{}", agent.log());
+    assert!(victim.with_extension("seg.unreadable").is_dir(), "moved aside");
+    let (status, _) = agent.stop().expect("stop");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = rec.snapshot();
+    assert_complete(&msgs);
+    assert_no_seq_reused(&msgs);
+    let high = *delivered_seqs(&msgs).iter().next_back().expect("seqs");
+
+    // Everything was delivered; now no segment is left and a state copy is damaged.
+    for seg in segments(&outbox) {
+        std::fs::remove_file(seg).expect("remove segment");
+    }
+    damage_newest_state_copy(&outbox);
+    let before = count_seq(&rec.snapshot());
+    let agent = AgentProcess::start(&s.config).expect("agent a third time");
+    rec.wait_for(WAIT, "messages of the third run", |m| count_seq(m) >= before + 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let (status, _) = agent.stop().expect("stop");
+    assert!(status.success());
+    let msgs = rec.snapshot();
+    let third: Vec<u64> = delivered_seqs(&msgs).into_iter().filter(|&s| s > high).collect();
+    assert!(third.len() >= 3, "the third run's seqs start above {high}");
+    assert_no_seq_reused(&msgs);
 }

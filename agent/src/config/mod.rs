@@ -144,6 +144,10 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// `max_inflight` (default 100): QoS 1 publishes awaiting PUBACK.
     pub max_inflight: u16,
+    /// `max_message_bytes` (default 1048576 = 1 MiB, 64 KiB to 16 MiB): the largest MQTT
+    /// PUBLISH packet the agent sends or accepts (rumqttc's max packet size). Larger
+    /// messages are refused at append (announced as a gap), snapshots made smaller first.
+    pub max_message_bytes: u64,
 }
 
 /// `[inference]` (optional section)
@@ -449,6 +453,15 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
             let s = t.raw("max_inflight").map(|v| v.span());
             issues.push(&t.field_path("max_inflight"), s.as_ref(), "must be between 1 and 65535");
         }
+        let max_message_bytes = t.opt::<u64>(&mut issues, "max_message_bytes").unwrap_or(1 << 20);
+        if !(64 << 10..=16 << 20).contains(&max_message_bytes) {
+            let s = t.raw("max_message_bytes").map(|v| v.span());
+            issues.push(
+                &t.field_path("max_message_bytes"),
+                s.as_ref(),
+                "must be between 65536 (64 KiB) and 16777216 (16 MiB)",
+            );
+        }
         let file_key = |t: &mut TableReader<'_, '_>, issues: &mut Issues<'_>, key: &str| {
             let p = resolve_path(&base_dir, cwd, &t.opt::<String>(issues, key)?);
             if !p.is_file() {
@@ -488,6 +501,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
             client_id,
             keep_alive: Duration::from_secs(keep_alive),
             max_inflight: max_inflight.clamp(1, u16::MAX as u64) as u16,
+            max_message_bytes,
         })
     });
 

@@ -619,6 +619,18 @@ fn outbox_section_has_safe_defaults_and_checked_limits() {
     assert_issue(&all, &src, "outbox.full_policy", "full_policy", "\"drop_oldest\", \"drop_newest\"");
 }
 
+#[test]
+fn mqtt_max_message_bytes_defaults_to_one_mib_and_is_bounded() {
+    assert_eq!(parse_ok(&minimal()).mqtt.max_message_bytes, 1 << 20);
+    let with = |n: u64| minimal().replace("[mqtt]\n", &format!("[mqtt]\nmax_message_bytes = {n}\n"));
+    assert_eq!(parse_ok(&with(65536)).mqtt.max_message_bytes, 65536);
+    assert_eq!(parse_ok(&with(16 << 20)).mqtt.max_message_bytes, 16 << 20);
+    for n in [65535, (16 << 20) + 1] {
+        let src = with(n);
+        assert_issue(&issues(&src), &src, "mqtt.max_message_bytes", "max_message_bytes", "between 65536");
+    }
+}
+
 /// The rules example of issue 3, verbatim.
 const RULES: &str = r#"
 [[cameras.zones]]

@@ -62,6 +62,35 @@ pub fn encode(frame: &Original, max_side: u32, quality: u8) -> Result<Jpeg, Stri
     Ok(Jpeg { bytes, width: w, height: h })
 }
 
+/// `jpeg` made to fit in `max_bytes`: decoded, then encoded again at lower quality and,
+/// if that is not enough, smaller, a few steps at most (each costs an encoding). `None`
+/// when nothing reasonable fits or the JPEG does not decode; the caller then leaves the
+/// snapshot out rather than send a message no broker would take.
+pub fn shrink(jpeg: &Jpeg, max_bytes: usize) -> Option<Jpeg> {
+    let img = image::load_from_memory_with_format(&jpeg.bytes, image::ImageFormat::Jpeg).ok()?.to_rgb8();
+    let (w0, h0) = img.dimensions();
+    // Quality first (cheap in detail), then the side by 3/4 per step down to 1/8.
+    let steps: [(u8, u32); 7] = [(70, 8), (50, 8), (50, 6), (50, 4), (40, 3), (40, 2), (30, 1)];
+    for (quality, eighths) in steps {
+        let (w, h) = fit(w0, h0, (w0.max(h0) * eighths / 8).max(16));
+        let scaled;
+        let rgb = if (w, h) == (w0, h0) {
+            &img
+        } else {
+            scaled = image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle);
+            &scaled
+        };
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
+            .write_image(rgb.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .ok()?;
+        if bytes.len() <= max_bytes {
+            return Some(Jpeg { bytes, width: w, height: h });
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +101,35 @@ mod tests {
         assert_eq!(fit(1920, 1080, 640), (640, 360));
         assert_eq!(fit(1080, 1920, 640), (360, 640));
         assert_eq!(fit(320, 240, 640), (320, 240));
+    }
+
+    /// A noisy picture: JPEG cannot squeeze it much, like a busy camera view.
+    fn noisy_jpeg(w: u32, h: u32) -> Jpeg {
+        let mut x = 0x2545_F491_u32;
+        let img = image::RgbImage::from_fn(w, h, |_, _| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+        });
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95)
+            .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .expect("encode");
+        Jpeg { bytes, width: w, height: h }
+    }
+
+    #[test]
+    fn an_oversized_snapshot_is_made_smaller_to_fit_or_left_out() {
+        let big = noisy_jpeg(1024, 768);
+        let max = big.bytes.len() / 4;
+        let small = shrink(&big, max).expect("fits after shrinking");
+        assert!(small.bytes.len() <= max, "{} > {max}", small.bytes.len());
+        let img = image::load_from_memory(&small.bytes).expect("still a JPEG");
+        assert_eq!(img.width() * 768, img.height() * 1024, "aspect kept");
+        assert_eq!((img.width(), img.height()), (small.width, small.height));
+        assert!(shrink(&big, 200).is_none(), "nothing reasonable fits in 200 bytes");
+        assert!(shrink(&Jpeg { bytes: b"not a jpeg".to_vec(), width: 1, height: 1 }, 1 << 20).is_none());
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::control::fleet::Fleet;
 use crate::control::signed::CommandGuard;
 use crate::control::supervisor::ControlRequest;
 use crate::event::{Topics, camera_status_message, status_message};
-use outbox::Outbox;
+use outbox::{Outbox, OutboxError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -75,11 +75,37 @@ impl Delivery {
         Self { outbox: Mutex::new(outbox), wake: Notify::new(), stats: MqttStats::default() }
     }
 
-    /// The outbox; short critical sections only (appends, reads of a few records, acks).
+    /// The outbox; short critical sections only (appends, reads of a few records, acks),
+    /// never an fsync: [`Delivery::sync`] and [`Delivery::append`] do those outside it.
     pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// [`Outbox::append`], with the fsync a new segment needs done outside the lock, so
+    /// the async tasks that take it (PUBACKs, `/metrics`, the health loop) never wait for
+    /// the disk. Only one thread may append (the events thread).
+    pub fn append(&self, topic: &str, build: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, OutboxError> {
+        let prepared = self.outbox().prepare(topic, build)?;
+        // Its own statement: the guard must be gone before `sync` takes the lock again.
+        let rolls_dirty = self.outbox().rolls_dirty(&prepared);
+        if rolls_dirty && let Err(e) = self.sync() {
+            warn!(error = %e, "cannot sync the outbox before starting a new segment");
+        }
+        self.outbox().commit(prepared)
+    }
+
+    /// [`Outbox::sync`] holding the lock only to plan and to record the result: the
+    /// fsyncs run on cloned file handles without it.
+    pub fn sync(&self) -> Result<(), OutboxError> {
+        let Some(mut job) = self.outbox().begin_sync() else { return Ok(()) };
+        job.run();
+        self.outbox().finish_sync(job)
+    }
 }
+
+/// Bytes of an MQTT 3.1.1 QoS 1 PUBLISH besides topic and payload, at most: the fixed
+/// header (1 + up to 4 of remaining length), the topic's length (2) and the packet id (2).
+pub const PUBLISH_OVERHEAD: u64 = 9;
 
 /// What presence messages need.
 pub struct Presence {
@@ -156,7 +182,10 @@ fn options(cfg: &MqttConfig, topics: &Topics, presence: &Presence) -> Result<Mqt
     // session state is needed (and stale in-memory state in rumqttc can't interfere).
     opts.set_clean_session(true);
     opts.set_inflight(cfg.max_inflight);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
+    // What the outbox admits (topic + payload ≤ max_message_bytes - PUBLISH_OVERHEAD)
+    // always fits, so rumqttc never fails a connection on one of our records.
+    let max = usize::try_from(cfg.max_message_bytes).unwrap_or(usize::MAX);
+    opts.set_max_packet_size(max, max);
     opts.set_request_channel_capacity(cfg.max_inflight as usize + 16);
     opts.set_last_will(LastWill::new(
         topics.status(),

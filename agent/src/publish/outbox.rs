@@ -11,10 +11,19 @@
 //!   is named after the first seq written into it. Only the newest (active) segment is
 //!   appended to; it rolls when the next record would take it past `segment_bytes` (a
 //!   larger record gets a segment of its own).
-//! - `state`: 24 bytes, replaced atomically (write `state.tmp`, fsync, rename):
-//!   `b"LKS1"`, watermark u64, next seq u64, CRC-32 of the preceding 20 bytes (u32). Every
-//!   seq ≤ watermark is done: acknowledged, or dropped and reported as a gap. The next seq
-//!   is kept so seq never goes backwards, even once every segment has been deleted.
+//! - `state.a`, `state.b`: two copies of the ack state, 32 bytes each, both written in
+//!   place at every state write, one after the other (write, fsync, then the other):
+//!   `b"LKS2"`, generation u64, watermark u64, next seq u64, CRC-32 of the preceding 28
+//!   bytes (u32). The valid copy with the higher generation wins, so a torn or rotten copy
+//!   leaves the other one, equal or one write older. Every seq ≤ watermark is done:
+//!   acknowledged, or dropped and reported as a gap. The next seq is kept so seq never
+//!   goes backwards, even once every segment has been deleted: segments are deleted only
+//!   after both copies are written, so whichever single file is damaged, the other copy
+//!   or the segments still on disk tell where seq stood. (`state`, the single
+//!   24-byte `LKS1` file of earlier versions, is read once and replaced.)
+//! - `<first_seq:020>.seg.unreadable`: a segment that could not be read at open (I/O
+//!   error), moved aside for inspection; its seqs are reported as a `Corrupt` gap and
+//!   seq continues past the most records its size could hold.
 //! - `lock`: held with an exclusive `flock` while open, so two agents never share a
 //!   directory.
 //!
@@ -44,18 +53,39 @@
 //!   those records are published again (consumers de-duplicate by message id).
 //! - Power cut: records appended since the last `sync()` may be lost or torn; everything
 //!   synced before is intact. Damage is found by the CRC and skipped. A torn tail of the
-//!   active segment is cut off; the record it held (the seq after the last intact one) is
-//!   reported as a [`GapReason::Corrupt`] gap and its seq is never reused. If a torn tail
-//!   held several records, only the first seq is known; the later ones' seqs may be
-//!   reused. Callers that must never reuse a seq that left the process publish only up to
-//!   [`Outbox::durable_seq`].
+//!   active segment is cut off; the records it held (from the seq after the last intact
+//!   one) are reported as a [`GapReason::Corrupt`] gap and their seqs are never reused:
+//!   their count is unknown, so seq moves past as many as the damaged bytes could hold
+//!   (one per 30 bytes, the smallest record), announcing seqs perhaps never used rather
+//!   than reusing one. Callers that must never reuse a seq that left the process publish
+//!   only up to [`Outbox::durable_seq`].
 //! - Damage elsewhere (a scribbled record, a hole of zeros after a power cut) is skipped;
 //!   the seqs it held are known from the intact records or segment names around it and
 //!   reported as a `Corrupt` gap. Damage in seqs at or below the watermark is not reported:
 //!   those were delivered already.
-//! - Ack state and drops reach the disk in `sync()`, which also writes the `state` file
-//!   before deleting any segment. Records dropped (gap announced) since the last `sync()`
-//!   may be delivered after a crash after all; a gap means "not delivered by this run".
+//! - Ack state and drops reach the disk in `sync()`, which also writes the state before
+//!   deleting any segment. Records dropped (gap announced) since the last `sync()` may be
+//!   delivered after a crash after all; a gap means "not delivered by this run".
+//!
+//! # Disk errors
+//!
+//! Nothing read from or written to the disk can stop the outbox or make it panic:
+//!
+//! - An append whose write fails (ENOSPC, EROFS, EIO, EMFILE…) still uses up its seq,
+//!   which is reported as a [`GapReason::WriteFailed`] gap; a partial record is cut off
+//!   again, or the segment is sealed and the next append starts a new one.
+//! - A failed fsync (segment, directory or state) is retried by the next `sync()`;
+//!   meanwhile [`Outbox::durable_seq`] stays where it was, so nothing new is published.
+//!   The segment is sealed: Linux may have dropped the unsynced pages, so later records go
+//!   to a fresh file whose fsync means something.
+//! - A record that cannot be read (EIO on a bad sector) is skipped as `Corrupt`, like a
+//!   damaged one; a segment that cannot be read at open is moved aside (see above).
+//! - Failures are counted ([`OutboxStats`]); [`Outbox::health`] turns unhealthy after
+//!   [`UNHEALTHY_AFTER`] failures in a row, and healthy again at the first success.
+//!
+//! [`Outbox::sync`] fsyncs while holding `&mut self`; a caller that shares the outbox
+//! behind a lock uses [`Outbox::begin_sync`] / [`SyncJob::run`] / [`Outbox::finish_sync`]
+//! instead, so the lock is never held across an fsync.
 //!
 //! # Bounds
 //!
@@ -63,8 +93,10 @@
 //! append would exceed it, [`OutboxFullPolicy`] decides. Records older than `max_age` go
 //! in [`Outbox::expire`]. Acknowledged or dropped records stay on disk until their whole
 //! segment is done (deleted in `sync()`), so with acks arriving in order (MQTT's case)
-//! disk use stays below about `max_bytes + 2 × segment_bytes`. Every drop is reported by
-//! [`Outbox::take_gaps`].
+//! disk use stays below about `max_bytes + 2 × segment_bytes`. A message whose topic and
+//! payload exceed `max_message_bytes` (what the transport can carry) is refused at append,
+//! its seq reported as a [`GapReason::TooLarge`] gap, so no record can stall delivery.
+//! Every drop is reported by [`Outbox::take_gaps`].
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -72,7 +104,8 @@ use std::io::{self, Read, Write};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
@@ -86,11 +119,27 @@ const BODY_FIXED: usize = 18;
 /// length field cannot send it looking far beyond the record.
 pub const MAX_BODY: usize = 16 << 20;
 
-const STATE: &str = "state";
-const STATE_TMP: &str = "state.tmp";
-const STATE_MAGIC: [u8; 4] = *b"LKS1";
-const STATE_LEN: usize = 24;
+/// The smallest record: header and fixed body fields. Bounds how many records a segment
+/// of a given size can hold.
+const MIN_RECORD: u64 = (HEADER + BODY_FIXED) as u64;
+/// Seqs above this are not something this code wrote (it would take 10^10 years at 10^9
+/// messages a second): records or state claiming one are treated as damaged, which also
+/// keeps every `seq + n` far from overflow.
+const MAX_SEQ: u64 = 1 << 62;
+
+/// The pre-two-copy state file, read once for an upgrade.
+const LEGACY_STATE: &str = "state";
+const LEGACY_STATE_TMP: &str = "state.tmp";
+const LEGACY_STATE_MAGIC: [u8; 4] = *b"LKS1";
+const LEGACY_STATE_LEN: usize = 24;
+const STATE_FILES: [&str; 2] = ["state.a", "state.b"];
+const STATE_MAGIC: [u8; 4] = *b"LKS2";
+const STATE_LEN: usize = 32;
 const SEGMENT_EXT: &str = ".seg";
+const UNREADABLE_EXT: &str = ".unreadable";
+
+/// Failures in a row (appends, or syncs) after which [`Outbox::health`] reports the disk.
+pub const UNHEALTHY_AFTER: u64 = 3;
 
 /// 2020-01-01 in unix ms. A gateway without a real-time clock starts in 1970 until NTP
 /// answers; records stamped before this are not expired by age, or the first NTP sync
@@ -105,8 +154,12 @@ pub enum OutboxError {
     Locked(PathBuf),
     #[error("invalid outbox settings: {0}")]
     Config(&'static str),
-    #[error("message of {bytes} bytes does not fit in the outbox (at most {max} bytes)")]
-    TooLarge { bytes: u64, max: u64 },
+    /// The seq is used up and reported as a [`GapReason::TooLarge`] gap.
+    #[error("message seq {seq} of {bytes} bytes is larger than allowed ({max} bytes); reported as a gap")]
+    TooLarge { seq: u64, bytes: u64, max: u64 },
+    /// The write failed; the seq is used up and reported as a [`GapReason::WriteFailed`] gap.
+    #[error("message seq {seq} could not be written to {path} ({source}); reported as a gap")]
+    WriteFailed { seq: u64, path: PathBuf, source: io::Error },
     #[error("topic of {0} bytes is longer than 65535 bytes")]
     TopicTooLong(usize),
     /// Not an I/O failure: the outbox is full under [`OutboxFullPolicy::DropNewest`]. The
@@ -130,6 +183,8 @@ pub struct OutboxConfig {
     /// A segment file rolls when the next record would take it past this.
     pub segment_bytes: u64,
     pub full_policy: OutboxFullPolicy,
+    /// Largest topic + payload accepted: what the transport can deliver.
+    pub max_message_bytes: u64,
 }
 
 impl OutboxConfig {
@@ -141,6 +196,7 @@ impl OutboxConfig {
             max_age: Duration::from_secs(7 * 24 * 3600),
             segment_bytes: 8 << 20,
             full_policy: OutboxFullPolicy::DropOldest,
+            max_message_bytes: MAX_BODY as u64,
         }
     }
 }
@@ -180,8 +236,25 @@ pub enum GapReason {
     Full,
     /// Older than `max_age`.
     Expired,
-    /// Damaged on disk (torn by a power cut, or corrupted).
+    /// Damaged or unreadable on disk (torn by a power cut, corrupted, a bad sector).
     Corrupt,
+    /// The append's write failed (disk full, read-only, I/O error).
+    WriteFailed,
+    /// Larger than `max_message_bytes` (or `max_bytes`): it could never be delivered.
+    TooLarge,
+}
+
+impl GapReason {
+    /// The `reason` of a `delivery.gap` message.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::Full => "full",
+            GapReason::Expired => "expired",
+            GapReason::Corrupt => "corrupt",
+            GapReason::WriteFailed => "write_failed",
+            GapReason::TooLarge => "too_large",
+        }
+    }
 }
 
 /// What [`Outbox::open`] found.
@@ -193,6 +266,8 @@ pub struct OpenReport {
     pub corrupt_records: u64,
     /// Bytes cut from the end of the active segment (an incomplete last write).
     pub torn_bytes: u64,
+    /// Segments that could not be read, moved aside (`.seg.unreadable`).
+    pub unreadable_segments: u64,
 }
 
 /// Counters since [`Outbox::open`], except the first two and `next_seq`, which are current.
@@ -207,6 +282,12 @@ pub struct OutboxStats {
     pub next_seq: u64,
     /// Size of the segment files, acknowledged records not yet deleted included.
     pub disk_bytes: u64,
+    /// Appends whose write failed (each seq reported as a `WriteFailed` gap).
+    pub write_failures_total: u64,
+    /// Failed fsyncs or state writes (retried by the next sync).
+    pub fsync_failures_total: u64,
+    /// Records that could not be read back (I/O errors; reported as `Corrupt` gaps).
+    pub read_failures_total: u64,
 }
 
 /// Where an unacknowledged record lives.
@@ -218,6 +299,27 @@ struct Loc {
     created_ms: u64,
 }
 
+/// The file operations a fault hook can make fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    Open,
+    Read,
+    Write,
+    Sync,
+    Rename,
+}
+
+/// Decides, before each file operation, whether it fails instead: the seam through which
+/// tests reach the error paths (disk full, read-only, bad sectors). `None` in production.
+pub type FaultHook = Arc<dyn Fn(FileOp, &Path) -> io::Result<()> + Send + Sync>;
+
+fn fault(hook: &Option<FaultHook>, op: FileOp, path: &Path) -> io::Result<()> {
+    match hook {
+        Some(h) => h(op, path),
+        None => Ok(()),
+    }
+}
+
 struct Segment {
     /// Opened for reading and appending; only the active segment is appended to.
     file: File,
@@ -226,13 +328,15 @@ struct Segment {
     live: u64,
     /// Written since the last fsync.
     dirty: bool,
-    /// A failed write left its length unknown: never append to it again.
+    /// A failed write left its length unknown, or a failed fsync its contents: never
+    /// append to it again.
     sealed: bool,
 }
 
 pub struct Outbox {
     cfg: OutboxConfig,
     _lock: File,
+    faults: Option<FaultHook>,
     /// By first seq; the last one is the active segment.
     segments: BTreeMap<u64, Segment>,
     /// Unacknowledged records, so `pending()` reads exactly what it returns.
@@ -241,12 +345,20 @@ pub struct Outbox {
     next_seq: u64,
     /// Every record below this seq has been fsynced.
     durable_next: u64,
-    /// Watermark in the `state` file.
+    /// Watermark in the newest state copy.
     persisted_watermark: u64,
-    /// `next_seq` moved past what the segments and watermark show (refusals, a torn tail).
+    /// Generation of the newest state copy.
+    state_gen: u64,
+    /// `next_seq` moved past what the segments and watermark show (refusals, failed
+    /// writes, a torn tail, an unreadable segment).
     seq_dirty: bool,
     /// A segment was created since the directory was last fsynced.
     dir_dirty: bool,
+    /// The next state write goes to both copies (one is missing or damaged).
+    rewrite_state: bool,
+    /// The single state file of earlier versions is still there: removed once both
+    /// copies are written.
+    legacy_state: bool,
     gaps: Vec<Gap>,
     /// Seqs `pending()` (which only has `&self`) found damaged; turned into gaps by the
     /// next `&mut self` call.
@@ -254,87 +366,181 @@ pub struct Outbox {
     dropped_total: u64,
     appended_total: u64,
     acked_total: u64,
+    write_failures_total: u64,
+    fsync_failures_total: u64,
+    read_failures_total: AtomicU64,
+    /// Failures since the last success, and the last one's text, for [`Outbox::health`].
+    writes_failing: u64,
+    syncs_failing: u64,
+    last_write_error: String,
+    last_sync_error: String,
     sync_on_drop: bool,
 }
 
 impl Outbox {
     /// Opens (or creates) the outbox in `cfg.dir` and recovers it: scans every segment,
     /// cuts a torn tail off the active segment, skips damaged records (reported as
-    /// `Corrupt` gaps, see [`Outbox::take_gaps`]) and indexes what is unacknowledged.
+    /// `Corrupt` gaps, see [`Outbox::take_gaps`]), moves unreadable segments aside and
+    /// indexes what is unacknowledged. Fails only when the directory itself cannot be
+    /// used (not creatable, not listable, locked by another process).
     pub fn open(cfg: OutboxConfig) -> Result<(Outbox, OpenReport), OutboxError> {
-        if cfg.max_bytes == 0 || cfg.segment_bytes == 0 {
-            return Err(OutboxError::Config("max_bytes and segment_bytes must be above 0"));
+        Self::open_with(cfg, None)
+    }
+
+    /// [`Outbox::open`] with every file operation first put to `faults`.
+    pub fn open_with(cfg: OutboxConfig, faults: Option<FaultHook>) -> Result<(Outbox, OpenReport), OutboxError> {
+        if cfg.max_bytes == 0 || cfg.segment_bytes == 0 || cfg.max_message_bytes == 0 {
+            return Err(OutboxError::Config("max_bytes, segment_bytes and max_message_bytes must be above 0"));
         }
         fs::create_dir_all(&cfg.dir).map_err(io_at(&cfg.dir))?;
         let lock_path = cfg.dir.join("lock");
-        let lock =
-            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_at(&lock_path))?;
+        // Read-only is enough for flock: a file system remounted read-only still opens.
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .or_else(|_| File::open(&lock_path))
+            .map_err(io_at(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(OutboxError::Locked(cfg.dir.clone())),
             Err(fs::TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
         }
-        let tmp = cfg.dir.join(STATE_TMP);
+        let tmp = cfg.dir.join(LEGACY_STATE_TMP);
         match fs::remove_file(&tmp) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_at(&tmp)(e)),
+            Err(e) => warn!(path = %tmp.display(), error = %e, "cannot remove a stale state file"),
         }
-        let (watermark, state_next) = read_state(&cfg.dir)?;
+        let state = read_state(&cfg.dir, &faults);
         let names = list_segments(&cfg.dir)?;
 
         let mut ob = Outbox {
             cfg,
             _lock: lock,
+            faults,
             segments: BTreeMap::new(),
             index: BTreeMap::new(),
             pending_bytes: 0,
             next_seq: 1,
             durable_next: 1,
-            persisted_watermark: watermark,
+            persisted_watermark: state.watermark,
+            state_gen: state.generation,
             seq_dirty: false,
             dir_dirty: false,
+            rewrite_state: false,
+            legacy_state: false,
             gaps: Vec::new(),
             unreadable: Mutex::new(Vec::new()),
             dropped_total: 0,
             appended_total: 0,
             acked_total: 0,
+            write_failures_total: 0,
+            fsync_failures_total: 0,
+            read_failures_total: AtomicU64::new(0),
+            writes_failing: 0,
+            syncs_failing: 0,
+            last_write_error: String::new(),
+            last_sync_error: String::new(),
             sync_on_drop: true,
         };
-        let mut rec = Recovery { watermark, expect: 1, last_seq: 0, damaged: false, report: OpenReport::default() };
+        let mut rec = Recovery {
+            watermark: state.watermark,
+            expect: 1,
+            last_seq: 0,
+            damaged: false,
+            report: OpenReport::default(),
+        };
         for (i, &first) in names.iter().enumerate() {
-            ob.recover_segment(first, i + 1 == names.len(), &mut rec)?;
+            let next_name = names.get(i + 1).copied();
+            if let Err(e) = ob.recover_segment(first, next_name.is_none(), &mut rec) {
+                ob.set_aside(first, next_name, state.next_seq, &mut rec, &e);
+            }
         }
-        ob.next_seq = rec.expect.max(watermark + 1).max(state_next);
-        ob.seq_dirty = ob.next_seq != state_next;
+        ob.next_seq = rec.expect.max(state.watermark + 1).max(state.next_seq);
+        ob.seq_dirty = ob.next_seq != state.next_seq;
+        // A fresh or upgraded outbox, or one with a damaged copy, gets both copies now.
+        ob.rewrite_state = !state.both_copies;
+        ob.legacy_state = state.legacy;
         // After a process crash the page cache may still hold unsynced records: make them
-        // durable before anyone publishes them.
-        for (&first, seg) in &mut ob.segments {
-            seg.file.sync_data().map_err(io_at(&segment_path(&ob.cfg.dir, first)))?;
-            seg.dirty = false;
+        // durable before anyone publishes them (a failure leaves them to the next sync).
+        ob.segments.values_mut().for_each(|s| s.dirty = true);
+        ob.dir_dirty = true;
+        if let Err(e) = ob.sync() {
+            warn!(error = %e, "cannot sync the outbox at open; records found wait for a later sync");
         }
-        ob.durable_next = ob.next_seq;
-        ob.collect()?;
         rec.report.pending = ob.index.len() as u64;
         Ok((ob, rec.report))
     }
 
+    /// A segment that cannot be read: renamed `*.seg.unreadable` (kept for inspection, out
+    /// of the way of later opens), its seqs reported as `Corrupt`, and seq moved past the
+    /// most records its size could hold, since some of them may have been published.
+    fn set_aside(&mut self, first: u64, next_name: Option<u64>, state_next: u64, rec: &mut Recovery, e: &OutboxError) {
+        let path = segment_path(&self.cfg.dir, first);
+        self.segments.remove(&first);
+        let len = fs::symlink_metadata(&path).map_or(0, |m| m.len());
+        let aside = PathBuf::from(format!("{}{UNREADABLE_EXT}", path.display()));
+        let moved = fault(&self.faults, FileOp::Rename, &path).and_then(|()| fs::rename(&path, &aside));
+        match &moved {
+            Ok(()) => {
+                warn!(segment = %path.display(), moved_to = %aside.display(), error = %e, "outbox segment unreadable; moved aside, its messages are reported lost")
+            }
+            Err(re) => {
+                warn!(segment = %path.display(), error = %e, rename_error = %re, "outbox segment unreadable and cannot be moved aside; skipping it")
+            }
+        }
+        rec.report.unreadable_segments += 1;
+        let first = first.clamp(1, MAX_SEQ);
+        // Its seqs end before the next segment's name; for the last one, at most one per
+        // smallest record (or what the state remembers, if more).
+        let end = match next_name {
+            Some(n) => n.min(MAX_SEQ),
+            None => first.saturating_add(len.div_ceil(MIN_RECORD).max(1)).min(MAX_SEQ).max(state_next.min(MAX_SEQ)),
+        };
+        // Damage reported before this segment ends here: the seqs up to its name.
+        if rec.damaged && first > rec.expect {
+            self.lost(rec, rec.expect, first - 1);
+        }
+        rec.damaged = false;
+        let from = rec.expect.max(first);
+        if end > from {
+            self.lost(rec, from, end - 1);
+        }
+        rec.expect = rec.expect.max(end);
+        rec.last_seq = rec.last_seq.max(end - 1);
+        self.seq_dirty = true;
+    }
+
     fn recover_segment(&mut self, first: u64, is_last: bool, rec: &mut Recovery) -> Result<(), OutboxError> {
         let path = segment_path(&self.cfg.dir, first);
-        let mut file = OpenOptions::new().read(true).append(true).open(&path).map_err(io_at(&path))?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(io_at(&path))?;
+        let (file, data) = (|| {
+            fault(&self.faults, FileOp::Open, &path)?;
+            // Read-only if it must: a segment on a file system remounted read-only can
+            // still be delivered (it is sealed below).
+            let (mut file, writable) = match OpenOptions::new().read(true).append(true).open(&path) {
+                Ok(f) => (f, true),
+                Err(_) => (File::open(&path)?, false),
+            };
+            fault(&self.faults, FileOp::Read, &path)?;
+            let mut data = Vec::new();
+            file.read_to_end(&mut data)?;
+            Ok::<_, io::Error>(((file, writable), data))
+        })()
+        .map_err(io_at(&path))?;
+        let (file, writable) = file;
         // Damage at the end of the previous segment held the seqs up to this one's name.
         if rec.damaged && first > rec.expect {
             self.lost(rec, rec.expect, first - 1);
         }
         rec.damaged = false;
         rec.expect = rec.expect.max(first);
-        let mut seg = Segment { file, len: data.len() as u64, live: 0, dirty: false, sealed: false };
+        let mut seg = Segment { file, len: data.len() as u64, live: 0, dirty: false, sealed: !writable };
         for found in scan(&data) {
             match found {
                 Scanned::Record { offset, len, seq, created_ms } => {
-                    if seq <= rec.last_seq {
+                    if seq <= rec.last_seq || seq < first {
                         // Out of order: not something we wrote here. Ignore it.
                         continue;
                     }
@@ -353,11 +559,20 @@ impl Outbox {
                 Scanned::Damaged { start, end } if is_last && end == data.len() as u64 => {
                     // Torn tail: the write of the record after the last intact one. Cut it off
                     // so appends continue from clean bytes; its seq is lost, never reused.
-                    seg.file.set_len(start).map_err(io_at(&path))?;
-                    seg.len = start;
+                    // If it cannot be cut, nothing more is appended to this segment.
+                    match fault(&self.faults, FileOp::Write, &path).and_then(|()| seg.file.set_len(start)) {
+                        Ok(()) => seg.len = start,
+                        Err(e) => {
+                            warn!(segment = %path.display(), error = %e, "cannot cut a torn record off; sealing the segment");
+                            seg.sealed = true;
+                        }
+                    }
                     rec.report.torn_bytes += end - start;
-                    self.lost(rec, rec.expect, rec.expect);
-                    rec.expect += 1;
+                    // Its seqs start at the next expected one; seq moves past as many
+                    // records as the damaged bytes could have held, so none is reused.
+                    let held = (end - start).div_ceil(MIN_RECORD).max(1);
+                    self.lost(rec, rec.expect, rec.expect + held - 1);
+                    rec.expect += held;
                 }
                 Scanned::Damaged { .. } => rec.damaged = true,
             }
@@ -371,16 +586,14 @@ impl Outbox {
         let first = first.max(rec.watermark + 1);
         if first <= last {
             rec.report.corrupt_records += last - first + 1;
-            for seq in first..=last {
-                self.gap(seq, GapReason::Corrupt);
-            }
+            self.gap_range(first, last, GapReason::Corrupt);
         }
     }
 
     /// Assigns the next seq, builds the payload with it and appends the record with one
     /// `write()`. Enforces `max_bytes` with the policy; drops show in [`Outbox::take_gaps`].
-    /// On `TooLarge`, `TopicTooLong` or an I/O error the seq is not used up (the next
-    /// append gets it again); on `Refused` it is, and reported as a gap.
+    /// Every outcome but `TopicTooLong` uses up the seq: `Refused`, `TooLarge` and
+    /// `WriteFailed` report it as a gap, so no seq is ever silently missing.
     pub fn append(&mut self, topic: &str, build: impl FnOnce(u64) -> Vec<u8>) -> Result<u64, OutboxError> {
         self.append_at(topic, build, SystemTime::now())
     }
@@ -391,6 +604,29 @@ impl Outbox {
         build: impl FnOnce(u64) -> Vec<u8>,
         now: SystemTime,
     ) -> Result<u64, OutboxError> {
+        let p = self.prepare_at(topic, build, now)?;
+        if self.rolls_dirty(&p) {
+            // Without a lock around us, the fsync before a roll can happen right here.
+            if let Err(e) = self.sync() {
+                warn!(error = %e, "cannot sync the outbox before starting a new segment");
+            }
+        }
+        self.commit(p)
+    }
+
+    /// First half of an append: assigns the seq and builds the record, without writing it.
+    /// A message too large uses up its seq (reported `TooLarge`). Between `prepare` and
+    /// [`Outbox::commit`] nothing else may append.
+    pub fn prepare(&mut self, topic: &str, build: impl FnOnce(u64) -> Vec<u8>) -> Result<Prepared, OutboxError> {
+        self.prepare_at(topic, build, SystemTime::now())
+    }
+
+    fn prepare_at(
+        &mut self,
+        topic: &str,
+        build: impl FnOnce(u64) -> Vec<u8>,
+        now: SystemTime,
+    ) -> Result<Prepared, OutboxError> {
         self.absorb_unreadable();
         if topic.len() > usize::from(u16::MAX) {
             return Err(OutboxError::TopicTooLong(topic.len()));
@@ -399,16 +635,44 @@ impl Outbox {
         let payload = build(seq);
         let body_len = BODY_FIXED + topic.len() + payload.len();
         let rec_len = (HEADER + body_len) as u64;
+        let message = (topic.len() + payload.len()) as u64;
         let max = self.cfg.max_bytes.min((HEADER + MAX_BODY) as u64);
-        if rec_len > max {
-            return Err(OutboxError::TooLarge { bytes: rec_len, max });
+        if rec_len > max || message > self.cfg.max_message_bytes {
+            self.use_seq(seq, GapReason::TooLarge);
+            let (bytes, max) = if rec_len > max { (rec_len, max) } else { (message, self.cfg.max_message_bytes) };
+            return Err(OutboxError::TooLarge { seq, bytes, max });
         }
+        let created_ms = unix_ms(now);
+        Ok(Prepared { seq, created_ms, buf: encode(seq, created_ms, topic, &payload) })
+    }
+
+    /// Whether committing `p` starts a new segment while the active one has unsynced
+    /// writes: the caller then syncs first (see [`Outbox::commit`]).
+    pub fn rolls_dirty(&self, p: &Prepared) -> bool {
+        match self.segments.last_key_value() {
+            None => false,
+            Some((_, s)) => s.dirty && self.would_roll(s, p.buf.len() as u64),
+        }
+    }
+
+    fn would_roll(&self, s: &Segment, rec_len: u64) -> bool {
+        s.sealed || (s.len > 0 && s.len + rec_len > self.cfg.segment_bytes)
+    }
+
+    /// Second half of an append: applies the full policy and writes the record. A new
+    /// segment is started without an fsync of the old one: callers sync first when
+    /// [`Outbox::rolls_dirty`] says so, so a power cut never leaves a silently shortened
+    /// segment in front of a newer one (and the fsync need not happen under their lock).
+    pub fn commit(&mut self, p: Prepared) -> Result<u64, OutboxError> {
+        let Prepared { seq, created_ms, buf } = p;
+        if seq != self.next_seq {
+            return Err(OutboxError::Config("a prepared record was committed out of turn"));
+        }
+        let rec_len = buf.len() as u64;
         if self.pending_bytes + rec_len > self.cfg.max_bytes {
             match self.cfg.full_policy {
                 OutboxFullPolicy::DropNewest => {
-                    self.next_seq += 1;
-                    self.seq_dirty = true;
-                    self.gap(seq, GapReason::Full);
+                    self.use_seq(seq, GapReason::Full);
                     return Err(OutboxError::Refused { seq });
                 }
                 OutboxFullPolicy::DropOldest => {
@@ -420,49 +684,59 @@ impl Outbox {
                 }
             }
         }
-        let buf = encode(seq, unix_ms(now), topic, &payload);
         let roll = match self.segments.last_key_value() {
             None => true,
-            Some((_, s)) => s.sealed || (s.len > 0 && s.len + rec_len > self.cfg.segment_bytes),
+            Some((_, s)) => self.would_roll(s, rec_len),
         };
-        if roll {
-            self.roll(seq)?;
+        if roll && let Err((path, e)) = self.roll(seq) {
+            return Err(self.write_failed(seq, path, e));
         }
         let Some((&first, seg)) = self.segments.iter_mut().next_back() else {
-            return Err(io_at(&self.cfg.dir)(io::Error::other("no active segment after roll")));
+            return Err(self.write_failed(seq, self.cfg.dir.clone(), io::Error::other("no active segment")));
         };
         let offset = seg.len;
-        if let Err(e) = seg.file.write_all(&buf) {
+        let path = segment_path(&self.cfg.dir, first);
+        if let Err(e) = fault(&self.faults, FileOp::Write, &path).and_then(|()| seg.file.write_all(&buf)) {
             // A partial record must not sit in front of the next one: cut it off, or, if
             // even that fails, never append to this segment again (offsets would be wrong).
             seg.dirty = true;
-            if seg.file.set_len(offset).is_err() {
+            if fault(&self.faults, FileOp::Write, &path).and_then(|()| seg.file.set_len(offset)).is_err() {
                 seg.sealed = true;
             }
-            return Err(io_at(&segment_path(&self.cfg.dir, first))(e));
+            return Err(self.write_failed(seq, path, e));
         }
         seg.len += rec_len;
         seg.live += 1;
         seg.dirty = true;
-        self.index.insert(seq, Loc { segment: first, offset, len: rec_len as u32, created_ms: unix_ms(now) });
+        self.index.insert(seq, Loc { segment: first, offset, len: rec_len as u32, created_ms });
         self.pending_bytes += rec_len;
         self.appended_total += 1;
         self.next_seq += 1;
+        self.writes_failing = 0;
         Ok(seq)
     }
 
+    /// Uses up `seq` without a record: it is reported as a gap, and the state remembers it.
+    fn use_seq(&mut self, seq: u64, reason: GapReason) {
+        self.next_seq = seq + 1;
+        self.seq_dirty = true;
+        self.gap(seq, reason);
+    }
+
+    fn write_failed(&mut self, seq: u64, path: PathBuf, source: io::Error) -> OutboxError {
+        self.use_seq(seq, GapReason::WriteFailed);
+        self.write_failures_total += 1;
+        self.writes_failing += 1;
+        self.last_write_error = format!("{}: {source}", path.display());
+        OutboxError::WriteFailed { seq, path, source }
+    }
+
     /// Starts a new active segment whose first record will be `seq`.
-    fn roll(&mut self, seq: u64) -> Result<(), OutboxError> {
-        // The old segment reaches the disk before anything of the new one can, so a power
-        // cut never leaves a silently shortened segment in front of a newer one.
-        if let Some((&first, seg)) = self.segments.iter_mut().next_back()
-            && seg.dirty
-        {
-            seg.file.sync_data().map_err(io_at(&segment_path(&self.cfg.dir, first)))?;
-            seg.dirty = false;
-        }
+    fn roll(&mut self, seq: u64) -> Result<(), (PathBuf, io::Error)> {
         let path = segment_path(&self.cfg.dir, seq);
-        let file = OpenOptions::new().read(true).append(true).create_new(true).open(&path).map_err(io_at(&path))?;
+        let file = fault(&self.faults, FileOp::Open, &path)
+            .and_then(|()| OpenOptions::new().read(true).append(true).create_new(true).open(&path))
+            .map_err(|e| (path.clone(), e))?;
         self.segments.insert(seq, Segment { file, len: 0, live: 0, dirty: false, sealed: false });
         self.dir_dirty = true;
         Ok(())
@@ -473,19 +747,106 @@ impl Outbox {
     /// state and deletes fully done segments. Does nothing when nothing changed, so it is
     /// cheap to call on a timer. Call it after acks too: that is when segments are freed.
     pub fn sync(&mut self) -> Result<(), OutboxError> {
+        match self.begin_sync() {
+            Some(mut job) => {
+                job.run();
+                self.finish_sync(job)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The first third of a sync, quick: what needs an fsync, the state to write and the
+    /// segments that are done, with the file handles cloned, for [`SyncJob::run`] to do
+    /// the slow I/O without `&mut self` (outside the caller's lock), then
+    /// [`Outbox::finish_sync`]. `None` when there is nothing to do. Nothing may append
+    /// between `begin_sync` and `finish_sync`; acks and reads may.
+    pub fn begin_sync(&mut self) -> Option<SyncJob> {
         self.absorb_unreadable();
+        if !self.needs_sync() {
+            return None;
+        }
+        let mut segments = Vec::new();
         for (&first, seg) in &mut self.segments {
             if seg.dirty {
-                seg.file.sync_data().map_err(io_at(&segment_path(&self.cfg.dir, first)))?;
+                segments.push((first, seg.file.try_clone()));
                 seg.dirty = false;
             }
         }
-        if self.dir_dirty {
-            sync_dir(&self.cfg.dir)?;
-            self.dir_dirty = false;
+        let sync_dir = std::mem::take(&mut self.dir_dirty);
+        let delete: Vec<u64> = self.done_segments().collect();
+        let watermark = self.watermark();
+        let mut state = Vec::new();
+        if !delete.is_empty() || self.state_stale() {
+            // Both copies, one after the other: a torn write damages one, and the other
+            // then says the same or what the previous sync said (no segment was deleted
+            // in between: deletion waits for both).
+            for generation in self.state_gen + 1..=self.state_gen + 2 {
+                state.push((generation, encode_state(generation, watermark, self.next_seq)));
+            }
         }
-        self.durable_next = self.next_seq;
-        self.collect()
+        Some(SyncJob {
+            faults: self.faults.clone(),
+            dir: self.cfg.dir.clone(),
+            segments,
+            sync_dir,
+            state_new: self.rewrite_state && !state.is_empty(),
+            state,
+            watermark,
+            next_seq: self.next_seq,
+            delete,
+            results: SyncResults::default(),
+        })
+    }
+
+    /// The last third of a sync: records what [`SyncJob::run`] achieved. Failed fsyncs
+    /// are retried by the next sync; their segments are sealed.
+    pub fn finish_sync(&mut self, job: SyncJob) -> Result<(), OutboxError> {
+        let r = job.results;
+        for &first in &r.failed_segments {
+            if let Some(seg) = self.segments.get_mut(&first) {
+                seg.dirty = true;
+                seg.sealed = true;
+            }
+        }
+        if r.dir_failed {
+            self.dir_dirty = true;
+        }
+        if r.failed_segments.is_empty() && !r.dir_failed {
+            self.durable_next = self.durable_next.max(job.next_seq);
+        }
+        if let Some(generation) = r.state_written {
+            self.state_gen = generation;
+            self.persisted_watermark = job.watermark;
+            if self.next_seq == job.next_seq {
+                self.seq_dirty = false;
+            }
+            if r.state_written == job.state.last().map(|s| s.0) {
+                self.rewrite_state = false;
+                if std::mem::take(&mut self.legacy_state) {
+                    let _ = fs::remove_file(self.cfg.dir.join(LEGACY_STATE));
+                }
+            }
+        }
+        if r.state_written != job.state.last().map(|s| s.0) {
+            // A copy may be half written, or missing: write both next time.
+            self.rewrite_state = true;
+        }
+        for first in &r.deleted {
+            self.segments.remove(first);
+        }
+        match r.error {
+            None => {
+                self.syncs_failing = 0;
+                Ok(())
+            }
+            Some(e) => {
+                self.fsync_failures_total += 1;
+                self.syncs_failing += 1;
+                self.last_sync_error = e.to_string();
+                Err(e)
+            }
+        }
     }
 
     /// Whether [`Outbox::sync`] has anything to do.
@@ -497,7 +858,7 @@ impl Outbox {
     }
 
     fn state_stale(&self) -> bool {
-        self.seq_dirty || self.watermark() != self.persisted_watermark
+        self.seq_dirty || self.rewrite_state || self.watermark() != self.persisted_watermark
     }
 
     /// Segments with nothing unacknowledged left, except the active one unless it is empty.
@@ -506,47 +867,21 @@ impl Outbox {
         self.segments.iter().filter(move |&(&k, s)| s.live == 0 && (Some(k) != active || s.len == 0)).map(|(&k, _)| k)
     }
 
-    /// Writes the ack state if it changed, then deletes the segments that are done.
-    fn collect(&mut self) -> Result<(), OutboxError> {
-        let done: Vec<u64> = self.done_segments().collect();
-        if done.is_empty() && !self.state_stale() {
-            return Ok(());
+    /// `Err` with the reason while the disk keeps failing: [`UNHEALTHY_AFTER`] appends or
+    /// syncs in a row failed (and none succeeded since).
+    pub fn health(&self) -> Result<(), String> {
+        if self.writes_failing >= UNHEALTHY_AFTER {
+            return Err(format!(
+                "outbox: the last {} appends failed, their messages are reported lost ({})",
+                self.writes_failing, self.last_write_error
+            ));
         }
-        self.write_state()?;
-        if done.is_empty() {
-            return Ok(());
+        if self.syncs_failing >= UNHEALTHY_AFTER {
+            return Err(format!(
+                "outbox: the last {} syncs failed, nothing new is published ({})",
+                self.syncs_failing, self.last_sync_error
+            ));
         }
-        // The new state must be on disk before the segments disappear, or a power cut
-        // could leave neither to tell where seq stood.
-        sync_dir(&self.cfg.dir)?;
-        for first in done {
-            let path = segment_path(&self.cfg.dir, first);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_at(&path)(e)),
-            }
-            self.segments.remove(&first);
-        }
-        Ok(())
-    }
-
-    fn write_state(&mut self) -> Result<(), OutboxError> {
-        let watermark = self.watermark();
-        let mut buf = Vec::with_capacity(STATE_LEN);
-        buf.extend_from_slice(&STATE_MAGIC);
-        buf.extend_from_slice(&watermark.to_le_bytes());
-        buf.extend_from_slice(&self.next_seq.to_le_bytes());
-        buf.extend_from_slice(&crc32fast::hash(&buf).to_le_bytes());
-        let tmp = self.cfg.dir.join(STATE_TMP);
-        let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
-        f.write_all(&buf).map_err(io_at(&tmp))?;
-        f.sync_data().map_err(io_at(&tmp))?;
-        drop(f);
-        let path = self.cfg.dir.join(STATE);
-        fs::rename(&tmp, &path).map_err(io_at(&path))?;
-        self.persisted_watermark = watermark;
-        self.seq_dirty = false;
         Ok(())
     }
 
@@ -569,14 +904,22 @@ impl Outbox {
                 break;
             }
             let mut buf = vec![0; loc.len as usize];
+            let path = segment_path(&self.cfg.dir, loc.segment);
             let read = match self.segments.get(&loc.segment) {
-                Some(seg) => seg.file.read_exact_at(&mut buf, loc.offset),
+                Some(seg) => {
+                    fault(&self.faults, FileOp::Read, &path).and_then(|()| seg.file.read_exact_at(&mut buf, loc.offset))
+                }
                 None => Err(io::ErrorKind::UnexpectedEof.into()),
             };
             match read {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
-                Err(e) => return Err(io_at(&segment_path(&self.cfg.dir, loc.segment))(e)),
+                Err(e) => {
+                    // A bad sector: this record is lost, the ones behind it are not. The
+                    // all-zero buffer fails to decode, so it is skipped as damaged below.
+                    self.read_failures_total.fetch_add(1, Ordering::Relaxed);
+                    warn!(seq, segment = %path.display(), error = %e, "cannot read an outbox record");
+                }
             }
             match decode(&buf) {
                 Some(r) if r.seq == seq => out.push(r),
@@ -632,7 +975,15 @@ impl Outbox {
             acked_total: self.acked_total,
             next_seq: self.next_seq,
             disk_bytes: self.segments.values().map(|s| s.len).sum(),
+            write_failures_total: self.write_failures_total,
+            fsync_failures_total: self.fsync_failures_total,
+            read_failures_total: self.read_failures_total.load(Ordering::Relaxed),
         }
+    }
+
+    /// The largest topic + payload [`Outbox::append`] accepts.
+    pub fn max_message_bytes(&self) -> u64 {
+        self.cfg.max_message_bytes
     }
 
     pub fn first_pending_seq(&self) -> Option<u64> {
@@ -662,16 +1013,22 @@ impl Outbox {
 
     /// Records one dropped seq, extending the last gap when it continues it.
     fn gap(&mut self, seq: u64, reason: GapReason) {
-        self.dropped_total += 1;
+        self.gap_range(seq, seq, reason);
+    }
+
+    /// Records dropped seqs `first..=last`.
+    fn gap_range(&mut self, first: u64, last: u64, reason: GapReason) {
+        let count = last - first + 1;
+        self.dropped_total += count;
         if let Some(g) = self.gaps.last_mut()
             && g.reason == reason
-            && g.last + 1 == seq
+            && g.last + 1 == first
         {
-            g.last = seq;
-            g.count += 1;
+            g.last = last;
+            g.count += count;
             return;
         }
-        self.gaps.push(Gap { first: seq, last: seq, count: 1, reason });
+        self.gaps.push(Gap { first, last, count, reason });
     }
 
     fn absorb_unreadable(&mut self) {
@@ -690,6 +1047,114 @@ impl Drop for Outbox {
             && let Err(e) = self.sync()
         {
             warn!(error = %e, "cannot sync the outbox while closing it; acks since the last sync may be replayed");
+        }
+    }
+}
+
+/// A record built by [`Outbox::prepare`], not yet written.
+pub struct Prepared {
+    seq: u64,
+    created_ms: u64,
+    buf: Vec<u8>,
+}
+
+impl Prepared {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// The slow part of a sync (fsyncs, state writes, deletions), detached from the outbox:
+/// from [`Outbox::begin_sync`], to [`Outbox::finish_sync`].
+pub struct SyncJob {
+    faults: Option<FaultHook>,
+    dir: PathBuf,
+    /// Segments written since the last sync, by first seq, with a clone of their handle.
+    segments: Vec<(u64, io::Result<File>)>,
+    sync_dir: bool,
+    /// State copies to write, by generation.
+    state: Vec<(u64, [u8; STATE_LEN])>,
+    /// The copies may not exist yet: the directory is synced after them.
+    state_new: bool,
+    watermark: u64,
+    next_seq: u64,
+    /// Done segments, deleted once the state is on disk.
+    delete: Vec<u64>,
+    results: SyncResults,
+}
+
+#[derive(Default)]
+struct SyncResults {
+    failed_segments: Vec<u64>,
+    dir_failed: bool,
+    /// Generation of the last state copy written.
+    state_written: Option<u64>,
+    deleted: Vec<u64>,
+    /// The first failure.
+    error: Option<OutboxError>,
+}
+
+impl SyncJob {
+    /// Does the I/O; what happened is applied by [`Outbox::finish_sync`].
+    pub fn run(&mut self) {
+        let r = &mut self.results;
+        let fail = |r: &mut SyncResults, e: OutboxError| {
+            r.error.get_or_insert(e);
+        };
+        for (first, file) in &self.segments {
+            let path = segment_path(&self.dir, *first);
+            let done = match file {
+                Ok(f) => fault(&self.faults, FileOp::Sync, &path).and_then(|()| f.sync_data()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            if let Err(e) = done {
+                r.failed_segments.push(*first);
+                fail(r, io_at(&path)(e));
+            }
+        }
+        if self.sync_dir
+            && let Err(e) = sync_dir(&self.dir, &self.faults)
+        {
+            r.dir_failed = true;
+            fail(r, e);
+        }
+        for (generation, bytes) in &self.state {
+            let path = self.dir.join(STATE_FILES[(*generation % 2) as usize]);
+            let written = (|| {
+                fault(&self.faults, FileOp::Write, &path)?;
+                let f = OpenOptions::new().write(true).create(true).truncate(false).open(&path)?;
+                f.write_all_at(bytes, 0)?;
+                fault(&self.faults, FileOp::Sync, &path)?;
+                f.sync_data()
+            })();
+            match written {
+                Ok(()) => r.state_written = Some(*generation),
+                Err(e) => {
+                    fail(r, io_at(&path)(e));
+                    break;
+                }
+            }
+        }
+        // Copies just created (or replacing damaged ones): their names must be durable too
+        // before anything is deleted.
+        let state_ok = self.state.is_empty() || r.state_written == self.state.last().map(|s| s.0);
+        if state_ok
+            && self.state_new
+            && let Err(e) = sync_dir(&self.dir, &self.faults)
+        {
+            fail(r, e);
+            return;
+        }
+        if !state_ok {
+            return;
+        }
+        for &first in &self.delete {
+            let path = segment_path(&self.dir, first);
+            match fs::remove_file(&path) {
+                Ok(()) => r.deleted.push(first),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => r.deleted.push(first),
+                Err(e) => fail(r, io_at(&path)(e)),
+            }
         }
     }
 }
@@ -764,7 +1229,11 @@ fn parse(buf: &[u8]) -> Option<Parsed> {
     if BODY_FIXED + topic_len > body_len {
         return None;
     }
-    Some(Parsed { seq: le_u64(body, 0), created_ms: le_u64(body, 8), topic_len, len: HEADER + body_len })
+    let seq = le_u64(body, 0);
+    if !(1..=MAX_SEQ).contains(&seq) {
+        return None;
+    }
+    Some(Parsed { seq, created_ms: le_u64(body, 8), topic_len, len: HEADER + body_len })
 }
 
 /// The record filling `buf` exactly.
@@ -831,6 +1300,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, OutboxError> {
         if stem.len() == 20
             && stem.bytes().all(|b| b.is_ascii_digit())
             && let Ok(first) = stem.parse::<u64>()
+            && (1..=MAX_SEQ).contains(&first)
         {
             names.push(first);
         }
@@ -839,28 +1309,83 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, OutboxError> {
     Ok(names)
 }
 
-/// (watermark, next seq) from the `state` file; a fresh outbox has (0, 1).
-fn read_state(dir: &Path) -> Result<(u64, u64), OutboxError> {
-    let path = dir.join(STATE);
-    let buf = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 1)),
-        Err(e) => return Err(io_at(&path)(e)),
-    };
-    let intact = buf.len() == STATE_LEN
-        && buf[..4] == STATE_MAGIC
-        && crc32fast::hash(&buf[..STATE_LEN - 4]) == le_u32(&buf, STATE_LEN - 4);
-    if !intact {
-        // Only bit rot gets here (the file is replaced by rename). Without it every record
-        // on disk is replayed: duplicates, which consumers absorb.
-        warn!(path = %path.display(), "outbox state file is damaged; replaying every record on disk");
-        return Ok((0, 1));
-    }
-    Ok((le_u64(&buf, 4), le_u64(&buf, 12).max(1)))
+fn encode_state(generation: u64, watermark: u64, next_seq: u64) -> [u8; STATE_LEN] {
+    let mut buf = [0; STATE_LEN];
+    buf[..4].copy_from_slice(&STATE_MAGIC);
+    buf[4..12].copy_from_slice(&generation.to_le_bytes());
+    buf[12..20].copy_from_slice(&watermark.to_le_bytes());
+    buf[20..28].copy_from_slice(&next_seq.to_le_bytes());
+    let crc = crc32fast::hash(&buf[..STATE_LEN - 4]);
+    buf[STATE_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+    buf
 }
 
-fn sync_dir(dir: &Path) -> Result<(), OutboxError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
+/// What the state copies say.
+struct StateRead {
+    generation: u64,
+    watermark: u64,
+    next_seq: u64,
+    /// Both copies were intact.
+    both_copies: bool,
+    /// Only the single file of earlier versions was there.
+    legacy: bool,
+}
+
+/// (generation, watermark, next seq) of one copy, if it is intact and sane.
+fn parse_state(buf: &[u8]) -> Option<(u64, u64, u64)> {
+    if buf.len() != STATE_LEN || buf[..4] != STATE_MAGIC || crc32fast::hash(&buf[..STATE_LEN - 4]) != le_u32(buf, 28) {
+        return None;
+    }
+    let (generation, watermark, next) = (le_u64(buf, 4), le_u64(buf, 12), le_u64(buf, 20));
+    (watermark < next && next <= MAX_SEQ && generation < MAX_SEQ).then_some((generation, watermark, next))
+}
+
+/// The newest intact state copy; a fresh outbox has watermark 0 and next seq 1. A copy
+/// that cannot be read counts as damaged: the other one, or the segments, still tell.
+fn read_state(dir: &Path, faults: &Option<FaultHook>) -> StateRead {
+    let read = |name: &str| -> Option<Vec<u8>> {
+        let path = dir.join(name);
+        match fault(faults, FileOp::Read, &path).and_then(|()| fs::read(&path)) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot read an outbox state copy");
+                Some(Vec::new())
+            }
+        }
+    };
+    let copies: Vec<Option<Vec<u8>>> = STATE_FILES.iter().map(|n| read(n)).collect();
+    let parsed: Vec<Option<(u64, u64, u64)>> = copies.iter().map(|c| c.as_deref().and_then(parse_state)).collect();
+    for (name, (raw, ok)) in STATE_FILES.iter().zip(copies.iter().zip(&parsed)) {
+        if raw.is_some() && ok.is_none() {
+            warn!(path = %dir.join(name).display(), "outbox state copy is damaged; using the other one");
+        }
+    }
+    let both_copies = parsed.iter().all(Option::is_some);
+    if let Some((generation, watermark, next_seq)) = parsed.iter().flatten().max_by_key(|p| p.0).copied() {
+        return StateRead { generation, watermark, next_seq, both_copies, legacy: false };
+    }
+    // Earlier versions: one file, replaced by rename.
+    let legacy = read(LEGACY_STATE);
+    let mut st = StateRead { generation: 0, watermark: 0, next_seq: 1, both_copies: false, legacy: legacy.is_some() };
+    if let Some(buf) = legacy {
+        let intact = buf.len() == LEGACY_STATE_LEN
+            && buf[..4] == LEGACY_STATE_MAGIC
+            && crc32fast::hash(&buf[..LEGACY_STATE_LEN - 4]) == le_u32(&buf, LEGACY_STATE_LEN - 4);
+        let (watermark, next) = if intact { (le_u64(&buf, 4), le_u64(&buf, 12).max(1)) } else { (0, 1) };
+        if intact && watermark < next && next <= MAX_SEQ {
+            (st.watermark, st.next_seq) = (watermark, next);
+        } else {
+            warn!(path = %dir.join(LEGACY_STATE).display(), "outbox state file is damaged; replaying every record on disk");
+        }
+    } else if copies.iter().any(Option::is_some) {
+        warn!(dir = %dir.display(), "both outbox state copies are damaged; replaying every record on disk");
+    }
+    st
+}
+
+fn sync_dir(dir: &Path, faults: &Option<FaultHook>) -> Result<(), OutboxError> {
+    fault(faults, FileOp::Sync, dir).and_then(|()| File::open(dir)).and_then(|d| d.sync_all()).map_err(io_at(dir))
 }
 
 #[cfg(test)]
@@ -905,6 +1430,7 @@ mod tests {
             max_age: Duration::from_secs(3600),
             segment_bytes,
             full_policy,
+            max_message_bytes: MAX_BODY as u64,
         }
     }
 
@@ -982,7 +1508,10 @@ mod tests {
         // The watermark is 16. 18..=20 share 17's segment, so they come back as duplicates;
         // the segments of 21..=40 were wholly acknowledged and deleted.
         let want: Vec<u64> = (17..=20).chain(41..=100).collect();
-        assert_eq!(report, OpenReport { pending: want.len() as u64, corrupt_records: 0, torn_bytes: 0 });
+        assert_eq!(
+            report,
+            OpenReport { pending: want.len() as u64, corrupt_records: 0, torn_bytes: 0, unreadable_segments: 0 }
+        );
         let records = ob.pending(0, usize::MAX).expect("pending");
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), want);
         for r in &records {
@@ -1041,20 +1570,23 @@ mod tests {
         drop(f);
 
         let (mut ob, report) = open(&c);
-        assert_eq!(report, OpenReport { pending: 4, corrupt_records: 1, torn_bytes: rec_len() - 7 });
+        // The torn bytes could have held this many records: all their seqs are lost.
+        let held = (rec_len() - 7).div_ceil(MIN_RECORD);
+        let want = OpenReport { pending: 4, corrupt_records: held, torn_bytes: rec_len() - 7, unreadable_segments: 0 };
+        assert_eq!(report, want);
         assert_eq!(fs::metadata(&seg).expect("stat").len(), 4 * rec_len());
         let records = ob.pending(0, usize::MAX).expect("pending");
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         assert!(records.iter().all(|r| r.payload == payload(r.seq)));
-        assert_eq!(ob.take_gaps(), vec![gap(5, 5, GapReason::Corrupt)]);
+        assert_eq!(ob.take_gaps(), vec![gap(5, 4 + held, GapReason::Corrupt)]);
         // The torn record's seq is not reused.
-        assert_eq!(append(&mut ob), 6);
-        assert_eq!(append(&mut ob), 7);
+        let (a, b) = (append(&mut ob), append(&mut ob));
+        assert_eq!((a, b), (5 + held, 6 + held));
         ob.close().expect("close");
 
         let (mut ob, report) = open(&c);
-        assert_eq!(report, OpenReport { pending: 6, corrupt_records: 0, torn_bytes: 0 });
-        assert_eq!(seqs(&ob), vec![1, 2, 3, 4, 6, 7]);
+        assert_eq!(report, OpenReport { pending: 6, corrupt_records: 0, torn_bytes: 0, unreadable_segments: 0 });
+        assert_eq!(seqs(&ob), vec![1, 2, 3, 4, a, b]);
         assert!(ob.take_gaps().is_empty());
     }
 
@@ -1076,7 +1608,7 @@ mod tests {
         fs::write(&seg, &data).expect("write segment");
 
         let (mut ob, report) = open(&c);
-        assert_eq!(report, OpenReport { pending: 8, corrupt_records: 2, torn_bytes: 0 });
+        assert_eq!(report, OpenReport { pending: 8, corrupt_records: 2, torn_bytes: 0, unreadable_segments: 0 });
         assert_eq!(ob.take_gaps(), vec![gap(5, 5, GapReason::Corrupt), gap(8, 8, GapReason::Corrupt)]);
         let records = ob.pending(0, usize::MAX).expect("pending");
         assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 6, 7, 9, 10]);
@@ -1252,11 +1784,12 @@ mod tests {
         for _ in 0..5 {
             append(&mut ob);
         }
-        assert_eq!(ob.durable_seq(), 20);
+        // 25 started a new segment: the one before was synced first; 25 was not.
+        assert_eq!(ob.durable_seq(), 24);
         crash(ob);
 
         let (ob, report) = open(&c);
-        assert_eq!(report, OpenReport { pending: 15, corrupt_records: 0, torn_bytes: 0 });
+        assert_eq!(report, OpenReport { pending: 15, corrupt_records: 0, torn_bytes: 0, unreadable_segments: 0 });
         assert_eq!(seqs(&ob), (11..=25).collect::<Vec<_>>());
         assert_eq!(ob.durable_seq(), 25, "open makes what it found durable");
     }
@@ -1272,15 +1805,25 @@ mod tests {
     }
 
     #[test]
-    fn oversized_records_are_refused_without_using_a_seq() {
+    fn oversized_records_use_their_seq_and_are_announced_as_a_gap() {
         let tmp = TempDir::new("large");
-        let c = cfg(&tmp.0, 4 * rec_len(), 1 << 20, OutboxFullPolicy::DropOldest);
+        let mut c = cfg(&tmp.0, 8 * 1024, 1 << 20, OutboxFullPolicy::DropOldest);
+        c.max_message_bytes = 1000;
         let (mut ob, _) = open(&c);
-        let big = ob.append(TOPIC, |_| vec![0; 4 * rec_len() as usize]);
-        assert!(matches!(big, Err(OutboxError::TooLarge { .. })));
+        let big = ob.append(TOPIC, |_| vec![0; 10_000]);
+        assert!(matches!(big, Err(OutboxError::TooLarge { seq: 1, .. })), "larger than max_bytes: {big:?}");
+        let over = ob.append(TOPIC, |_| vec![0; 1000 - TOPIC.len() + 1]);
+        assert!(
+            matches!(over, Err(OutboxError::TooLarge { seq: 2, max: 1000, .. })),
+            "over max_message_bytes: {over:?}"
+        );
+        assert_eq!(ob.append(TOPIC, |_| vec![0; 1000 - TOPIC.len()]).expect("exactly the limit fits"), 3);
         let long_topic = "t".repeat(70_000);
         assert!(matches!(ob.append(&long_topic, payload), Err(OutboxError::TopicTooLong(70_000))));
-        assert_eq!(append(&mut ob), 1);
+        assert_eq!(ob.take_gaps(), vec![gap(1, 2, GapReason::TooLarge)]);
+        ob.ack(3).expect("ack");
+        assert_eq!(append(&mut ob), 4);
+        assert_eq!(ob.stats().dropped_total, 2);
     }
 
     /// Random appends, acks, syncs, reads, clean reopens and crashes against a model: no
@@ -1387,15 +1930,267 @@ mod tests {
             let intact: Vec<u64> = (1..=40).filter(|s| !touched.contains(s)).collect();
             assert_eq!(got, intact, "round {round}, damaged {touched:?}");
             let reported: BTreeSet<u64> = ob.take_gaps().iter().flat_map(|g| g.first..=g.last).collect();
-            let mut expected = touched.clone();
-            // A damaged run reaching the end of the last segment is a torn tail: only its
-            // first seq can be known.
-            let mut s = 40;
-            while touched.contains(&s) && touched.contains(&(s - 1)) && s > 33 {
-                expected.remove(&s);
-                s -= 1;
-            }
-            assert_eq!(reported, expected, "round {round}, damaged {touched:?}");
+            // A damaged run reaching the end of the last segment is a torn tail: seqs past
+            // 40 are reported too (as many as its bytes could hold), intact ones never.
+            assert!(reported.is_superset(&touched), "round {round}, damaged {touched:?}, reported {reported:?}");
+            assert!(reported.iter().all(|s| touched.contains(s) || *s > 40), "round {round}: {reported:?}");
+            assert!(append(&mut ob) > reported.last().copied().unwrap_or(40).max(40), "round {round}");
         }
+    }
+
+    /// A fault hook failing the operations `when` picks with OS error `errno`.
+    fn failing(errno: i32, when: impl Fn(FileOp, &Path) -> bool + Send + Sync + 'static) -> Option<FaultHook> {
+        Some(Arc::new(move |op, path| if when(op, path) { Err(io::Error::from_raw_os_error(errno)) } else { Ok(()) }))
+    }
+
+    const ENOSPC: i32 = 28;
+    const EIO: i32 = 5;
+
+    fn is_segment(p: &Path) -> bool {
+        p.extension().is_some_and(|e| e == "seg")
+    }
+
+    #[test]
+    fn failed_append_uses_its_seq_and_is_announced_as_a_gap() {
+        let tmp = TempDir::new("enospc");
+        let c = cfg(&tmp.0, 1 << 20, 1 << 20, OutboxFullPolicy::DropOldest);
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = full.clone();
+        let hook = failing(ENOSPC, move |op, p| op == FileOp::Write && is_segment(p) && f.load(Ordering::SeqCst));
+        let (mut ob, _) = Outbox::open_with(c.clone(), hook).expect("open");
+        assert_eq!((append(&mut ob), append(&mut ob)), (1, 2));
+        full.store(true, Ordering::SeqCst);
+        for want in 3..=5 {
+            match ob.append(TOPIC, payload) {
+                Err(OutboxError::WriteFailed { seq, .. }) => assert_eq!(seq, want),
+                other => panic!("expected a failed write, got {other:?}"),
+            }
+            assert_eq!(ob.health().is_err(), want - 2 >= UNHEALTHY_AFTER, "after {} failures", want - 2);
+        }
+        let why = ob.health().expect_err("unhealthy after 3 failed appends");
+        assert!(why.contains("appends failed") && why.contains("No space"), "{why}");
+        assert_eq!(ob.take_gaps(), vec![gap(3, 5, GapReason::WriteFailed)]);
+        let st = ob.stats();
+        assert_eq!((st.write_failures_total, st.dropped_total, st.appended_total), (3, 3, 2));
+
+        full.store(false, Ordering::SeqCst);
+        assert_eq!(append(&mut ob), 6, "the failed seqs are used up");
+        assert!(ob.health().is_ok(), "healthy again at the first append that works");
+        ob.close().expect("close");
+        let (mut ob, report) = open(&c);
+        assert_eq!(report.corrupt_records, 0);
+        assert_eq!(seqs(&ob), vec![1, 2, 6]);
+        assert!(ob.take_gaps().is_empty(), "reported once, by the run that lost them");
+        assert_eq!(append(&mut ob), 7);
+    }
+
+    #[test]
+    fn failed_fsync_holds_back_publishing_until_a_sync_succeeds() {
+        let tmp = TempDir::new("fsync");
+        let c = cfg(&tmp.0, 1 << 20, 1 << 20, OutboxFullPolicy::DropOldest);
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b = broken.clone();
+        let hook = failing(EIO, move |op, p| op == FileOp::Sync && is_segment(p) && b.load(Ordering::SeqCst));
+        let (mut ob, _) = Outbox::open_with(c.clone(), hook).expect("open");
+        append(&mut ob);
+        append(&mut ob);
+        broken.store(true, Ordering::SeqCst);
+        for n in 1..=UNHEALTHY_AFTER {
+            assert!(ob.sync().is_err());
+            assert_eq!(ob.durable_seq(), 0, "nothing unsynced may be published");
+            assert_eq!(ob.stats().fsync_failures_total, n);
+            assert!(ob.needs_sync(), "retried by the next sync");
+        }
+        let why = ob.health().expect_err("unhealthy after failed syncs");
+        assert!(why.contains("syncs failed"), "{why}");
+
+        broken.store(false, Ordering::SeqCst);
+        // The segment whose fsync failed takes no more records: 3 starts a new one.
+        assert_eq!(append(&mut ob), 3);
+        assert_eq!(segment_files(&tmp.0).len(), 2);
+        ob.sync().expect("sync");
+        assert_eq!(ob.durable_seq(), 3);
+        assert!(ob.health().is_ok());
+        ob.close().expect("close");
+        let (ob, _) = open(&c);
+        assert_eq!(seqs(&ob), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn unreadable_record_is_skipped_and_the_records_behind_it_delivered() {
+        let tmp = TempDir::new("eio");
+        let c = cfg(&tmp.0, 1 << 20, 1 << 20, OutboxFullPolicy::DropOldest);
+        // Armed: the third record read gets EIO (a bad sector under record 3).
+        let reads = Arc::new(AtomicU64::new(u64::MAX / 2));
+        let r = reads.clone();
+        let hook =
+            failing(EIO, move |op, p| op == FileOp::Read && is_segment(p) && r.fetch_add(1, Ordering::SeqCst) == 2);
+        let (mut ob, _) = Outbox::open_with(c, hook).expect("open");
+        for _ in 0..5 {
+            append(&mut ob);
+        }
+        reads.store(0, Ordering::SeqCst);
+        assert_eq!(seqs(&ob), vec![1, 2, 4, 5]);
+        assert_eq!(ob.take_gaps(), vec![gap(3, 3, GapReason::Corrupt)]);
+        assert_eq!(ob.stats().read_failures_total, 1);
+        assert_eq!(seqs(&ob), vec![1, 2, 4, 5], "skipped for good");
+        assert_eq!(ob.stats().pending_records, 4);
+    }
+
+    #[test]
+    fn unreadable_segment_at_open_is_moved_aside_and_the_outbox_opens() {
+        let tmp = TempDir::new("badseg");
+        let c = cfg(&tmp.0, 1 << 20, 3 * rec_len(), OutboxFullPolicy::DropOldest);
+        let (mut ob, _) = open(&c);
+        for _ in 0..9 {
+            append(&mut ob);
+        }
+        ob.close().expect("close");
+        let name = |s: u64| format!("{s:020}.seg");
+
+        let bad = name(4);
+        let hook = failing(EIO, move |op, p| op == FileOp::Read && p.ends_with(&bad));
+        let (mut ob, report) = Outbox::open_with(c.clone(), hook).expect("opens despite the bad segment");
+        assert_eq!((report.unreadable_segments, report.corrupt_records, report.pending), (1, 3, 6));
+        assert_eq!(seqs(&ob), vec![1, 2, 3, 7, 8, 9]);
+        assert_eq!(ob.take_gaps(), vec![gap(4, 6, GapReason::Corrupt)]);
+        assert!(tmp.0.join(format!("{}.unreadable", name(4))).is_file(), "kept aside for inspection");
+        assert_eq!(segment_files(&tmp.0), vec![name(1), name(7)]);
+        assert_eq!(append(&mut ob), 10);
+        ob.close().expect("close");
+
+        // The last segment: how many records it held is unknown; seq moves past all it could.
+        let bad = name(10);
+        let hook = failing(EIO, move |op, p| op == FileOp::Read && p.ends_with(&bad));
+        let (mut ob, report) = Outbox::open_with(c.clone(), hook).expect("opens");
+        assert_eq!(report.unreadable_segments, 1);
+        assert_eq!(seqs(&ob), vec![1, 2, 3, 7, 8, 9]);
+        let gaps = ob.take_gaps();
+        assert_eq!((gaps.len(), gaps[0].first, gaps[0].reason), (1, 10, GapReason::Corrupt));
+        assert!(gaps[0].last >= 10, "{gaps:?}");
+        let next = append(&mut ob);
+        assert!(next > gaps[0].last, "seq {next} reused one of {gaps:?}");
+        drop(ob);
+        let (mut ob, _) = open(&c);
+        assert!(append(&mut ob) > next);
+    }
+
+    #[test]
+    fn a_damaged_state_copy_with_no_segments_left_does_not_restart_seq() {
+        for damaged in STATE_FILES {
+            let tmp = TempDir::new("statecopy");
+            let c = cfg(&tmp.0, 1 << 20, rec_len(), OutboxFullPolicy::DropOldest);
+            let (mut ob, _) = open(&c);
+            for _ in 0..10 {
+                append(&mut ob);
+            }
+            for s in 1..=10 {
+                ob.ack(s).expect("ack");
+            }
+            ob.close().expect("close");
+            for f in segment_files(&tmp.0) {
+                fs::remove_file(tmp.0.join(f)).expect("remove segment");
+            }
+            let path = tmp.0.join(damaged);
+            let mut data = fs::read(&path).expect("state copy");
+            data[14] ^= 0x40;
+            fs::write(&path, &data).expect("damage it");
+            let (mut ob, _) = open(&c);
+            assert_eq!(append(&mut ob), 11, "{damaged} damaged");
+        }
+    }
+
+    /// Whichever one file of the outbox is damaged (filled with garbage), the next seq is
+    /// beyond every seq ever appended.
+    #[test]
+    fn no_single_damaged_file_makes_seq_go_backwards() {
+        let src = TempDir::new("anyfile");
+        let c = cfg(&src.0, 1 << 20, 3 * rec_len(), OutboxFullPolicy::DropOldest);
+        let (mut ob, _) = open(&c);
+        for _ in 0..12 {
+            append(&mut ob);
+        }
+        for s in 1..=6 {
+            ob.ack(s).expect("ack");
+        }
+        ob.sync().expect("sync");
+        // Appended after the last state write: only the segments know these.
+        for _ in 0..3 {
+            append(&mut ob);
+        }
+        crash(ob);
+        let mut files: Vec<String> = fs::read_dir(&src.0)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "lock")
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 5, "{files:?}");
+        for victim in &files {
+            let tmp = TempDir::new("anyfile-copy");
+            for f in &files {
+                fs::copy(src.0.join(f), tmp.0.join(f)).expect("copy");
+            }
+            let path = tmp.0.join(victim);
+            let len = fs::metadata(&path).expect("stat").len() as usize;
+            fs::write(&path, vec![0xA5; len]).expect("damage");
+            let (mut ob, _) = open(&OutboxConfig { dir: tmp.0.clone(), ..c.clone() });
+            let next = append(&mut ob);
+            assert!(next > 15, "{victim} damaged: seq {next} came back");
+        }
+    }
+
+    /// A slow fsync (here: one that waits until the test lets it go) must not keep
+    /// PUBACKs, `/metrics` or the health loop from the outbox.
+    #[test]
+    fn the_outbox_lock_is_free_while_an_fsync_waits_on_the_disk() {
+        use crate::publish::Delivery;
+        use std::sync::mpsc::{Receiver, Sender, channel};
+        let tmp = TempDir::new("slowsync");
+        let c = cfg(&tmp.0, 1 << 20, 2 * rec_len(), OutboxFullPolicy::DropOldest);
+        let (entered_tx, entered) = channel::<()>();
+        let (release, release_rx) = channel::<()>();
+        let gate: Arc<Mutex<(Sender<()>, Receiver<()>)>> = Arc::new(Mutex::new((entered_tx, release_rx)));
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, a) = (gate.clone(), armed.clone());
+        let hook: FaultHook = Arc::new(move |op, p| {
+            if op == FileOp::Sync && is_segment(p) && a.load(Ordering::SeqCst) {
+                let g = g.lock().expect("gate");
+                let _ = g.0.send(());
+                let _ = g.1.recv();
+            }
+            Ok(())
+        });
+        let (ob, _) = Outbox::open_with(c, Some(hook)).expect("open");
+        let delivery = Arc::new(Delivery::new(ob));
+        for seq in 1..=2 {
+            assert_eq!(delivery.append(TOPIC, payload).expect("append"), seq);
+        }
+        armed.store(true, Ordering::SeqCst);
+        // Both ways the events thread fsyncs: its timed sync, and before a new segment.
+        for (what, seq) in [("sync", None), ("append starting a segment", Some(3))] {
+            let d = delivery.clone();
+            let worker = std::thread::spawn(move || match seq {
+                None => d.sync().map(|()| 0),
+                Some(_) => d.append(TOPIC, payload),
+            });
+            entered.recv().expect("the fsync started");
+            assert!(delivery.outbox.try_lock().is_ok(), "{what}: the outbox lock is held across an fsync");
+            let _ = delivery.outbox().stats();
+            release.send(()).expect("release");
+            let got = worker.join().expect("worker").expect("no error");
+            if let Some(seq) = seq {
+                assert_eq!(got, seq);
+            }
+            if what == "sync" {
+                assert_eq!(delivery.outbox().durable_seq(), 2);
+                // Dirty again, so that the append's roll has something to sync.
+                armed.store(false, Ordering::SeqCst);
+                delivery.outbox.lock().expect("lock").segments.values_mut().for_each(|s| s.dirty = true);
+                armed.store(true, Ordering::SeqCst);
+            }
+        }
+        // The final sync when the outbox is dropped must not wait for the test.
+        armed.store(false, Ordering::SeqCst);
     }
 }

@@ -1,6 +1,7 @@
 //! The telemetry listener (`[telemetry] listen`, loopback by default):
 //!
-//! - `GET /healthz`: 200 while every inference and event thread is alive, else 503.
+//! - `GET /healthz`: 200 while every inference and event thread is alive and the outbox's
+//!   disk works, else 503 with the reason.
 //! - `GET /readyz`: 200 once the agent is ready (models loaded and MQTT connected, or 20 s
 //!   without a broker, exactly when systemd is told READY), else 503; the body is the
 //!   status line as JSON either way.
@@ -101,7 +102,16 @@ impl Health {
     }
 
     pub fn healthy(&self) -> bool {
-        self.liveness.alive() == self.expected_threads.load(Ordering::SeqCst)
+        self.problem().is_none()
+    }
+
+    /// Why the agent is unhealthy: a worker thread died, or the outbox's disk keeps
+    /// failing (messages are being lost, or nothing new can be published).
+    pub fn problem(&self) -> Option<String> {
+        if self.liveness.alive() != self.expected_threads.load(Ordering::SeqCst) {
+            return Some("a worker thread died".into());
+        }
+        self.delivery.outbox().health().err()
     }
 
     /// The one-line status also sent to systemd.
@@ -267,7 +277,10 @@ fn refuse(stream: &TcpStream) {
 }
 
 async fn healthz(State(h): State<Arc<Health>>) -> impl IntoResponse {
-    if h.healthy() { (StatusCode::OK, "ok\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "a worker thread died\n") }
+    match h.problem() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
@@ -391,7 +404,7 @@ fn render(h: &Health) -> String {
     render_models(&mut out, &h.fleet.model_stats());
     let o = h.delivery.outbox().stats();
     let s = &h.delivery.stats;
-    let global: [(&str, &str, &str, u64); 8] = [
+    let global: [(&str, &str, &str, u64); 11] = [
         (
             "lookout_mqtt_connected",
             "gauge",
@@ -407,7 +420,30 @@ fn render(h: &Health) -> String {
         ),
         ("lookout_outbox_pending_bytes", "gauge", "Disk used by those messages.", o.pending_bytes),
         ("lookout_outbox_dropped_total", "counter", "Messages dropped (announced as delivery.gap).", o.dropped_total),
-        ("lookout_up", "gauge", "1 while every worker thread is alive.", u64::from(h.healthy())),
+        (
+            "lookout_outbox_write_failures_total",
+            "counter",
+            "Messages whose outbox write failed (disk full, read-only, I/O error; announced as delivery.gap write_failed).",
+            o.write_failures_total,
+        ),
+        (
+            "lookout_outbox_fsync_failures_total",
+            "counter",
+            "Outbox syncs that failed (fsync or state write); retried, nothing new is published meanwhile.",
+            o.fsync_failures_total,
+        ),
+        (
+            "lookout_outbox_read_failures_total",
+            "counter",
+            "Outbox records that could not be read back (announced as delivery.gap corrupt).",
+            o.read_failures_total,
+        ),
+        (
+            "lookout_up",
+            "gauge",
+            "1 while healthy (/healthz): every worker thread alive, the outbox's disk working.",
+            u64::from(h.healthy()),
+        ),
         (
             "lookout_http_connections_open",
             "gauge",
