@@ -2184,6 +2184,25 @@ mod tests {
         assert_eq!(seqs(&ob), vec![1, 202]);
     }
 
+    #[test]
+    fn the_single_state_file_of_earlier_versions_is_taken_over() {
+        let tmp = TempDir::new("legacy");
+        let mut buf = b"LKS1".to_vec();
+        buf.extend_from_slice(&41u64.to_le_bytes());
+        buf.extend_from_slice(&50u64.to_le_bytes());
+        let crc = crc32fast::hash(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        fs::write(tmp.0.join(LEGACY_STATE), &buf).expect("legacy state");
+        let c = cfg(&tmp.0, 1 << 20, 1 << 20, OutboxFullPolicy::DropOldest);
+        let (mut ob, _) = open(&c);
+        assert_eq!(append(&mut ob), 50, "seq continues where the old state left it");
+        ob.close().expect("close");
+        assert!(!tmp.0.join(LEGACY_STATE).exists(), "replaced by the two copies");
+        assert!(STATE_FILES.iter().all(|f| tmp.0.join(f).is_file()));
+        let (mut ob, _) = open(&c);
+        assert_eq!(append(&mut ob), 51);
+    }
+
     /// A slow fsync (here: one that waits until the test lets it go) must not keep
     /// PUBACKs, `/metrics` or the health loop from the outbox.
     #[test]
