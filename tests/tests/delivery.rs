@@ -652,3 +652,37 @@ async fn seqs_only_go_forward_past_an_unreadable_segment_and_a_damaged_state() {
     assert!(third.len() >= 3, "the third run's seqs start above {high}");
     assert_no_seq_reused(&msgs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_too_large_for_max_message_bytes_are_made_smaller_and_delivery_never_stalls() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    // Large, barely compressed snapshots: far above 64 KiB as first encoded.
+    let s = setup("bigsnap", &broker.url(), 1, 2.0, "snapshot_max_side = 4096\nsnapshot_quality = 100\n");
+    let text = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(&s.config, text.replace("[mqtt]\n", "[mqtt]\nmax_message_bytes = 65536\n")).expect("write");
+    let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
+    let agent = AgentProcess::start(&s.config).expect("agent");
+    let is_snapshot = |r: &Received| r.topic.contains("/snapshots/");
+    rec.wait_for(WAIT, "three snapshots and later messages", |m| {
+        let snaps = m.iter().filter(|r| is_snapshot(r)).count();
+        snaps >= 3 && m.iter().rposition(|r| !is_snapshot(r)) > m.iter().rposition(is_snapshot)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    let (status, _) = agent.stop().expect("stop");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs = rec.snapshot();
+    for r in msgs.iter().filter(|r| is_snapshot(r)) {
+        assert!(r.topic.len() + r.payload.len() + 9 <= 65536, "{} bytes on {}", r.payload.len(), r.topic);
+        // The event that names it gives the size it was made.
+        let event = msgs.iter().find(|m| m.json["snapshot"]["topic"] == r.topic.as_str()).expect("its event");
+        let img = image::load_from_memory(&r.payload).expect("a JPEG");
+        assert_eq!(
+            (Some(u64::from(img.width())), Some(u64::from(img.height()))),
+            (event.json["snapshot"]["width"].as_u64(), event.json["snapshot"]["height"].as_u64())
+        );
+    }
+    assert_complete(&msgs);
+    assert!(gaps(&msgs).is_empty(), "{:?}", gaps(&msgs));
+}

@@ -372,6 +372,8 @@ pub struct Outbox {
     /// Failures since the last success, and the last one's text, for [`Outbox::health`].
     writes_failing: u64,
     syncs_failing: u64,
+    /// The active segment was started while appends were failing.
+    rolled_while_failing: bool,
     last_write_error: String,
     last_sync_error: String,
     sync_on_drop: bool,
@@ -441,6 +443,7 @@ impl Outbox {
             read_failures_total: AtomicU64::new(0),
             writes_failing: 0,
             syncs_failing: 0,
+            rolled_while_failing: false,
             last_write_error: String::new(),
             last_sync_error: String::new(),
             sync_on_drop: true,
@@ -684,12 +687,28 @@ impl Outbox {
                 }
             }
         }
+        // While every write fails, a segment sealed by a failure would be followed by a
+        // new file per append: one started during the failures is cut back to its
+        // length and reused instead, or the append fails without a new file.
+        if self.rolled_while_failing
+            && let Some((&first, seg)) = self.segments.iter_mut().next_back()
+            && seg.sealed
+        {
+            let path = segment_path(&self.cfg.dir, first);
+            match fault(&self.faults, FileOp::Write, &path).and_then(|()| seg.file.set_len(seg.len)) {
+                Ok(()) => seg.sealed = false,
+                Err(e) => return Err(self.write_failed(seq, path, e)),
+            }
+        }
         let roll = match self.segments.last_key_value() {
             None => true,
             Some((_, s)) => self.would_roll(s, rec_len),
         };
-        if roll && let Err((path, e)) = self.roll(seq) {
-            return Err(self.write_failed(seq, path, e));
+        if roll {
+            self.rolled_while_failing = self.writes_failing > 0;
+            if let Err((path, e)) = self.roll(seq) {
+                return Err(self.write_failed(seq, path, e));
+            }
         }
         let Some((&first, seg)) = self.segments.iter_mut().next_back() else {
             return Err(self.write_failed(seq, self.cfg.dir.clone(), io::Error::other("no active segment")));
@@ -713,6 +732,7 @@ impl Outbox {
         self.appended_total += 1;
         self.next_seq += 1;
         self.writes_failing = 0;
+        self.rolled_while_failing = false;
         Ok(seq)
     }
 
@@ -803,10 +823,13 @@ impl Outbox {
     /// are retried by the next sync; their segments are sealed.
     pub fn finish_sync(&mut self, job: SyncJob) -> Result<(), OutboxError> {
         let r = job.results;
+        // Sealed at the first failure only: while fsyncs keep failing, a new segment per
+        // attempt would only pile up files.
+        let first_failure = self.syncs_failing == 0;
         for &first in &r.failed_segments {
             if let Some(seg) = self.segments.get_mut(&first) {
                 seg.dirty = true;
-                seg.sealed = true;
+                seg.sealed |= first_failure;
             }
         }
         if r.dir_failed {
@@ -2138,6 +2161,46 @@ mod tests {
             let next = append(&mut ob);
             assert!(next > 15, "{victim} damaged: seq {next} came back");
         }
+    }
+
+    #[test]
+    fn a_disk_that_keeps_failing_does_not_pile_up_segment_files() {
+        let tmp = TempDir::new("eio-files");
+        let c = cfg(&tmp.0, 1 << 20, 1 << 20, OutboxFullPolicy::DropOldest);
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b = broken.clone();
+        // EIO on every segment write, the cut-off of a partial record included.
+        let hook = failing(EIO, move |op, p| op == FileOp::Write && is_segment(p) && b.load(Ordering::SeqCst));
+        let (mut ob, _) = Outbox::open_with(c, hook).expect("open");
+        append(&mut ob);
+        broken.store(true, Ordering::SeqCst);
+        for _ in 0..200 {
+            assert!(matches!(ob.append(TOPIC, payload), Err(OutboxError::WriteFailed { .. })));
+        }
+        let files = segment_files(&tmp.0).len();
+        assert!(files <= 2, "{files} segment files for 200 failed appends");
+        broken.store(false, Ordering::SeqCst);
+        assert_eq!(append(&mut ob), 202, "the first append after the disk recovers works");
+        assert_eq!(seqs(&ob), vec![1, 202]);
+    }
+
+    #[test]
+    fn the_single_state_file_of_earlier_versions_is_taken_over() {
+        let tmp = TempDir::new("legacy");
+        let mut buf = b"LKS1".to_vec();
+        buf.extend_from_slice(&41u64.to_le_bytes());
+        buf.extend_from_slice(&50u64.to_le_bytes());
+        let crc = crc32fast::hash(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        fs::write(tmp.0.join(LEGACY_STATE), &buf).expect("legacy state");
+        let c = cfg(&tmp.0, 1 << 20, 1 << 20, OutboxFullPolicy::DropOldest);
+        let (mut ob, _) = open(&c);
+        assert_eq!(append(&mut ob), 50, "seq continues where the old state left it");
+        ob.close().expect("close");
+        assert!(!tmp.0.join(LEGACY_STATE).exists(), "replaced by the two copies");
+        assert!(STATE_FILES.iter().all(|f| tmp.0.join(f).is_file()));
+        let (mut ob, _) = open(&c);
+        assert_eq!(append(&mut ob), 51);
     }
 
     /// A slow fsync (here: one that waits until the test lets it go) must not keep
