@@ -241,7 +241,7 @@ impl Supervisor {
                     None => open = false,
                 },
                 Some(UpdateDone { request_id, url, reply, result }) = done.recv() => {
-                    let r = self.guarded("model.update", &request_id, |s| s.finish_update(&request_id, &url, result).boxed()).await;
+                    let r = guarded(&mut self, "model.update", &request_id, |s| s.finish_update(&request_id, &url, result).boxed()).await;
                     answer("model.update", &request_id, r, reply);
                 }
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
@@ -268,25 +268,8 @@ impl Supervisor {
             return;
         }
         let req = r.request;
-        let reply = self.guarded(name, &id, |s| s.handle(&req).boxed()).await;
+        let reply = guarded(self, name, &id, |s| s.handle(&req).boxed()).await;
         answer(name, &id, reply, r.reply);
-    }
-
-    /// Runs one command's handler; a panic in it becomes an `internal` reply and the
-    /// supervisor lives on (the camera or model it touched may be left stopped).
-    async fn guarded<'a>(
-        &'a mut self,
-        name: &str,
-        id: &str,
-        f: impl FnOnce(&'a mut Self) -> futures_util::future::BoxFuture<'a, Reply>,
-    ) -> Reply {
-        match AssertUnwindSafe(f(self)).catch_unwind().await {
-            Ok(reply) => reply,
-            Err(_) => {
-                error!(command = name, request_id = %id, "the command failed inside the agent; the supervisor carries on");
-                Reply::error(id, "internal", "the command failed inside the agent; see its log")
-            }
-        }
     }
 
     async fn handle(&mut self, req: &Request) -> Reply {
@@ -875,6 +858,23 @@ fn prepare(
     Ok(Prepared { installed, spec, detector })
 }
 
+/// Runs one command's handler; a panic in it becomes an `internal` reply and the
+/// supervisor lives on (the camera or model it touched may be left stopped).
+async fn guarded<'a, S>(
+    state: &'a mut S,
+    name: &str,
+    id: &str,
+    f: impl FnOnce(&'a mut S) -> futures_util::future::BoxFuture<'a, Reply>,
+) -> Reply {
+    match AssertUnwindSafe(f(state)).catch_unwind().await {
+        Ok(reply) => reply,
+        Err(_) => {
+            error!(command = name, request_id = %id, "the command failed inside the agent; the supervisor carries on");
+            Reply::error(id, "internal", "the command failed inside the agent; see its log")
+        }
+    }
+}
+
 fn answer(name: &str, id: &str, reply: Reply, tx: oneshot::Sender<Reply>) {
     let code = reply.error.as_ref().map_or("", |e| e.code);
     info!(command = name, request_id = %id, ok = reply.ok, code, "command done");
@@ -902,4 +902,29 @@ fn camera_reply(id: &str, cam: &str, origin: Origin, overrides: bool, changed: b
         );
     }
     Reply::ok(id, m)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_command_that_panics_is_answered_internal_and_the_next_one_runs() {
+        let mut handled = 0u32;
+        let reply =
+            guarded(&mut handled, "camera.add", "r-1", |_| async { panic!("a bug in a handler") }.boxed()).await;
+        assert_eq!(reply.error.as_ref().map(|e| e.code), Some("internal"));
+        assert!(!serde_json::to_string(&reply).expect("json").contains("a bug"), "the panic text stays in the log");
+        let reply = guarded(&mut handled, "camera.list", "r-2", |n| {
+            async move {
+                *n += 1;
+                Reply::ok("r-2", Map::new())
+            }
+            .boxed()
+        })
+        .await;
+        assert!(reply.ok && handled == 1);
+    }
 }
