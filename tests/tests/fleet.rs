@@ -491,10 +491,12 @@ async fn cameras_change_live_survive_a_restart_and_follow_sighup() {
     let (status, _) = agent.stop().expect("stop");
     assert!(status.success());
     assert!(!detections.snapshot()[mark..].iter().any(|r| r.json["camera"] == "cam-2"), "cam-2 was removed");
+    // Counted once the old agent has drained: only the new one's messages come after.
+    let restarted = detections.snapshot().len();
     let agent = AgentProcess::start(&config).expect("agent again");
     // Commands sent before the agent subscribed would be lost: wait for it to stream.
     detections
-        .wait_for(WAIT, "cam-1 after restart", |m| m[mark..].iter().any(|r| r.json["camera"] == "cam-1"))
+        .wait_for(WAIT, "cam-1 after restart", |m| m[restarted..].iter().any(|r| r.json["camera"] == "cam-1"))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let list = op.call("camera.list", json!({"request_id": "list-after-restart"}), WAIT).await.expect("reply");
@@ -516,7 +518,7 @@ async fn cameras_change_live_survive_a_restart_and_follow_sighup() {
     ));
     std::fs::write(&config, text).expect("config");
     detections
-        .wait_for(WAIT, "cam-1 after restart", |m| m[mark..].iter().any(|r| r.json["camera"] == "cam-1"))
+        .wait_for(WAIT, "cam-1 after restart", |m| m[restarted..].iter().any(|r| r.json["camera"] == "cam-1"))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     agent.hup().expect("SIGHUP");
