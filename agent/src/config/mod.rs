@@ -604,21 +604,8 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
 
     let mut model_updates = ModelUpdatesConfig::default();
     if let Some(mut t) = root.table(&mut issues, "model_updates", false) {
-        if let Some(files) = t.opt::<Vec<String>>(&mut issues, "trusted_keys") {
-            for f in files {
-                let path = resolve_path(&base_dir, cwd, &f);
-                match crate::model::signature::read_public(&path) {
-                    Ok(k) => {
-                        model_updates.trusted_keys.push(k);
-                        model_updates.trusted_key_files.push(path);
-                    }
-                    Err(e) => {
-                        let s = t.raw("trusted_keys").map(|v| v.span());
-                        issues.push(&t.field_path("trusted_keys"), s.as_ref(), e.to_string());
-                    }
-                }
-            }
-        }
+        (model_updates.trusted_keys, model_updates.trusted_key_files) =
+            read_trusted_keys(&mut t, &mut issues, &base_dir, cwd);
         model_updates.allow_unsigned = t.opt::<bool>(&mut issues, "allow_unsigned").unwrap_or(false);
         if let Some(n) = t.num_in::<u64>(&mut issues, "max_bytes", 1, 8 << 30, "bytes") {
             model_updates.max_bytes = n;
@@ -666,21 +653,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     let mut control = ControlConfig::default();
     if let Some(mut t) = root.table(&mut issues, "control", false) {
         let before_keys = issues.list.len();
-        if let Some(files) = t.opt::<Vec<String>>(&mut issues, "trusted_keys") {
-            for f in files {
-                let path = resolve_path(&base_dir, cwd, &f);
-                match crate::model::signature::read_public(&path) {
-                    Ok(k) => {
-                        control.trusted_keys.push(k);
-                        control.trusted_key_files.push(path);
-                    }
-                    Err(e) => {
-                        let s = t.raw("trusted_keys").map(|v| v.span());
-                        issues.push(&t.field_path("trusted_keys"), s.as_ref(), e.to_string());
-                    }
-                }
-            }
-        }
+        (control.trusted_keys, control.trusted_key_files) = read_trusted_keys(&mut t, &mut issues, &base_dir, cwd);
         control.require_signed = t.opt::<bool>(&mut issues, "require_signed").unwrap_or(false);
         if control.require_signed && control.trusted_keys.is_empty() && issues.list.len() == before_keys {
             let s = t.raw("require_signed").map(|v| v.span());
@@ -787,6 +760,30 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
 /// Reads one camera given as JSON (a `camera.add` / `camera.update` command) with the
 /// same keys, defaults and checks as a `[[cameras]]` table in `config`'s file. Returns
 /// every problem as `camera.<field>: <message>`.
+/// `trusted_keys`: ed25519 public key files, each reported on the key's line if unusable.
+fn read_trusted_keys(
+    t: &mut TableReader<'_, '_>,
+    issues: &mut Issues<'_>,
+    base_dir: &Path,
+    cwd: &Path,
+) -> (Vec<ed25519_dalek::VerifyingKey>, Vec<PathBuf>) {
+    let (mut keys, mut files) = (Vec::new(), Vec::new());
+    for f in t.opt::<Vec<String>>(issues, "trusted_keys").unwrap_or_default() {
+        let path = resolve_path(base_dir, cwd, &f);
+        match crate::model::signature::read_public(&path) {
+            Ok(k) => {
+                keys.push(k);
+                files.push(path);
+            }
+            Err(e) => {
+                let s = t.raw("trusted_keys").map(|v| v.span());
+                issues.push(&t.field_path("trusted_keys"), s.as_ref(), e.to_string());
+            }
+        }
+    }
+    (keys, files)
+}
+
 /// An `allowed_urls` entry: an http(s) URL whose path ends in `/`, so that a prefix match
 /// can never run into a longer host name or a sibling folder.
 fn url_prefix(s: &str) -> Result<url::Url, String> {
