@@ -53,8 +53,34 @@ pub struct Config {
     pub model_updates: ModelUpdatesConfig,
     pub control: ControlConfig,
     pub models: Vec<ModelConfig>,
+    /// `[class_groups]`, sorted by name.
+    pub class_groups: Vec<ClassGroup>,
     pub cameras: Vec<CameraConfig>,
 }
+
+/// `[class_groups]` (optional section): `name = ["label", ...]`. A group names classes
+/// that a platform wants under one stable name whatever the model calls them (`vehicle =
+/// ["car", "bus", "truck", "motorcycle"]`). A zone's or line's `classes` may name groups;
+/// counts and events report them. Names: 1 to 64 of `A-Z a-z 0-9 _ -`, not a class name of
+/// any model; each member a class of at least one model; at most [`MAX_CLASS_GROUPS`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassGroup {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+impl ClassGroup {
+    /// The group's class ids in a model with these labels (members it lacks are skipped).
+    pub fn ids_in(&self, labels: &[String]) -> Vec<u32> {
+        let mut ids: Vec<u32> =
+            self.members.iter().filter_map(|m| labels.iter().position(|l| l == m).map(|i| i as u32)).collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+/// Most groups in `[class_groups]`, and most members of one.
+pub const MAX_CLASS_GROUPS: usize = 64;
 
 /// `[agent]`
 #[derive(Debug, Clone)]
@@ -713,6 +739,12 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     // don't get a second, misleading "unknown model" error.
     let model_names: HashSet<String> = root_model_names(doc.get_ref());
     let labels: HashMap<&str, &[String]> = models.iter().map(|m| (m.name.as_str(), &m.spec.labels[..])).collect();
+    // A failed manifest leaves its labels unknown: members are then not checked.
+    let all_models_loaded = models.len() == model_names.len();
+    let class_groups = match root.table(&mut issues, "class_groups", false) {
+        Some(t) => read_class_groups(&mut issues, t, &models, all_models_loaded),
+        None => Vec::new(),
+    };
 
     let mut cameras: Vec<CameraConfig> = Vec::new();
     let before = issues.list.len();
@@ -723,7 +755,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     // Every id seen, including those of cameras with other problems.
     let mut camera_ids: Vec<String> = Vec::new();
     for mut t in camera_tables {
-        if let Some(c) = read_camera(&mut issues, &mut t, &model_names, &labels, &mut camera_ids) {
+        if let Some(c) = read_camera(&mut issues, &mut t, &model_names, &labels, &class_groups, &mut camera_ids) {
             cameras.push(c);
         }
         t.finish(&mut issues);
@@ -745,6 +777,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 model_updates,
                 control,
                 models,
+                class_groups,
                 cameras,
             })
         }
@@ -832,7 +865,7 @@ pub fn camera_from_json(value: &serde_json::Value, config: &Config) -> Result<Ca
     let model_names: HashSet<String> = config.models.iter().map(|m| m.name.clone()).collect();
     let labels: HashMap<&str, &[String]> =
         config.models.iter().map(|m| (m.name.as_str(), &m.spec.labels[..])).collect();
-    let camera = read_camera(&mut issues, &mut t, &model_names, &labels, &mut Vec::new());
+    let camera = read_camera(&mut issues, &mut t, &model_names, &labels, &config.class_groups, &mut Vec::new());
     t.finish(&mut issues);
     match camera {
         Some(c) if issues.list.is_empty() => Ok(c),
@@ -845,6 +878,7 @@ fn read_camera(
     t: &mut TableReader<'_, '_>,
     model_names: &HashSet<String>,
     labels: &HashMap<&str, &[String]>,
+    groups: &[ClassGroup],
     seen_ids: &mut Vec<String>,
 ) -> Option<CameraConfig> {
     let id = t.req::<String>(issues, "id");
@@ -887,8 +921,8 @@ fn read_camera(
     let motion_threshold = t.opt::<u64>(issues, "motion_threshold").unwrap_or(8);
     let keepalive = t.secs_in(issues, "keepalive", 0.1, 3600.0).unwrap_or(Duration::from_secs(10));
     let class_ids = model.as_deref().and_then(|m| labels.get(m).copied());
-    let zones = read_zones(issues, t, class_ids);
-    let lines = read_lines(issues, t, class_ids);
+    let zones = read_zones(issues, t, class_ids, groups);
+    let lines = read_lines(issues, t, class_ids, groups);
 
     let span_of = |t: &mut TableReader<'_, '_>, key: &str| t.raw(key).map(|v| v.span());
     if let Some(id) = &id {
@@ -1074,26 +1108,101 @@ fn resolve_path(base_dir: &Path, cwd: &Path, p: &str) -> PathBuf {
 #[cfg(test)]
 mod tests;
 
-/// Class names to the model's class ids, reporting unknown ones; `None` labels (the
-/// model failed to load, already reported) accept every name and give no ids.
-fn read_classes(issues: &mut Issues<'_>, t: &mut TableReader<'_, '_>, labels: Option<&[String]>) -> Vec<u32> {
+/// Class names (labels or `[class_groups]` names) to the model's class ids, reporting
+/// unknown ones; `None` labels (the model failed to load, already reported) accept every
+/// name and give no ids.
+fn read_classes(
+    issues: &mut Issues<'_>,
+    t: &mut TableReader<'_, '_>,
+    labels: Option<&[String]>,
+    groups: &[ClassGroup],
+) -> Vec<u32> {
     let Some(names) = t.opt::<Vec<String>>(issues, "classes") else { return Vec::new() };
     let Some(labels) = labels else { return Vec::new() };
     let mut ids = Vec::new();
     for n in names {
-        match labels.iter().position(|l| *l == n) {
-            Some(i) => ids.push(i as u32),
-            None => {
+        let found = match labels.iter().position(|l| *l == n) {
+            Some(i) => Ok(vec![i as u32]),
+            None => match groups.iter().find(|g| g.name == n) {
+                Some(g) if g.ids_in(labels).is_empty() => Err(format!(
+                    "group \"{n}\" has no class of this camera's model (its members: {}; the model's classes: {})",
+                    g.members.join(", "),
+                    labels.join(", ")
+                )),
+                Some(g) => Ok(g.ids_in(labels)),
+                None => {
+                    let group_names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+                    let also = if group_names.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; groups: {}", group_names.join(", "))
+                    };
+                    Err(format!("unknown class \"{n}\" (the model's classes: {}{also})", labels.join(", ")))
+                }
+            },
+        };
+        match found {
+            Ok(new) => ids.extend(new.into_iter().filter(|i| !ids.contains(i)).collect::<Vec<_>>()),
+            Err(m) => {
                 let s = t.raw("classes").map(|v| v.span());
-                issues.push(
-                    &t.field_path("classes"),
-                    s.as_ref(),
-                    format!("unknown class \"{n}\" (the model's classes: {})", labels.join(", ")),
-                );
+                issues.push(&t.field_path("classes"), s.as_ref(), m);
             }
         }
     }
+    ids.sort_unstable();
     ids
+}
+
+/// `[class_groups]`: every problem reported, the valid groups kept, sorted by name.
+fn read_class_groups(
+    issues: &mut Issues<'_>,
+    mut t: TableReader<'_, '_>,
+    models: &[ModelConfig],
+    check_members: bool,
+) -> Vec<ClassGroup> {
+    let mut groups = Vec::new();
+    let keys = t.keys();
+    if keys.len() > MAX_CLASS_GROUPS {
+        let s = t.span().clone();
+        issues.push("class_groups", Some(&s), format!("at most {MAX_CLASS_GROUPS} groups, found {}", keys.len()));
+    }
+    for name in keys.into_iter().take(MAX_CLASS_GROUPS) {
+        let Some(members) = t.opt::<Vec<String>>(issues, &name) else { continue };
+        let span = t.raw(&name).map(|v| v.span());
+        let field = t.field_path(&name);
+        let mut problems = Vec::new();
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        {
+            problems.push("a group name is 1 to 64 of A-Z a-z 0-9 _ -".to_string());
+        }
+        if let Some(m) = models.iter().find(|m| m.spec.labels.contains(&name)) {
+            problems.push(format!("\"{name}\" is a class of model \"{}\": a group needs a name of its own", m.name));
+        }
+        if members.is_empty() || members.len() > 256 {
+            problems.push(format!("needs 1 to 256 class names, found {}", members.len()));
+        }
+        for (i, m) in members.iter().enumerate() {
+            if members[..i].contains(m) {
+                problems.push(format!("\"{m}\" is listed twice"));
+            } else if check_members && !models.iter().any(|md| md.spec.labels.contains(m)) {
+                let mut all: Vec<&str> =
+                    models.iter().flat_map(|md| md.spec.labels.iter().map(String::as_str)).collect();
+                all.sort_unstable();
+                all.dedup();
+                problems.push(format!("\"{m}\" is not a class of any model (their classes: {})", all.join(", ")));
+            }
+        }
+        if problems.is_empty() {
+            groups.push(ClassGroup { name, members });
+        } else {
+            for p in problems {
+                issues.push(&field, span.as_ref(), p);
+            }
+        }
+    }
+    t.finish(issues);
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    groups
 }
 
 /// A rule's name: non-empty, unique among the camera's zones (or lines).
@@ -1122,7 +1231,12 @@ fn read_points(issues: &mut Issues<'_>, t: &mut TableReader<'_, '_>, key: &str) 
     Some(pts.iter().map(|p| Point::new(p[0] as f32, p[1] as f32)).collect())
 }
 
-fn read_zones(issues: &mut Issues<'_>, cam: &mut TableReader<'_, '_>, labels: Option<&[String]>) -> Vec<ZoneRule> {
+fn read_zones(
+    issues: &mut Issues<'_>,
+    cam: &mut TableReader<'_, '_>,
+    labels: Option<&[String]>,
+    groups: &[ClassGroup],
+) -> Vec<ZoneRule> {
     let mut zones = Vec::new();
     let mut names = Vec::new();
     for mut t in cam.tables(issues, "zones") {
@@ -1130,7 +1244,7 @@ fn read_zones(issues: &mut Issues<'_>, cam: &mut TableReader<'_, '_>, labels: Op
         let polygon = read_points(issues, &mut t, "polygon");
         let loiter = t.secs_in(issues, "loiter_seconds", 0.1, 86_400.0);
         let max_objects = t.num_in::<usize>(issues, "max_objects", 0, 10_000, "objects");
-        let classes = read_classes(issues, &mut t, labels);
+        let classes = read_classes(issues, &mut t, labels, groups);
         if let Some(n) = &name {
             check_rule_name(issues, &mut t, n, &mut names);
         }
@@ -1158,14 +1272,19 @@ fn read_zones(issues: &mut Issues<'_>, cam: &mut TableReader<'_, '_>, labels: Op
     zones
 }
 
-fn read_lines(issues: &mut Issues<'_>, cam: &mut TableReader<'_, '_>, labels: Option<&[String]>) -> Vec<LineRule> {
+fn read_lines(
+    issues: &mut Issues<'_>,
+    cam: &mut TableReader<'_, '_>,
+    labels: Option<&[String]>,
+    groups: &[ClassGroup],
+) -> Vec<LineRule> {
     let mut lines = Vec::new();
     let mut names = Vec::new();
     for mut t in cam.tables(issues, "lines") {
         let name = t.req::<String>(issues, "name");
         let points = read_points(issues, &mut t, "points");
         let directions = t.req::<[String; 2]>(issues, "directions");
-        let classes = read_classes(issues, &mut t, labels);
+        let classes = read_classes(issues, &mut t, labels, groups);
         if let Some(n) = &name {
             check_rule_name(issues, &mut t, n, &mut names);
         }

@@ -167,6 +167,11 @@ impl<'t, 'i> TableReader<'t, 'i> {
         &self.span
     }
 
+    /// Every key of the table, in file order (for tables whose keys are names, not fields).
+    pub fn keys(&self) -> Vec<String> {
+        self.table.iter().map(|(k, _)| k.get_ref().to_string()).collect()
+    }
+
     /// The raw value of `key`, marking it used.
     pub fn raw(&mut self, key: &str) -> Option<&'t Spanned<DeValue<'i>>> {
         if !self.asked.iter().any(|k| k == key) {

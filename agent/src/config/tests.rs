@@ -170,9 +170,9 @@ fn unknown_keys_are_reported_with_their_line_and_the_accepted_keys() {
     assert_eq!(all.len(), 3, "{all:#?}");
     assert_issue(&all, &src, "debug", "debug = true", "unknown field");
     assert!(
-        only(&all, "debug")
-            .message
-            .contains("agent, mqtt, outbox, inference, telemetry, model_updates, control, models, cameras"),
+        only(&all, "debug").message.contains(
+            "agent, mqtt, outbox, inference, telemetry, model_updates, control, models, class_groups, cameras"
+        ),
         "{all:#?}"
     );
     assert_issue(
@@ -521,7 +521,7 @@ min_score = true
         (
             2,
             "lookout",
-            "unknown field, expected one of: agent, mqtt, outbox, inference, telemetry, model_updates, control, models, cameras",
+            "unknown field, expected one of: agent, mqtt, outbox, inference, telemetry, model_updates, control, models, class_groups, cameras",
         ),
     ];
     assert_eq!(err.issues.len(), expected.len(), "{err}");
@@ -554,7 +554,8 @@ fn shipped_example_config_is_valid() {
         Err(e) => panic!("{e}"),
     };
     assert_eq!(c.cameras.len(), 2);
-    assert_eq!(c.models.len(), 1);
+    assert_eq!(c.models.len(), 2);
+    assert_eq!(c.class_groups.len(), 1);
     assert!(c.cameras.iter().any(|cam| cam.transport == Transport::Udp && cam.decode == DecodePolicy::All));
 }
 
@@ -1024,4 +1025,83 @@ fn control_keys_are_read_and_require_signed_needs_a_key() {
     let Err(e) = parse(&file, &bad, Path::new(NO_CWD)) else { panic!("refused") };
     assert_eq!(e.issues.len(), 1, "one problem, the missing file: {:#?}", e.issues);
     assert_eq!(e.issues[0].field, "control.trusted_keys");
+}
+
+/// Two models (people only, and COCO), groups, and cameras filtering by group or label.
+fn city(groups: &str, person_classes: &str, city_classes: &str) -> String {
+    let coco = repo().join("models/ssd-mobilenetv2-coco/manifest.toml");
+    let src = format!(
+        r#"[agent]
+site = "site-1"
+id = "gw-1"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[models]]
+name = "person"
+manifest = "MANIFEST"
+[[models]]
+name = "city"
+manifest = "{}"
+[class_groups]
+{groups}
+[[cameras]]
+id = "square"
+url = "rtsp://127.0.0.1:8554/cam1"
+model = "person"
+[[cameras.lines]]
+name = "gate"
+points = [[0.5, 0.0], [0.5, 1.0]]
+directions = ["in", "out"]
+classes = {person_classes}
+[[cameras]]
+id = "road"
+url = "rtsp://127.0.0.1:8554/cam2"
+model = "city"
+[[cameras.zones]]
+name = "kerb"
+polygon = [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0]]
+classes = {city_classes}
+"#,
+        coco.display()
+    );
+    with_manifest(&src)
+}
+
+#[test]
+fn class_groups_expand_in_filters_to_the_cameras_model() {
+    let groups = "vehicle = [\"car\", \"bus\", \"truck\", \"motorcycle\"]\npeople = [\"person\"]";
+    let c = parse_ok(&city(groups, "[\"people\"]", "[\"vehicle\", \"bicycle\"]"));
+    let names: Vec<&str> = c.class_groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["people", "vehicle"], "sorted by name");
+    assert_eq!(c.cameras[0].rules.lines[0].classes, vec![0]);
+    // COCO ids: bicycle 1, car 2, motorcycle 3, bus 5, truck 7.
+    assert_eq!(c.cameras[1].rules.zones[0].classes, vec![1, 2, 3, 5, 7]);
+    let coco = &c.model("city").expect("city").spec.labels;
+    assert_eq!(c.class_groups[1].ids_in(coco), vec![2, 3, 5, 7]);
+    assert!(c.class_groups[1].ids_in(&c.model("person").expect("person").spec.labels).is_empty());
+}
+
+#[test]
+fn class_groups_refuse_typos_clashes_and_groups_foreign_to_the_camera() {
+    let groups = "vehicle = [\"car\", \"cars\"]\nperson = [\"person\"]\n\"bad name\" = [\"car\"]\nempty = []\ntwice = [\"car\", \"car\"]";
+    let src = city(groups, "[\"vehicle\"]", "[\"vehicles\"]");
+    let all = issues(&src);
+    assert_issue(&all, &src, "class_groups.vehicle", "vehicle = [", "\"cars\" is not a class of any model");
+    assert_issue(&all, &src, "class_groups.person", "person = [", "is a class of model \"person\"");
+    assert_issue(&all, &src, "class_groups.bad name", "\"bad name\" = [", "1 to 64 of");
+    assert_issue(&all, &src, "class_groups.empty", "empty = []", "needs 1 to 256 class names, found 0");
+    assert_issue(&all, &src, "class_groups.twice", "twice = [", "\"car\" is listed twice");
+    // A refused group is unknown to the cameras too, and a valid one without a class of the
+    // camera's model is refused there, naming its members.
+    assert_issue(&all, &src, "cameras[1].zones[0].classes", "classes = [\"vehicles\"]", "unknown class \"vehicles\"");
+    let ok_group = city("vehicle = [\"car\", \"bus\"]", "[\"vehicle\"]", "[\"vehicle\", \"person\"]");
+    let all = issues(&ok_group);
+    assert_issue(
+        &all,
+        &ok_group,
+        "cameras[0].lines[0].classes",
+        "classes = [\"vehicle\"]",
+        "group \"vehicle\" has no class of this camera's model (its members: car, bus",
+    );
+    assert_eq!(all.len(), 1, "{all:?}");
 }

@@ -69,6 +69,7 @@ fn stage() -> CameraEvents {
         rules: rules(),
         snapshots: crate::config::SnapshotPolicy::default(),
         labels: labels(),
+        groups: Vec::new().into(),
         model: model(),
     };
     CameraEvents::new(spec, "site", "gw", Topics::new("site", "gw"), SystemTime::UNIX_EPOCH)

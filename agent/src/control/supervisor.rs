@@ -408,6 +408,13 @@ impl Supervisor {
                 rules: cam.rules.clone(),
                 snapshots: cam.snapshots,
                 labels: spec.labels.clone().into(),
+                groups: self
+                    .config
+                    .class_groups
+                    .iter()
+                    .map(|g| (g.name.clone(), g.ids_in(&spec.labels)))
+                    .filter(|(_, ids)| !ids.is_empty())
+                    .collect(),
                 // Messages name the model as its manifest does, like `detections` (infer).
                 model: spec_out,
             },
@@ -735,8 +742,12 @@ impl Supervisor {
             }
         }
         let models_now = self.config.models.clone();
+        if self.config.class_groups != new.class_groups {
+            info!("[class_groups] changed: cameras get the new groups when they (re)start");
+        }
         self.config.cameras = new.cameras;
         self.config.model_updates = new.model_updates;
+        self.config.class_groups = new.class_groups;
         // New model names become available to cameras; existing ones keep running as they are.
         for m in new.models {
             if !models_now.iter().any(|o| o.name == m.name) {

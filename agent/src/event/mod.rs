@@ -224,6 +224,9 @@ pub struct ObjectOut {
     pub track_id: u64,
     pub class: String,
     pub class_id: u32,
+    /// The `[class_groups]` its class belongs to, by name; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// Score of the latest detection.
     pub score: f64,
     /// Latest box, normalised.
@@ -298,10 +301,17 @@ pub struct CountsMessage {
     pub analysed_frames: u64,
     /// Objects present at the end of the interval, per class (every class of the model).
     pub classes: BTreeMap<String, usize>,
+    /// The same per `[class_groups]` group (every group with a class in the model).
+    pub groups: BTreeMap<String, usize>,
     /// Per zone: objects inside at the end of the interval.
     pub zones: BTreeMap<String, ZoneCountOut>,
     /// Per line: crossings during the interval, by direction name.
     pub lines: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Per line: the crossings by class, then direction name. Beside `lines`, not in it,
+    /// because version 1 promises that a line's object holds only direction counts.
+    pub line_classes: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Per line: the crossings by group, then direction name.
+    pub line_groups: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -314,6 +324,11 @@ pub struct IntervalOut {
 #[derive(Debug, Clone, Serialize)]
 pub struct ZoneCountOut {
     pub occupancy: usize,
+    /// Objects inside by class: every class of the zone's `classes` (0 included), or,
+    /// for a zone of every class, those with an object inside.
+    pub classes: BTreeMap<String, usize>,
+    /// Objects inside by group: every group with a class the zone counts.
+    pub groups: BTreeMap<String, usize>,
 }
 
 /// A new message id: UUIDv7, so ids sort by creation time.

@@ -245,6 +245,7 @@ fn camera_spec() -> CameraSpec {
         },
         snapshots: SnapshotPolicy { enabled: true, max_side: 640, quality: 80 },
         labels: labels(),
+        groups: vec![("pedestrian".to_string(), vec![0])].into(),
         model: ModelOut { name: MODEL_NAME.into(), version: MODEL_VERSION.into(), sha256: MODEL_SHA256.into() },
     }
 }
@@ -510,12 +511,16 @@ fn counts_validate_against_their_schema() {
     assert_eq!(due["ts"], due["interval"]["end"]);
     assert_eq!(due["analysed_frames"], 11);
     assert_eq!(due["classes"], json!({ "person": 1 }));
-    assert_eq!(due["zones"], json!({ "door": { "occupancy": 0 } }));
+    assert_eq!(due["groups"], json!({ "pedestrian": 1 }));
+    assert_eq!(due["zones"], json!({ "door": { "occupancy": 0, "classes": {}, "groups": { "pedestrian": 0 } } }));
     assert_eq!(due["lines"], json!({ "gate": { "in": 1, "out": 0 } }));
+    assert_eq!(due["line_classes"], json!({ "gate": { "person": { "in": 1, "out": 0 } } }));
+    assert_eq!(due["line_groups"], json!({ "gate": { "pedestrian": { "in": 1, "out": 0 } } }));
     // No frame after 12 s: the partial interval saw nothing.
     assert_eq!(last["analysed_frames"], 0);
     assert_eq!(last["interval"]["seconds"], 1.0);
     assert_eq!(last["lines"], json!({ "gate": { "in": 0, "out": 0 } }));
+    assert_eq!(last["line_classes"], json!({ "gate": {} }), "only classes that crossed, for a line of every class");
     maybe_print("counts", &on(&published, "/counts")[0].payload);
 }
 
@@ -779,6 +784,16 @@ fn unknown_fields_are_accepted_at_every_level() {
             set(&mut v, "/zones/door/future", json!("later"));
             set(&mut v, "/lines/gate/future", json!(0));
             set(&mut v, "/lines/future", json!({ "in": 0, "out": 0 }));
+            set(&mut v, "/groups/future", json!(0));
+            set(&mut v, "/zones/door/classes/future", json!(0));
+            set(&mut v, "/zones/door/groups/future", json!(0));
+            for (map, name) in [("line_classes", "person"), ("line_groups", "pedestrian")] {
+                set(&mut v, &format!("/{map}/future"), json!({}));
+                set(&mut v, &format!("/{map}/gate/future"), json!({ "in": 0, "out": 0 }));
+                if v.pointer(&format!("/{map}/gate/{name}")).is_some() {
+                    set(&mut v, &format!("/{map}/gate/{name}/future"), json!(0));
+                }
+            }
         }
         let errs = errors(msg["schema"].as_str().unwrap_or_default(), &v);
         assert!(errs.is_empty(), "a consumer must accept added fields: {errs:#?}\n{}", pretty(&v));

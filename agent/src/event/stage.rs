@@ -42,6 +42,8 @@ pub struct CameraSpec {
     pub rules: RulesConfig,
     pub snapshots: SnapshotPolicy,
     pub labels: Arc<[String]>,
+    /// `[class_groups]` as class ids of this camera's model; groups without any left out.
+    pub groups: Arc<[(String, Vec<u32>)]>,
     pub model: ModelOut,
 }
 
@@ -237,6 +239,50 @@ impl CameraEvents {
         let c = self.rules.take_counts(n, self.spec.labels.len());
         let cfg = self.rules.config();
         let label = |id: u32| self.spec.labels.get(id as usize).cloned().unwrap_or_else(|| format!("class_{id}"));
+        let groups = &self.spec.groups;
+        // The groups a rule counts: those with a class in its filter (all for no filter).
+        let groups_of = |filter: &[u32]| -> Vec<&(String, Vec<u32>)> {
+            groups.iter().filter(|(_, ids)| filter.is_empty() || ids.iter().any(|i| filter.contains(i))).collect()
+        };
+        let sum = |by_class: &BTreeMap<u32, usize>, ids: &[u32]| -> usize {
+            ids.iter().map(|i| by_class.get(i).copied().unwrap_or(0)).sum()
+        };
+        let present: BTreeMap<u32, usize> = c.present.iter().copied().collect();
+        let dirs = |l: &crate::rules::LineRule, n: [u64; 2]| -> BTreeMap<String, u64> {
+            [(l.directions[0].clone(), n[0]), (l.directions[1].clone(), n[1])].into_iter().collect()
+        };
+        let mut line_classes = BTreeMap::new();
+        let mut line_groups = BTreeMap::new();
+        for (l, by_class) in cfg.lines.iter().zip(&c.line_classes) {
+            let mut per = BTreeMap::new();
+            for id in &l.classes {
+                per.insert(label(*id), dirs(l, [0, 0]));
+            }
+            for (id, n) in by_class {
+                per.insert(label(*id), dirs(l, *n));
+            }
+            line_classes.insert(l.name.clone(), per);
+            let per_group = groups_of(&l.classes)
+                .into_iter()
+                .map(|(g, ids)| {
+                    let n = ids.iter().filter_map(|i| by_class.get(i)).fold([0, 0], |a, b| [a[0] + b[0], a[1] + b[1]]);
+                    (g.clone(), dirs(l, n))
+                })
+                .collect();
+            line_groups.insert(l.name.clone(), per_group);
+        }
+        let zones = cfg
+            .zones
+            .iter()
+            .zip(c.zones.iter().zip(&c.zone_classes))
+            .map(|(z, (n, by_class))| {
+                let mut classes: BTreeMap<String, usize> = z.classes.iter().map(|id| (label(*id), 0)).collect();
+                classes.extend(by_class.iter().map(|(id, n)| (label(*id), *n)));
+                let groups =
+                    groups_of(&z.classes).into_iter().map(|(g, ids)| (g.clone(), sum(by_class, ids))).collect();
+                (z.name.clone(), ZoneCountOut { occupancy: *n, classes, groups })
+            })
+            .collect();
         let msg = CountsMessage {
             schema: COUNTS_SCHEMA,
             id: new_id(),
@@ -253,22 +299,11 @@ impl CameraEvents {
             },
             analysed_frames: std::mem::take(&mut self.analysed),
             classes: c.present.iter().map(|(id, n)| (label(*id), *n)).collect(),
-            zones: cfg
-                .zones
-                .iter()
-                .zip(&c.zones)
-                .map(|(z, n)| (z.name.clone(), ZoneCountOut { occupancy: *n }))
-                .collect(),
-            lines: cfg
-                .lines
-                .iter()
-                .zip(&c.lines)
-                .map(|(l, n)| {
-                    let by_dir: BTreeMap<String, u64> =
-                        [(l.directions[0].clone(), n[0]), (l.directions[1].clone(), n[1])].into_iter().collect();
-                    (l.name.clone(), by_dir)
-                })
-                .collect(),
+            groups: groups.iter().map(|(g, ids)| (g.clone(), sum(&present, ids))).collect(),
+            zones,
+            lines: cfg.lines.iter().zip(&c.lines).map(|(l, n)| (l.name.clone(), dirs(l, *n))).collect(),
+            line_classes,
+            line_groups,
         };
         Outgoing::Counts(Box::new(msg))
     }
@@ -397,6 +432,13 @@ impl CameraEvents {
             track_id: tr.id,
             class: self.spec.labels.get(tr.class_id as usize).cloned().unwrap_or_else(|| "unknown".into()),
             class_id: tr.class_id,
+            groups: self
+                .spec
+                .groups
+                .iter()
+                .filter(|(_, ids)| ids.contains(&tr.class_id))
+                .map(|(g, _)| g.clone())
+                .collect(),
             score: round(tr.score, 4),
             bbox: BBoxOut::from(tr.bbox),
             first_seen: ts(tr.first_seen),

@@ -19,6 +19,7 @@
 
 pub mod geometry;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use geometry::{Point, contains, segments_intersect, side};
@@ -185,8 +186,12 @@ pub struct Counts {
     pub present: Vec<(u32, usize)>,
     /// Occupancy of each zone at the end (config order).
     pub zones: Vec<usize>,
+    /// The same by class id: only classes with an object inside.
+    pub zone_classes: Vec<BTreeMap<u32, usize>>,
     /// Crossings per line during the interval: `[directions[0], directions[1]]`.
     pub lines: Vec<[u64; 2]>,
+    /// The same by class id: only classes that crossed.
+    pub line_classes: Vec<BTreeMap<u32, [u64; 2]>>,
 }
 
 /// One camera's rule state.
@@ -196,6 +201,7 @@ pub struct Rules {
     objects: Vec<ObjectState>,
     crowded: Vec<bool>,
     crossings: Vec<[u64; 2]>,
+    class_crossings: Vec<BTreeMap<u32, [u64; 2]>>,
     interval_start: f64,
 }
 
@@ -203,7 +209,14 @@ impl Rules {
     /// `t0` starts the first counting interval.
     pub fn new(cfg: RulesConfig, t0: f64) -> Self {
         let (nz, nl) = (cfg.zones.len(), cfg.lines.len());
-        Self { cfg, objects: Vec::new(), crowded: vec![false; nz], crossings: vec![[0; 2]; nl], interval_start: t0 }
+        Self {
+            cfg,
+            objects: Vec::new(),
+            crowded: vec![false; nz],
+            crossings: vec![[0; 2]; nl],
+            class_crossings: vec![BTreeMap::new(); nl],
+            interval_start: t0,
+        }
     }
 
     pub fn config(&self) -> &RulesConfig {
@@ -334,6 +347,7 @@ impl Rules {
             if before != 0 && before != s && segments_intersect(from, p, line.a, line.b) {
                 let direction = if before > 0 { 0 } else { 1 };
                 self.crossings[l][direction] += 1;
+                self.class_crossings[l].entry(o.track.class_id).or_default()[direction] += 1;
                 out.push(RuleEvent { kind: Kind::LineCross { line: l, direction }, t, object: Some(o.view()) });
             }
         }
@@ -380,12 +394,24 @@ impl Rules {
                 None => present.push((o.track.class_id, 1)),
             }
         }
+        let nl = self.cfg.lines.len();
+        let zone_classes = (0..self.cfg.zones.len())
+            .map(|z| {
+                let mut by_class = BTreeMap::new();
+                for o in self.objects.iter().filter(|o| o.inside[z].is_some()) {
+                    *by_class.entry(o.track.class_id).or_default() += 1;
+                }
+                by_class
+            })
+            .collect();
         let counts = Counts {
             start: self.interval_start,
             end: t,
             present,
             zones: (0..self.cfg.zones.len()).map(|z| self.occupancy(z)).collect(),
-            lines: std::mem::replace(&mut self.crossings, vec![[0; 2]; self.cfg.lines.len()]),
+            zone_classes,
+            lines: std::mem::replace(&mut self.crossings, vec![[0; 2]; nl]),
+            line_classes: std::mem::replace(&mut self.class_crossings, vec![BTreeMap::new(); nl]),
         };
         self.interval_start = t;
         counts

@@ -190,6 +190,30 @@ fn zones_and_lines_ignore_classes_they_do_not_list() {
 }
 
 #[test]
+fn counts_split_crossings_and_occupancy_by_class() {
+    let car =
+        |x: f32, y: f32| Detection { class_id: 2, score: 0.8, bbox: BBox { x: x - 0.05, y: y - 0.1, w: 0.1, h: 0.1 } };
+    let cfg = RulesConfig { zones: vec![zone("right", 0.5, 1.0)], lines: vec![gate()], ..RulesConfig::default() };
+    let mut w = World::new(cfg);
+    // A person and a car both cross eastwards and end up in the right half; another person
+    // walks west and stays in the left half.
+    for i in 0..10 {
+        let d = 0.06 * i as f32;
+        w.frame(i as f64, &[at(0.2 + d, 0.9), car(0.25 + d, 0.7), at(0.8 - d, 0.6)]);
+    }
+    let c = w.rules.take_counts(10.0, 3);
+    assert_eq!(c.lines, vec![[2, 1]]);
+    assert_eq!(c.line_classes, vec![BTreeMap::from([(0, [1, 1]), (2, [1, 0])])]);
+    assert_eq!(c.zones, vec![2]);
+    assert_eq!(c.zone_classes, vec![BTreeMap::from([(0, 1), (2, 1)])]);
+    assert_eq!(c.present, vec![(0, 2), (1, 0), (2, 1)]);
+    // Crossings start again with the interval; occupancy is a state and stays.
+    let next = w.rules.take_counts(20.0, 3);
+    assert_eq!(next.line_classes, vec![BTreeMap::new()]);
+    assert_eq!(next.zone_classes, c.zone_classes);
+}
+
+#[test]
 fn updates_follow_zone_changes_and_the_update_interval() {
     let cfg = RulesConfig {
         zones: vec![zone("left", 0.0, 0.5)],
