@@ -14,12 +14,11 @@ use anyhow::{Context, bail};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use ndarray::Array4;
 
 use crate::config::{InferenceConfig, Transport};
 use crate::infer::Detector;
 use crate::infer::model::ModelSpec;
-use crate::infer::ssd::{Detection, NmsParams};
+use crate::infer::ssd::Detection;
 
 pub struct ProbeOptions {
     pub url: String,
@@ -213,7 +212,8 @@ fn watch(pipeline: &gst::Pipeline, duration: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the model of `spec` on one image (scaled with `image`'s bilinear filter).
+/// Runs the model of `spec` on one image (scaled with `image`'s bilinear filter, then the
+/// model's own preprocessing, whatever its input type).
 pub fn detect_image(img: &image::RgbImage, spec: &ModelSpec, min_score: f32) -> anyhow::Result<Vec<Detection>> {
     let env = crate::infer::runtime::environment(None)?;
     let mut det = Detector::new(
@@ -221,19 +221,10 @@ pub fn detect_image(img: &image::RgbImage, spec: &ModelSpec, min_score: f32) -> 
         &InferenceConfig { threads: 2, max_batch: 1, max_wait: Duration::ZERO, spinning: false },
         &env,
     )?;
-    let input = to_input(img, spec);
-    let params =
-        NmsParams { min_score, iou: spec.postprocess.nms_iou, max_detections: spec.postprocess.max_detections };
-    Ok(det.run(input, &[params])?.into_iter().next().unwrap_or_default())
-}
-
-fn to_input(img: &image::RgbImage, spec: &ModelSpec) -> Array4<f32> {
-    let (h, w) = spec.input_size();
-    let small = image::imageops::resize(img, w, h, image::imageops::FilterType::Triangle);
-    let (scale, offset) = (spec.input.scale, spec.input.offset);
-    Array4::from_shape_fn((1, h as usize, w as usize, 3), |(_, y, x, c)| {
-        small.get_pixel(x as u32, y as u32)[c] as f32 * scale + offset
-    })
+    let frames = det.image_frames(img, 1, min_score);
+    let found = det.detect(&frames)?.into_iter().next().unwrap_or_default();
+    // `detect` keeps the tracker's lower floor too; a probe reports what a camera would.
+    Ok(found.into_iter().filter(|d| d.score >= min_score).collect())
 }
 
 /// The frame with a 3-pixel box per detection.

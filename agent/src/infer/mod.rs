@@ -274,14 +274,6 @@ impl Detector {
         Ok((batch, places))
     }
 
-    /// Runs the model on a prepared float32 batch whose images fill the input
-    /// (stretch) and decodes each image's detections.
-    pub fn run(&mut self, input: Array4<f32>, params: &[NmsParams]) -> Result<Vec<Vec<Detection>>, InferError> {
-        let (h, w) = self.spec.input_size();
-        let places = vec![Placement::full(w, h); input.shape()[0]];
-        self.run_batch(InputBatch::F32(input), params, &places)
-    }
-
     /// Runs the model on a prepared batch and decodes the first `places.len()` images
     /// (rows beyond are padding for a fixed batch size), boxes mapped to their frames.
     pub fn run_batch(
@@ -509,6 +501,32 @@ impl Detector {
 }
 
 impl Detector {
+    /// `n` copies of a still image as camera frames of a camera with `min_score`: stretched
+    /// to the input size (the image crate's bilinear filter, where a camera has
+    /// GStreamer's), so that [`Detector::detect`] gives them this model's own
+    /// preprocessing, element type and layout. For the self-test, `lookout probe` and the
+    /// benchmarks.
+    pub fn image_frames(&self, img: &image::RgbImage, n: usize, min_score: f32) -> Vec<Frame> {
+        let (h, w) = self.spec.input_size();
+        let small = image::imageops::resize(img, w, h, image::imageops::FilterType::Triangle).into_raw();
+        let camera = Arc::new(CameraCtx::new("still", min_score));
+        (0..n)
+            .map(|i| Frame {
+                slot: i,
+                camera: camera.clone(),
+                pts_ns: 0,
+                captured: SystemTime::now(),
+                native_width: img.width(),
+                native_height: img.height(),
+                width: w,
+                height: h,
+                stride: w as usize * 3,
+                pixels: Box::new(small.clone()),
+                original: None,
+            })
+            .collect()
+    }
+
     /// The manifest's `[self_test]`: the reference image goes through the same path as a
     /// camera frame (stretched to the input size, then this model's preprocessing), and
     /// every expected detection must be found.
@@ -516,26 +534,12 @@ impl Detector {
         let name = self.spec.name.clone();
         let fail = |message: String| InferError::SelfTest { model: name.clone(), message };
         let img = image::open(&t.image).map_err(|e| fail(format!("{}: {e}", t.image.display())))?.to_rgb8();
-        let (h, w) = self.spec.input_size();
-        let small = image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle);
         let floor = t
             .expect
             .iter()
             .map(|e| e.min_score.unwrap_or(self.spec.postprocess.score_threshold))
             .fold(self.spec.postprocess.score_threshold, f32::min);
-        let frame = Frame {
-            slot: 0,
-            camera: Arc::new(CameraCtx::new("self-test", floor)),
-            pts_ns: 0,
-            captured: SystemTime::now(),
-            native_width: img.width(),
-            native_height: img.height(),
-            width: w,
-            height: h,
-            stride: w as usize * 3,
-            pixels: Box::new(small.into_raw()),
-            original: None,
-        };
+        let frame = self.image_frames(&img, 1, floor).pop().ok_or_else(|| fail("no frame".into()))?;
         let found = self.detect(std::slice::from_ref(&frame))?.into_iter().next().unwrap_or_default();
         for e in &t.expect {
             let min_score = e.min_score.unwrap_or(self.spec.postprocess.score_threshold);

@@ -1,6 +1,6 @@
 //! Benchmarks (not tests: numbers are recorded in docs/BENCHMARKS.md, never asserted).
 //!
-//! lookout-bench model                 bare ONNX Runtime throughput of the default model
+//! lookout-bench model                 ONNX Runtime throughput of each bundled model
 //! lookout-bench streams --streams 8   the real agent on N RTSP streams of the clip
 //! lookout-bench events                the real agent on one pass of the vtest clip: events per type
 //! lookout-bench snapshot              cost of one snapshot (decoded I420 frame → scaled JPEG)
@@ -17,9 +17,7 @@ use clap::{Parser, Subcommand};
 use lookout::config::InferenceConfig;
 use lookout::infer::Detector;
 use lookout::infer::model::ModelSpec;
-use lookout::infer::ssd::NmsParams;
 use lookout_e2e::*;
-use ndarray::Array4;
 
 #[derive(Parser)]
 struct Args {
@@ -29,8 +27,12 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Images/s of the default model at each batch size and thread count.
+    /// Images/s of each bundled model at each batch size and thread count.
     Model {
+        /// Manifests to measure; default: every bundled model (models/*/manifest.toml
+        /// whose model file is present).
+        #[arg(long)]
+        manifest: Vec<PathBuf>,
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
         batch: Vec<usize>,
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
@@ -116,7 +118,9 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
-        Cmd::Model { batch, threads, seconds, spinning } => bench_model(&batch, &threads, seconds, spinning),
+        Cmd::Model { manifest, batch, threads, seconds, spinning } => {
+            bench_model(&manifest, &batch, &threads, seconds, spinning)
+        }
         Cmd::Outbox { messages, bytes, fsync_ms } => bench_outbox(messages, bytes, &fsync_ms),
         Cmd::Streams { streams, fps, warmup, seconds } => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -129,41 +133,66 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn bench_model(batches: &[usize], threads: &[usize], seconds: u64, spinning: bool) -> anyhow::Result<()> {
-    let spec = ModelSpec::load(&default_manifest())?;
+/// The bundled models: `models/*/manifest.toml` whose model file is there (a candidate
+/// made by its conversion script may not be).
+fn bundled_manifests() -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(workspace().join("models"))? {
+        let m = entry?.path().join("manifest.toml");
+        if m.is_file() && ModelSpec::load(&m).is_ok() {
+            found.push(m);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn bench_model(
+    manifests: &[PathBuf],
+    batches: &[usize],
+    threads: &[usize],
+    seconds: u64,
+    spinning: bool,
+) -> anyhow::Result<()> {
+    let manifests = if manifests.is_empty() { bundled_manifests()? } else { manifests.to_vec() };
     let env = lookout::infer::runtime::environment(None)?;
-    // A real frame (vtest, 6 people), scaled to the input size, as the agent would feed it.
-    let img = image_input(&spec)?;
-    println!("| threads | batch | images/s | ms/image | run median ms | run p90 ms |");
-    println!("|---|---|---|---|---|---|");
-    for &t in threads {
-        let cfg = InferenceConfig { threads: t, max_batch: 64, max_wait: Duration::ZERO, spinning };
-        let mut det = Detector::new(&spec, &cfg, &env)?;
-        for &b in batches {
-            let input = Array4::from_shape_fn((b, img.dim().1, img.dim().2, 3), |(_, y, x, c)| img[[0, y, x, c]]);
-            let params = vec![NmsParams { min_score: 0.5, iou: 0.6, max_detections: 100 }; b];
-            for _ in 0..3 {
-                det.run(input.clone(), &params)?;
+    // A real frame (vtest, 6 people), scaled to each input size and preprocessed by the
+    // agent's own path (the model's element type and layout), batched as the agent does.
+    let path = workspace().join("models/ssdlite-mobilenetv2-person/reference/vtest_frame200.png");
+    let img = image::open(&path).with_context(|| path.display().to_string())?.to_rgb8();
+    println!("| model | threads | batch | images/s | ms/image | run median ms | run p90 ms |");
+    println!("|---|---|---|---|---|---|---|");
+    for manifest in &manifests {
+        let spec = ModelSpec::load(manifest)?;
+        for &t in threads {
+            let cfg = InferenceConfig { threads: t, max_batch: 64, max_wait: Duration::ZERO, spinning };
+            let mut det = Detector::new(&spec, &cfg, &env)?;
+            for &b in batches {
+                let frames = det.image_frames(&img, b, 0.5);
+                for _ in 0..3 {
+                    det.detect(&frames)?;
+                }
+                let start = Instant::now();
+                let mut images = 0;
+                let mut runs_ms = Vec::new();
+                while start.elapsed() < Duration::from_secs(seconds) {
+                    let r = Instant::now();
+                    det.detect(&frames)?;
+                    runs_ms.push(r.elapsed().as_secs_f64() * 1000.0);
+                    images += b;
+                }
+                let secs = start.elapsed().as_secs_f64();
+                runs_ms.sort_by(f64::total_cmp);
+                let pct = |p: f64| runs_ms[((runs_ms.len() - 1) as f64 * p) as usize];
+                println!(
+                    "| {} | {t} | {b} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    spec.name,
+                    images as f64 / secs,
+                    secs * 1000.0 / images as f64,
+                    pct(0.5),
+                    pct(0.9)
+                );
             }
-            let start = Instant::now();
-            let mut images = 0;
-            let mut runs_ms = Vec::new();
-            while start.elapsed() < Duration::from_secs(seconds) {
-                let r = Instant::now();
-                det.run(input.clone(), &params)?;
-                runs_ms.push(r.elapsed().as_secs_f64() * 1000.0);
-                images += b;
-            }
-            let secs = start.elapsed().as_secs_f64();
-            runs_ms.sort_by(f64::total_cmp);
-            let pct = |p: f64| runs_ms[((runs_ms.len() - 1) as f64 * p) as usize];
-            println!(
-                "| {t} | {b} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                images as f64 / secs,
-                secs * 1000.0 / images as f64,
-                pct(0.5),
-                pct(0.9)
-            );
         }
     }
     Ok(())
@@ -239,16 +268,6 @@ fn bench_outbox(messages: u64, bytes: usize, fsync_ms: &[u64]) -> anyhow::Result
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
-}
-
-fn image_input(spec: &ModelSpec) -> anyhow::Result<Array4<f32>> {
-    let path = workspace().join("models/ssdlite-mobilenetv2-person/reference/vtest_frame200.png");
-    let (h, w) = spec.input_size();
-    let img = image::open(&path).with_context(|| path.display().to_string())?.to_rgb8();
-    let img = image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle);
-    Ok(Array4::from_shape_fn((1, h as usize, w as usize, 3), |(_, y, x, c)| {
-        img.get_pixel(x as u32, y as u32)[c] as f32 * spec.input.scale + spec.input.offset
-    }))
 }
 
 /// CPU seconds (user + system) a process has used so far.
