@@ -248,10 +248,16 @@ async fn starts_past_a_corrupted_outbox_tail_and_reports_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_outbox_drops_oldest_and_announces_the_exact_gap() {
-    let hold = PortHold::new().expect("port");
+    // The platform's session exists before the agent can connect: what the agent sends
+    // the moment the broker is back is queued for the recorder, not missed by it.
+    let port = free_port().expect("port");
+    let broker = Mosquitto::start_on(port).expect("mosquitto");
+    let rec = Recorder::start_with(port, &[ALL], Some("platform-full")).await.expect("recorder");
+    broker.terminate();
+    let hold = PortHold::again(port).expect("hold port");
     let s = setup(
         "full",
-        &format!("mqtt://127.0.0.1:{}", hold.port),
+        &format!("mqtt://127.0.0.1:{port}"),
         2,
         5.0,
         "[outbox]\nmax_bytes = 16384\nsegment_bytes = 4096\n",
@@ -259,8 +265,7 @@ async fn full_outbox_drops_oldest_and_announces_the_exact_gap() {
     let agent = AgentProcess::start(&s.config).expect("agent");
     // ~600-byte messages at up to 10/s: 16 KiB fills within seconds.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let broker = Mosquitto::start_on(hold.release()).expect("mosquitto");
-    let rec = Recorder::start_with(broker.port(), &[ALL], None).await.expect("recorder");
+    let _broker = Mosquitto::start_on(hold.release()).expect("mosquitto again");
     rec.wait_for(WAIT, "a delivery.gap message", |m| !gaps(m).is_empty())
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));

@@ -52,6 +52,20 @@ impl Demo {
         }
     }
 
+    /// The demo's broker's pid, found by its configuration folder (named after the demo's
+    /// pid and the broker's port).
+    fn broker_pid(&self) -> u32 {
+        let conf = format!("lookout-mosquitto-{}-{}/mosquitto.conf", self.child.id(), self.port);
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).contains(&conf)
+            })
+            .unwrap_or_else(|| panic!("no process runs {conf}"))
+    }
+
     fn broker_gone(&self) -> bool {
         std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
     }
@@ -121,10 +135,21 @@ fn ctrl_c_on_the_demo_drains_to_its_broker_before_the_broker_stops() {
 #[test]
 fn a_second_ctrl_c_exits_at_once_and_takes_the_demos_broker_along() {
     let mut demo = start_demo("demo-ctrl-c-twice", 1);
+    // A frozen broker acknowledges nothing, so the drain the first Ctrl-C starts cannot
+    // finish before the second arrives (its final counts wait for a PUBACK).
+    let broker = demo.broker_pid().to_string();
+    let signal = |sig: &str| Command::new("kill").args([sig, &broker]).status().expect("kill");
+    assert!(signal("-STOP").success());
     demo.ctrl_c();
-    std::thread::sleep(Duration::from_millis(50));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !demo.log().contains("signal received, draining") {
+        assert!(Instant::now() < deadline, "no drain after Ctrl-C\n{}", demo.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     demo.ctrl_c();
     let status = demo.wait(10);
+    // SIGKILL takes a stopped process too; SIGCONT is only for a broker left behind.
+    signal("-CONT");
     assert_eq!(status.code(), Some(130), "{}", demo.log());
     let deadline = Instant::now() + Duration::from_secs(5);
     while !demo.broker_gone() {
