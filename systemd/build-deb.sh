@@ -5,7 +5,7 @@
 #   systemd/build-deb.sh arm64     # packages target/cross/aarch64/lookout (run cross/build-aarch64.sh first)
 #
 # Contents: /usr/bin/lookout; ONNX Runtime from the onnxruntime wheel in /usr/lib/lookout/
-# (where the binary looks for it); the default model in /usr/share/lookout/models/; the
+# (where the binary looks for it); both bundled models in /usr/share/lookout/models/; the
 # example config as /etc/lookout/lookout.toml (a conffile); the systemd unit; the docs.
 # Output: target/deb/lookout_<version>_<arch>.deb
 set -euo pipefail
@@ -36,14 +36,15 @@ install -m 0755 "$bin" "$root/usr/bin/lookout"
 $strip "$root/usr/bin/lookout" 2>/dev/null || true
 install -m 0644 "$ort" "$root/usr/lib/lookout/"
 ln -s "$(basename "$ort")" "$root/usr/lib/lookout/libonnxruntime.so.1"
-model=models/ssdlite-mobilenetv2-person
-install -d "$root/usr/share/lookout/$model"
-install -m 0644 $model/model.onnx $model/manifest.toml $model/labels.txt $model/LICENSE $model/NOTICE.md \
-  "$root/usr/share/lookout/$model/"
-# The manifest's [self_test] reference frame: the model is checked against it at start.
-install -d "$root/usr/share/lookout/$model/reference"
-install -m 0644 $model/reference/vtest_frame200.png "$root/usr/share/lookout/$model/reference/"
-# The example config, pointing at the packaged model.
+# Both bundled models, each with its [self_test] reference frame (checked at start).
+for model in models/ssd-mobilenetv2-coco models/ssdlite-mobilenetv2-person; do
+  install -d "$root/usr/share/lookout/$model/reference"
+  install -m 0644 $model/model.onnx $model/manifest.toml $model/labels.txt $model/LICENSE $model/NOTICE.md \
+    "$root/usr/share/lookout/$model/"
+  ref=$(sed -n 's/^image = "\(reference\/[^"]*\)".*/\1/p' $model/manifest.toml)
+  install -m 0644 "$model/$ref" "$root/usr/share/lookout/$model/reference/"
+done
+# The example config, pointing at the packaged models.
 sed 's|manifest = "../models/|manifest = "/usr/share/lookout/models/|' configs/example.toml >"$root/etc/lookout/lookout.toml"
 chmod 0640 "$root/etc/lookout/lookout.toml"
 install -m 0644 systemd/lookout.service "$root/lib/systemd/system/"
@@ -51,7 +52,10 @@ install -m 0644 docs/INSTALL.md docs/CONFIG.md docs/EVENTS.md docs/CONSOLE.md "$
 cat >"$root/usr/share/doc/lookout/copyright" <<COPY
 Lookout: Apache-2.0.
 Bundled: ONNX Runtime (MIT, Microsoft), from the PyPI wheel onnxruntime.
-Default model: SSDLite-MobileNetV2 person detector (MIT), see /usr/share/lookout/$model/NOTICE.md.
+Default model: SSD MobileNet V2 COCO, people and vehicles (Apache-2.0), see
+/usr/share/lookout/models/ssd-mobilenetv2-coco/NOTICE.md.
+Person model: SSDLite-MobileNetV2 person detector (MIT), see
+/usr/share/lookout/models/ssdlite-mobilenetv2-person/NOTICE.md.
 COPY
 install -m 0755 systemd/debian/postinst systemd/debian/prerm systemd/debian/postrm "$root/DEBIAN/"
 echo "/etc/lookout/lookout.toml" >"$root/DEBIAN/conffiles"

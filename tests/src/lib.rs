@@ -17,16 +17,21 @@ pub mod browser;
 pub use lookout::demo::broker::{Mosquitto, free_port};
 pub use lookout::demo::media::{AccessUnit, Codec, clip, media_file};
 pub use lookout::demo::rtsp::{Media, RtspServer};
-pub use lookout::demo::scene::{Actor, Scene, Sprite, scene_media, standard_scene};
+pub use lookout::demo::scene::{Actor, Scene, Sprite, city_scene, scene_media, standard_scene};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The default model's manifest.
-pub fn default_manifest() -> PathBuf {
+/// The person model's manifest: most tests run it (their truths and fixtures are its).
+pub fn person_manifest() -> PathBuf {
     workspace().join("models/ssdlite-mobilenetv2-person/manifest.toml")
+}
+
+/// The default model's manifest (people and vehicles).
+pub fn city_manifest() -> PathBuf {
+    workspace().join(format!("models/{}/manifest.toml", lookout::demo::DEFAULT_MODEL))
 }
 
 /// The `lookout` binary of the same build as this test or tool (scripts/test.sh builds it
@@ -93,7 +98,7 @@ pub fn write_config(dir: &Path, broker_url: &str, cams: &[Cam<'_>]) -> anyhow::R
         "[agent]\nsite = \"test-site\"\nid = \"gw-test\"\nstate_dir = \"{}\"\n\n[mqtt]\nurl = \"{broker_url}\"\n\n\
          [inference]\nthreads = 1\n\n[telemetry]\nlisten = \"off\"\n\n[[models]]\nname = \"person\"\nmanifest = \"{}\"\n",
         dir.join("state").display(),
-        default_manifest().display()
+        person_manifest().display()
     );
     for c in cams {
         s.push_str(&format!(

@@ -248,7 +248,7 @@ fn check_config_lists_every_problem_and_exits_nonzero() {
              [[models]]\nname = \"person\"\nmanifest = \"{}\"\n\n\
              [[cameras]]\nid = \"a\"\nurl = \"http://x/y\"\nmodel = \"person\"\nfps = 0\n\n\
              [[cameras]]\nid = \"a\"\nurl = \"rtsp://h/s\"\nmodel = \"car\"\n",
-            default_manifest().display()
+            person_manifest().display()
         ),
     )
     .expect("write");
@@ -314,7 +314,10 @@ fn probe_reports_the_stream_and_writes_the_frame_with_boxes() {
         "codec:              H264",
         "resolution:         512x600",
         "frame rate:         5.0 fps",
-        "detections (≥ 0.5):  1",
+        // The default (COCO) model: Grace Hopper and her tie.
+        "detections (≥ 0.5):  2",
+        "    person 0.",
+        "    tie 0.",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }

@@ -161,7 +161,7 @@ async fn scripted_scene_gives_exact_crossings_zone_events_and_one_track_per_pers
 
     // Snapshots: one per object.new and object.end, published before the event, a JPEG
     // of at most 640 px that shows a person where the object was.
-    let manifest = lookout::infer::model::ModelSpec::load(&default_manifest()).expect("manifest");
+    let manifest = lookout::infer::model::ModelSpec::load(&person_manifest()).expect("manifest");
     for e in events.iter().filter(|e| e["type"] == "object.new" || e["type"] == "object.end") {
         let snap = &e["snapshot"];
         assert_eq!(snap["id"], e["id"], "{e}");
@@ -176,5 +176,147 @@ async fn scripted_scene_gives_exact_crossings_zone_events_and_one_track_per_pers
         let found = lookout::probe::detect_image(&img, &manifest, 0.5).expect("detector");
         assert!(!found.is_empty(), "no person in the snapshot of {e}");
     }
+    drop(server);
+}
+
+/// The city scene's rules: the line at x = 0.5 for every class, a road zone for vehicles
+/// and a pavement zone for people, with groups as a platform would name them.
+const CITY_RULES: &str = r#"lost_after = 2
+count_interval = 4
+[[cameras.zones]]
+name = "road"
+polygon = [[0.0, 0.5], [1.0, 0.5], [1.0, 0.75], [0.0, 0.75]]
+classes = ["vehicle"]
+[[cameras.zones]]
+name = "pavement"
+polygon = [[0.0, 0.85], [1.0, 0.85], [1.0, 1.0], [0.0, 1.0]]
+classes = ["person"]
+[[cameras.lines]]
+name = "gate"
+points = [[0.5, 0.0], [0.5, 1.0]]
+directions = ["east", "west"]
+
+[class_groups]
+vehicle = ["car", "bus", "truck", "motorcycle"]
+"#;
+
+/// Sums `counts[*][map][line][name][direction]` over the intervals.
+fn crossing_totals(counts: &[&Value], map: &str) -> BTreeMap<(String, String), u64> {
+    let mut totals = BTreeMap::new();
+    for c in counts {
+        for (name, dirs) in c[map]["gate"].as_object().unwrap_or_else(|| panic!("no {map}.gate in {c}")) {
+            for (dir, n) in dirs.as_object().expect("directions") {
+                *totals.entry((name.clone(), dir.clone())).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    totals.retain(|_, n| *n > 0);
+    totals
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn city_scene_counts_crossings_and_occupancy_per_class_and_group() {
+    let scene = city_scene();
+    let media = scene_media(&scene).expect("scene media");
+    let server = RtspServer::start(0, vec![("/city".into(), media)]).expect("rtsp server");
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = scratch("city-scene");
+    let config =
+        write_config(&dir, &broker.url(), &[Cam { id: "city", url: server.url("/city"), fps: 5.0, min_score: 0.5 }])
+            .expect("config");
+    let text = std::fs::read_to_string(&config).expect("config text");
+    let text = text.replace(&person_manifest().display().to_string(), &city_manifest().display().to_string());
+    std::fs::write(&config, format!("{text}{CITY_RULES}")).expect("config");
+
+    let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/city/#").await.expect("recorder");
+    let agent = AgentProcess::start(&config).expect("agent");
+    let waited = rec
+        .wait_for(Duration::from_secs(120), "three object.end events", |m| {
+            m.iter().filter(|r| r.json["type"] == "object.end").count() >= 3
+        })
+        .await;
+    let (status, log) = agent.stop().expect("stop");
+    assert!(status.success(), "{log}");
+    if let Err(e) = waited {
+        let events: Vec<Value> = rec.snapshot().into_iter().map(|r| r.json).filter(|j| j["type"].is_string()).collect();
+        panic!("{e}\n{}\n{log}", summary(&events));
+    }
+    // Everything the outbox held is under this camera's topics (one camera, no gaps):
+    // once the recorder has as many, the final partial counts are in.
+    let acked = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|s| s["mqtt_acked"].as_u64())
+        .unwrap_or_else(|| panic!("the agent's run summary:\n{log}")) as usize;
+    let all = rec
+        .wait_for(Duration::from_secs(10), "every published message", |m| {
+            m.iter().filter(|r| !r.topic.ends_with("/status")).count() >= acked
+        })
+        .await
+        .expect("messages");
+    let events: Vec<Value> = all.iter().filter(|r| r.topic.ends_with("/events")).map(|r| r.json.clone()).collect();
+    let story = summary(&events);
+
+    // One track per road user, each with its class and, for vehicles, its group.
+    let new = of_type(&events, "object.new");
+    let classes: Vec<(&str, &Value)> =
+        new.iter().map(|e| (e["object"]["class"].as_str().unwrap_or(""), &e["object"]["groups"])).collect();
+    let vehicle = serde_json::json!(["vehicle"]);
+    assert_eq!(
+        classes,
+        vec![("car", &vehicle), ("truck", &vehicle), ("person", &Value::Null)],
+        "the car, the van, then the person:\n{story}"
+    );
+    let (car, van, person) = (track(new[0]), track(new[1]), track(new[2]));
+
+    // Exact crossings, by class.
+    let crossings: Vec<(u64, &str, &str)> = of_type(&events, "line.cross")
+        .into_iter()
+        .map(|e| (track(e), e["object"]["class"].as_str().unwrap_or(""), e["line"]["direction"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(crossings, vec![(car, "car", "east"), (van, "truck", "west"), (person, "person", "east")], "\n{story}");
+
+    // Zones filtered by group and by label: vehicles on the road, the person on the pavement.
+    // (A track's exit comes when it is declared lost, which may be after the next road
+    // user appeared in the other zone: the order is per zone.)
+    let zone_events = |zone: &str| -> Vec<(&str, u64)> {
+        events
+            .iter()
+            .filter(|e| e["zone"]["name"] == zone)
+            .map(|e| (e["type"].as_str().unwrap_or(""), track(e)))
+            .collect()
+    };
+    assert_eq!(
+        zone_events("road"),
+        vec![("zone.enter", car), ("zone.exit", car), ("zone.enter", van), ("zone.exit", van)],
+        "\n{story}"
+    );
+    assert_eq!(zone_events("pavement"), vec![("zone.enter", person), ("zone.exit", person)], "\n{story}");
+
+    // Counts: per class and per group, adding up to the events.
+    let counts: Vec<&Value> = all.iter().filter(|r| r.topic.ends_with("/counts")).map(|r| &r.json).collect();
+    let key = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        crossing_totals(&counts, "line_classes"),
+        BTreeMap::from([(key("car", "east"), 1), (key("person", "east"), 1), (key("truck", "west"), 1)]),
+        "{counts:?}"
+    );
+    assert_eq!(
+        crossing_totals(&counts, "line_groups"),
+        BTreeMap::from([(key("vehicle", "east"), 1), (key("vehicle", "west"), 1)]),
+        "{counts:?}"
+    );
+    for c in &counts {
+        assert_eq!(
+            c["zones"]["road"]["classes"].as_object().map(|m| m.len()),
+            Some(4),
+            "every class of the filter: {c}"
+        );
+        assert_eq!(c["zones"]["road"]["groups"]["vehicle"], c["zones"]["road"]["occupancy"], "{c}");
+        assert_eq!(c["groups"]["vehicle"].as_u64(), Some(c["zones"]["road"]["occupancy"].as_u64().unwrap_or(0)));
+    }
+    let road_has = |class: &str| counts.iter().any(|c| c["zones"]["road"]["classes"][class] == 1);
+    assert!(road_has("car") && road_has("truck"), "an interval ends with each vehicle on the road: {counts:?}");
+    assert!(counts.iter().any(|c| c["zones"]["pavement"]["classes"]["person"] == 1), "{counts:?}");
     drop(server);
 }

@@ -25,10 +25,10 @@ fn still(name: &str) -> Media {
     Media::Still { image: media_file(name).expect("media (scripts/setup.sh fetches it)") }
 }
 
-/// A release folder `dir/name/` with the default model's files, its manifest edited by
+/// A release folder `dir/name/` with the person model's files, its manifest edited by
 /// `edit`, signed with `key` (if any).
 fn release(dir: &Path, name: &str, key: Option<&Path>, edit: impl Fn(String) -> String) -> PathBuf {
-    let src = default_manifest();
+    let src = person_manifest();
     let src_dir = src.parent().expect("model dir");
     let out = dir.join(name);
     std::fs::create_dir_all(&out).expect("release dir");

@@ -13,9 +13,9 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// A copy of the default model's folder to sign and tamper with.
+/// A copy of the person model's folder to sign and tamper with.
 fn model_copy(dir: &Path) -> std::path::PathBuf {
-    let src = default_manifest().parent().expect("model dir").to_path_buf();
+    let src = person_manifest().parent().expect("model dir").to_path_buf();
     let dst = dir.join("model");
     std::fs::create_dir_all(dst.join("reference")).expect("mkdir");
     for f in ["manifest.toml", "model.onnx", "labels.txt", "reference/vtest_frame200.png"] {

@@ -26,11 +26,15 @@ pub struct DemoOptions {
     pub fps: f64,
 }
 
+/// The default model: people and vehicles (COCO), at the person model's cost.
+pub const DEFAULT_MODEL: &str = "ssd-mobilenetv2-coco";
+
 /// Where the default model's manifest is, for the demo and the shipped example config:
 /// `$LOOKOUT_MODELS`, `./models`, beside the executable's workspace (`cargo run`),
 /// then `/usr/share/lookout/models`.
 pub fn default_manifest() -> anyhow::Result<PathBuf> {
-    const REL: &str = "ssdlite-mobilenetv2-person/manifest.toml";
+    let rel = format!("{DEFAULT_MODEL}/manifest.toml");
+    let rel = rel.as_str();
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(d) = std::env::var_os("LOOKOUT_MODELS") {
         dirs.push(d.into());
@@ -50,9 +54,9 @@ pub fn default_manifest() -> anyhow::Result<PathBuf> {
     }
     dirs.push("/usr/share/lookout/models".into());
     dirs.iter()
-        .map(|d| d.join(REL))
+        .map(|d| d.join(rel))
         .find(|p| p.is_file())
-        .with_context(|| format!("default model not found; looked for {REL} under {dirs:?}"))
+        .with_context(|| format!("default model not found; looked for {rel} under {dirs:?}"))
 }
 
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -76,13 +80,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let state_dir = std::env::temp_dir().join(format!("lookout-demo-{}", std::process::id()));
     let mut toml = format!(
         "# Written by `lookout demo`.\n[agent]\nsite = \"demo\"\nid = \"gw-demo\"\nstate_dir = \"{}\"\n\n\
-         [mqtt]\nurl = \"{mqtt_url}\"\n\n[[models]]\nname = \"person\"\nmanifest = \"{}\"\n",
+         [mqtt]\nurl = \"{mqtt_url}\"\n\n[[models]]\nname = \"city\"\nmanifest = \"{}\"\n\n{DEMO_GROUPS}",
         state_dir.display(),
         manifest.display()
     );
     for i in 1..=opts.cameras {
         toml.push_str(&format!(
-            "\n[[cameras]]\nid = \"cam-{i}\"\nurl = \"{}\"\nmodel = \"person\"\nfps = {:.1}\nmin_score = 0.5\n{DEMO_RULES}",
+            "\n[[cameras]]\nid = \"cam-{i}\"\nurl = \"{}\"\nmodel = \"city\"\nfps = {:.1}\nmin_score = 0.5\n{DEMO_RULES}",
             server.url(&format!("/cam{i}")),
             opts.fps
         ));
@@ -101,7 +105,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     if let Some(addr) = config.telemetry.listen {
         println!("  console: http://{addr}/ (cameras, detections, zones and lines; docs/CONSOLE.md)");
     }
-    println!("  rules:  line \"middle\" at x = 0.5 (east/west), zone \"lower_left\", counts every 30 s");
+    println!("  model:  {DEFAULT_MODEL} (people and vehicles; classes grouped as \"vehicle\")");
+    println!(
+        "  rules:  line \"middle\" at x = 0.5 (east/west, people), zone \"lower_left\", zone \"parking\" (vehicles), counts every 30 s"
+    );
     println!("  watch:  mosquitto_sub -h {host} -p {port} -t '{}' -v", topics.events("+"));
     println!("Ctrl-C stops.\n");
 
@@ -141,14 +148,21 @@ async fn print_messages(host: String, port: u16, topic: String, shutdown: Cancel
     }
 }
 
-/// The demo cameras' rules: the bundled clip is a square people cross in all directions.
+/// Platform names for the COCO model's road users.
+const DEMO_GROUPS: &str = "[class_groups]\nvehicle = [\"car\", \"bus\", \"truck\", \"motorcycle\"]\n";
+
+/// The demo cameras' rules: the bundled clip is a square people cross in all directions,
+/// with a car and a van parked at the top right.
 const DEMO_RULES: &str = "count_interval = 30\n\
     [[cameras.zones]]\nname = \"lower_left\"\npolygon = [[0.0, 0.5], [0.5, 0.5], [0.5, 1.0], [0.0, 1.0]]\n\
-    loiter_seconds = 10\n\
-    [[cameras.lines]]\nname = \"middle\"\npoints = [[0.5, 0.0], [0.5, 1.0]]\ndirections = [\"east\", \"west\"]\n";
+    loiter_seconds = 10\nclasses = [\"person\"]\n\
+    [[cameras.zones]]\nname = \"parking\"\npolygon = [[0.75, 0.0], [1.0, 0.0], [1.0, 0.3], [0.75, 0.3]]\n\
+    classes = [\"vehicle\"]\n\
+    [[cameras.lines]]\nname = \"middle\"\npoints = [[0.5, 0.0], [0.5, 1.0]]\ndirections = [\"east\", \"west\"]\n\
+    classes = [\"person\"]\n";
 
 /// One line per message, by kind:
-/// `cam-1  2026-11-22T04:17:20.123Z  3 persons  best 0.93`,
+/// `cam-1  2026-11-22T04:17:20.123Z  3 person, 2 car  best 0.93`,
 /// `cam-1  2026-11-22T04:17:20.123Z  line.cross  middle east  person #1795…0003`.
 pub fn describe(payload: &[u8]) -> String {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
@@ -173,10 +187,31 @@ pub fn describe(payload: &[u8]) -> String {
         return format!("{camera:<8} {ts}  status {}", v["state"].as_str().unwrap_or("?"));
     }
     if v["schema"] == crate::event::COUNTS_SCHEMA {
-        return format!("{camera:<8} {ts}  counts: present {} lines {}", v["classes"], v["lines"]);
+        // Only what is there: the COCO model has 80 classes.
+        let present: Vec<String> = v["classes"]
+            .as_object()
+            .map(|m| m.iter().filter(|(_, n)| n.as_u64().unwrap_or(0) > 0).map(|(c, n)| format!("{n} {c}")).collect())
+            .unwrap_or_default();
+        return format!(
+            "{camera:<8} {ts}  counts: present [{}] groups {} crossings {}",
+            present.join(", "),
+            v["groups"],
+            v["line_classes"]
+        );
     }
     let dets = v["detections"].as_array().map(Vec::as_slice).unwrap_or_default();
     let best = dets.iter().filter_map(|d| d["score"].as_f64()).fold(0.0, f64::max);
-    let class = dets.first().and_then(|d| d["class"].as_str()).unwrap_or("object");
-    format!("{camera:<8} {ts}  {:>2} {}{}  best {:.2}", dets.len(), class, if dets.len() == 1 { "" } else { "s" }, best)
+    let mut by_class: Vec<(&str, usize)> = Vec::new();
+    for d in dets {
+        let c = d["class"].as_str().unwrap_or("object");
+        match by_class.iter_mut().find(|(k, _)| *k == c) {
+            Some((_, n)) => *n += 1,
+            None => by_class.push((c, 1)),
+        }
+    }
+    let what: Vec<String> = by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
+    format!(
+        "{camera:<8} {ts}  {}  best {best:.2}",
+        if what.is_empty() { "nothing".to_string() } else { what.join(", ") }
+    )
 }

@@ -1,6 +1,7 @@
 //! Ground-truth scenes for end-to-end tests of tracking, zone and line rules: people cut
-//! out of real photos (the cached `grace_hopper.jpg` and `messi5.jpg`) move along scripted
-//! paths over a static background, are encoded once to H.264 and served over RTSP like a
+//! out of real photos (the cached `grace_hopper.jpg` and `messi5.jpg`) and vehicles cut out
+//! of a real camera frame (the city model's reference `vtest_frame0.png`) move along
+//! scripted paths over a static background, are encoded once to H.264 and served over RTSP like a
 //! camera ([`scene_media`]). Because the script is known, so is the truth: where every
 //! person is at every frame ([`Scene::truth_box`]), and so which lines they cross and which
 //! zones they are in, and when.
@@ -32,11 +33,14 @@ use super::rtsp::Media;
 /// sprites, placement): it is part of the cache file's name.
 const RENDER_VERSION: u32 = 1;
 
+/// The vehicles' source: vtest.avi's first frame, the default model's self-test image.
+const VEHICLES: &str = "vtest_frame0.png";
+
 /// x264 settings after `key-int-max`; part of the cache file's name.
 /// Quantizer 20 keeps the people sharp enough for the detector at these sizes.
 const X264: &str = "bframes=0 speed-preset=veryfast tune=zerolatency pass=quant quantizer=20 option-string=scenecut=0";
 
-/// A person cut out of a real photo.
+/// A person or vehicle cut out of a real picture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sprite {
     /// The whole of `grace_hopper.jpg` (512×600, a portrait).
@@ -45,6 +49,15 @@ pub enum Sprite {
     /// the detector gives him at scene sizes (at full size it draws x 82..446, y 65..328,
     /// arm and ball included; a cut-out that wide scored 0.4–0.9 with IoU 0.48–0.71).
     Messi,
+    /// The car parked at the top right of `vtest_frame0.png` (768×576), x 730..768,
+    /// y 43..97: the city model's box for it plus 2 px left and 7 px on top (its right side
+    /// is the frame's edge). The model calls it `car` at a sprite height of 0.32 (score
+    /// ≥ 0.66 at every x along y = 0.60 or 0.68; other heights and rows dip to 0.5).
+    Car,
+    /// The van parked beside it, x 652..724, y 45..102: `truck` to the city model at a
+    /// sprite height of 0.20 (score ≥ 0.73 along y = 0.60–0.70, except x ≤ 0.13, where
+    /// the frame's edge clips it; larger, it flickers between `truck` and `car`).
+    Van,
 }
 
 impl Sprite {
@@ -53,7 +66,29 @@ impl Sprite {
         match self {
             Sprite::Grace => ("grace_hopper.jpg", [0, 0, 512, 600]),
             Sprite::Messi => ("messi5.jpg", [155, 78, 255, 232]),
+            Sprite::Car => (VEHICLES, [730, 43, 38, 54]),
+            Sprite::Van => (VEHICLES, [652, 45, 72, 57]),
         }
+    }
+
+    /// Where the source file is: the media folder, or beside the default model (whose
+    /// reference frame the vehicles come from).
+    fn file(self) -> anyhow::Result<std::path::PathBuf> {
+        let (name, _) = self.source();
+        if name != VEHICLES {
+            return media_file(name);
+        }
+        // Tests and benchmarks run from elsewhere in the workspace this was built in.
+        let built_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let dir = match super::default_manifest() {
+            Ok(m) => m.parent().map(std::path::Path::to_path_buf).unwrap_or_default(),
+            Err(_) => built_in.join(super::DEFAULT_MODEL),
+        };
+        let path = dir.join("reference").join(name);
+        if !path.is_file() {
+            bail!("{} is missing (the default model's reference frame)", path.display());
+        }
+        Ok(path)
     }
 
     /// Width / height of the cut-out; known without loading it, so the truth is pure.
@@ -64,8 +99,8 @@ impl Sprite {
 
     /// The cut-out's pixels.
     pub fn load(self) -> anyhow::Result<RgbImage> {
-        let (name, [x, y, w, h]) = self.source();
-        let path = media_file(name)?;
+        let (_, [x, y, w, h]) = self.source();
+        let path = self.file()?;
         let img = image::open(&path).with_context(|| format!("reading {}", path.display()))?.to_rgb8();
         if img.width() < x + w || img.height() < y + h {
             bail!("{} is {}×{}, too small for the {self:?} sprite", path.display(), img.width(), img.height());
@@ -158,6 +193,35 @@ pub fn standard_scene() -> Scene {
                 height: 0.35,
                 path: vec![(20.0, 0.88, 0.95), (22.0, 0.65, 0.95), (32.0, 0.65, 0.95), (34.0, 0.88, 0.95)],
             },
+        ],
+    }
+}
+
+/// The city scene, 640×480 at 10 fps, 33 s: two vehicles and a person cross the frame
+/// one after another, each appearing more than 3 s after the last one left (a vehicle
+/// passing just above a person lowers both scores, and a track still waiting to be
+/// declared lost must not take over the next road user).
+///
+/// - 0 Car (`car`), height 0.32, drives east along y = 0.68 from x = 0.1 (t = 1 s) to
+///   x = 0.9 (t = 9 s): crosses x = 0.5 at t = 5 s.
+/// - 1 Van (`truck`), height 0.20, drives west along y = 0.62 from x = 0.85 (t = 12.5 s)
+///   to x = 0.15 (t = 19.5 s): crosses x = 0.5 at t = 16 s.
+/// - 2 Messi (`person`), height 0.32, walks east along y = 0.95 from x = 0.15 (t = 21 s)
+///   to x = 0.85 (t = 29 s): crosses x = 0.5 at t = 25 s.
+/// - From 29 s on: background only.
+///
+/// Both vehicles' reference points stay in y 0.5–0.75 (a road), the person's in
+/// y 0.85–1.0 (a pavement).
+pub fn city_scene() -> Scene {
+    Scene {
+        width: 640,
+        height: 480,
+        fps: 10,
+        duration: 33.0,
+        actors: vec![
+            Actor { sprite: Sprite::Car, height: 0.32, path: vec![(1.0, 0.1, 0.68), (9.0, 0.9, 0.68)] },
+            Actor { sprite: Sprite::Van, height: 0.20, path: vec![(12.5, 0.85, 0.62), (19.5, 0.15, 0.62)] },
+            Actor { sprite: Sprite::Messi, height: 0.32, path: vec![(21.0, 0.15, 0.95), (29.0, 0.85, 0.95)] },
         ],
     }
 }
@@ -491,6 +555,27 @@ mod tests {
         let b = crossings(&s, 1);
         assert!(b.len() == 1 && close(b[0].0, 10.0) && !b[0].1, "B: {b:?}");
         assert!(crossings(&s, 2).is_empty());
+    }
+
+    #[test]
+    fn line_truth_of_the_city_scene() {
+        let s = city_scene();
+        let car = crossings(&s, 0);
+        assert!(car.len() == 1 && close(car[0].0, 5.0) && car[0].1, "car: {car:?}");
+        let van = crossings(&s, 1);
+        assert!(van.len() == 1 && close(van[0].0, 16.0) && !van[0].1, "van: {van:?}");
+        let person = crossings(&s, 2);
+        assert!(person.len() == 1 && close(person[0].0, 25.0) && person[0].1, "person: {person:?}");
+        // One at a time, and inside the frame.
+        for i in 0..s.frames() {
+            let t = s.time(i);
+            let seen: Vec<[f32; 4]> = (0..3).filter_map(|a| s.truth_box(a, t)).collect();
+            assert!(seen.len() <= 1, "t = {t}: {seen:?}");
+            for [x, y, w, h] in seen {
+                assert!(x >= 0.0 && y >= 0.0 && x + w <= 1.0 && y + h <= 1.0, "t = {t}: {x} {y} {w} {h}");
+            }
+        }
+        assert_eq!(s.script_end(), 29.0);
     }
 
     #[test]

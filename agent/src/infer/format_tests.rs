@@ -268,18 +268,36 @@ fn manifest_input_options_are_checked_together() {
 }
 
 #[test]
-fn default_model_passes_its_reference_self_test_and_a_wrong_expectation_fails() {
+fn city_model_matches_its_sha256_and_finds_people_and_vehicles_in_its_reference_frame() {
+    // Loading checks the committed model.onnx and labels.txt against the manifest's sha256s.
+    let spec = ModelSpec::load(&manifest("../ssd-mobilenetv2-coco")).expect("city manifest");
+    assert_eq!(spec.input.dtype, crate::infer::model::DType::Uint8);
+    assert_eq!((spec.labels.len(), spec.labels[0].as_str(), spec.labels[2].as_str()), (90, "person", "car"));
+    let t = spec.self_test.as_ref().expect("the shipped model carries a self-test");
+    let labels: Vec<&str> = t.expect.iter().map(|e| e.label.as_str()).collect();
+    assert_eq!(labels, ["person", "person", "car", "car"], "people and vehicles both expected");
+    let mut det = detector(&spec).expect("city model");
+    det.self_test().expect("the reference frame gives two people, the car and the van");
+    let img = image::open(&t.image).expect("reference frame").to_rgb8();
+    let frames = det.image_frames(&img, 1, 0.5);
+    let found = det.detect(&frames).expect("detect").remove(0);
+    let strong = |c: u32| found.iter().filter(|d| d.class_id == c && d.score >= 0.5).count();
+    assert!(strong(0) >= 3 && strong(2) == 2, "people and the two parked vehicles: {found:?}");
+}
+
+#[test]
+fn person_model_passes_its_reference_self_test_and_a_wrong_expectation_fails() {
     let path = manifest("../ssdlite-mobilenetv2-person");
-    let spec = ModelSpec::load(&path).expect("default manifest");
+    let spec = ModelSpec::load(&path).expect("person manifest");
     assert!(spec.self_test.is_some(), "the shipped model carries a self-test");
-    let mut det = detector(&spec).expect("default model");
+    let mut det = detector(&spec).expect("person model");
     det.self_test().expect("the reference image gives the expected people");
     // The same image, expecting a person where there is none.
     let mut wrong = spec.clone();
     if let Some(t) = wrong.self_test.as_mut() {
         t.expect[0].bbox = [0.9, 0.0, 0.05, 0.05];
     }
-    let mut det = detector(&wrong).expect("default model");
+    let mut det = detector(&wrong).expect("person model");
     match det.self_test() {
         Err(InferError::SelfTest { message, .. }) => assert!(message.contains("expected person"), "{message}"),
         other => panic!("expected a self-test failure, got {:?}", other.err()),

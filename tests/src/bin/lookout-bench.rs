@@ -9,7 +9,7 @@
 //!
 //! `scripts/bench.sh` runs the set recorded in docs/BENCHMARKS.md.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -77,6 +77,9 @@ enum Cmd {
         /// Analysed fps.
         #[arg(long, default_value_t = 5.0)]
         fps: f64,
+        /// The model's manifest; default: the agent's default (COCO) model.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
     },
     /// Encoding one snapshot from a 768×576 I420 frame (the vtest frame), as the event
     /// stage does when a track's best frame improves.
@@ -126,7 +129,10 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(bench_streams(streams, fps, warmup, seconds))
         }
-        Cmd::Events { fps } => tokio::runtime::Runtime::new()?.block_on(vtest_events(fps)),
+        Cmd::Events { fps, manifest } => {
+            let manifest = manifest.unwrap_or_else(city_manifest);
+            tokio::runtime::Runtime::new()?.block_on(vtest_events(fps, &manifest))
+        }
         Cmd::Snapshot { max_side, iterations } => bench_snapshot(&max_side, iterations),
         Cmd::Ingest { streams, warmup, seconds } => bench_ingest(streams, warmup, seconds),
         Cmd::Console { streams, fps, warmup, seconds, rounds } => bench_console(streams, fps, warmup, seconds, rounds),
@@ -393,7 +399,7 @@ points = [[0.5, 0.0], [0.5, 1.0]]
 directions = ["east", "west"]
 "#;
 
-async fn vtest_events(fps: f64) -> anyhow::Result<()> {
+async fn vtest_events(fps: f64, manifest: &Path) -> anyhow::Result<()> {
     use std::collections::{BTreeMap, BTreeSet};
     let units = std::sync::Arc::new(clip(Codec::H264)?);
     let pass = Duration::from_secs_f64(units.len() as f64 / 10.0);
@@ -405,7 +411,9 @@ async fn vtest_events(fps: f64) -> anyhow::Result<()> {
     let dir = scratch("bench-events");
     let config =
         write_config(&dir, &broker.url(), &[Cam { id: "vtest", url: server.url("/vtest"), fps, min_score: 0.5 }])?;
-    std::fs::write(&config, std::fs::read_to_string(&config)? + VTEST_RULES)?;
+    let text = std::fs::read_to_string(&config)?;
+    let text = text.replace(&person_manifest().display().to_string(), &manifest.display().to_string());
+    std::fs::write(&config, text + VTEST_RULES)?;
     let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/vtest/#").await?;
     let agent = AgentProcess::start(&config)?;
     // One pass from the agent's first frame; the clip loops after that.
@@ -422,8 +430,12 @@ async fn vtest_events(fps: f64) -> anyhow::Result<()> {
     let mut tracks = BTreeSet::new();
     let mut crossings: BTreeMap<String, usize> = BTreeMap::new();
     let mut dwell = Vec::new();
+    let mut objects: BTreeMap<String, usize> = BTreeMap::new();
     for r in all.iter().filter(|r| r.topic.ends_with("/events")) {
         let ty = r.json["type"].as_str().unwrap_or("?").to_string();
+        if ty == "object.new" {
+            *objects.entry(r.json["object"]["class"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        }
         if let Some(t) = r.json["object"]["track_id"].as_u64() {
             tracks.insert(t);
         }
@@ -439,12 +451,17 @@ async fn vtest_events(fps: f64) -> anyhow::Result<()> {
     let snapshot_bytes: usize = all.iter().filter(|r| r.topic.contains("/snapshots/")).map(|r| r.payload.len()).sum();
     let counts = all.iter().filter(|r| r.topic.ends_with("/counts")).count();
     dwell.sort_by(f64::total_cmp);
-    println!("vtest clip, one pass ({:.1} s) at {fps} analysed fps, line \"middle\" at x = 0.5:", pass.as_secs_f64());
+    let model = manifest.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy()).unwrap_or_default();
+    println!(
+        "vtest clip, one pass ({:.1} s) at {fps} analysed fps, model {model}, line \"middle\" at x = 0.5:",
+        pass.as_secs_f64()
+    );
     println!("| event type | count |\n|---|---|");
     for (t, n) in &per_type {
         println!("| {t} | {n} |");
     }
     println!("tracks: {}; crossings: {crossings:?}; counts messages: {counts}", tracks.len());
+    println!("objects per class: {objects:?}");
     if !dwell.is_empty() {
         println!("dwell seconds per object: median {:.1}, max {:.1}", dwell[dwell.len() / 2], dwell[dwell.len() - 1]);
     }

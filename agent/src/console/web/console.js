@@ -7,6 +7,10 @@ const GRID_FRAME_MS = 2000;    // a visible tile asks for a new frame this often
 const CAMERA_FRAME_MS = 700;   // the camera page's live view
 const STATE_MS = 3000;         // camera states and fps
 const COLORS = ["#ffb000", "#00d0ff", "#ff5fa0", "#8cff66", "#c79bff", "#ff7b39"];
+// Boxes are coloured by class, so people and vehicles read apart at a glance; class id 0
+// (person in the bundled models) gets the first colour.
+const CLASS_COLORS = ["#ffb000", "#00d0ff", "#ff5fa0", "#8cff66", "#c79bff", "#ff7b39", "#ffffff", "#3cb4ff"];
+const classColor = (id) => CLASS_COLORS[(id >>> 0) % CLASS_COLORS.length];
 
 const main = document.getElementById("main");
 const summary = document.getElementById("summary");
@@ -84,9 +88,12 @@ function drawOverlay(canvas, img, info, boxes) {
     ctx.fillText(`${l.name} → ${l.directions[0]}`, mx + nx * a + 4, my + ny * a + 4);
   }
   for (const b of boxes || []) {
-    const color = b.track_id == null ? "#aaaaaa" : COLORS[b.track_id % COLORS.length];
+    // Not (yet) tracked: dashed, so confirmed objects stand out.
+    const color = classColor(b.class_id);
     ctx.strokeStyle = color;
+    ctx.setLineDash(b.track_id == null ? [4, 3] : []);
     ctx.strokeRect(X(b.x), Y(b.y), b.w * iw, b.h * ih);
+    ctx.setLineDash([]);
     const label = `${b.class} ${b.score.toFixed(2)}${b.track_id == null ? "" : " #" + (b.track_id % 1000000)}`;
     const tw = ctx.measureText(label).width + 6, th = small ? 14 : 17;
     const ty = Y(b.y) - th < oy ? Y(b.y) : Y(b.y) - th;
@@ -261,7 +268,8 @@ function countsChart(msgs) {
     for (const [line, dirs] of Object.entries(m.lines || {}))
       for (const [dir, n] of Object.entries(dirs)) push(`${line} ${dir}`, t, n);
     for (const [zone, z] of Object.entries(m.zones || {})) push(`${zone} occupancy`, t, z.occupancy);
-    push("people present", t, Object.values(m.classes || {}).reduce((a, b) => a + b, 0));
+    // Per class, only classes seen at least once (a COCO model has 80).
+    for (const [cls, n] of Object.entries(m.classes || {})) if (n > 0 || series.has(`${cls} present`)) push(`${cls} present`, t, n);
   }
   function push(k, t, v) { if (!series.has(k)) series.set(k, []); series.get(k).push([t, v]); }
   const now = Date.now(), t0 = now - 3600e3;
@@ -281,7 +289,7 @@ function countsChart(msgs) {
     pl.setAttribute("fill", "none"); pl.setAttribute("stroke", color); pl.setAttribute("stroke-width", "2");
     svg.append(pl);
     legend.append(el("span", { style: `color:${color}`, textContent: `■ ${name}` }));
-    const occupancy = name.endsWith("occupancy") || name === "people present";
+    const occupancy = name.endsWith("occupancy") || name.endsWith(" present");
     const total = occupancy ? Math.max(...pts.map(([, v]) => v)) : pts.reduce((a, [, v]) => a + v, 0);
     totals.append(el("tr", {}, el("th", { textContent: name }), el("td", { textContent: `${occupancy ? "max" : "total"} ${total}` })));
   });
