@@ -2,6 +2,7 @@
 //! (ONNX Runtime through `ort`), MQTT messages out. See ARCHITECTURE.md for the flow.
 
 pub mod agent;
+pub mod camera;
 pub mod cli;
 pub mod config;
 pub mod console;

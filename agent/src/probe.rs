@@ -17,8 +17,8 @@ use gstreamer_app as gst_app;
 
 use crate::config::{InferenceConfig, Transport};
 use crate::infer::Detector;
+use crate::infer::detection::Detection;
 use crate::infer::model::ModelSpec;
-use crate::infer::ssd::Detection;
 
 pub struct ProbeOptions {
     pub url: String,

@@ -641,7 +641,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         }
         if let Some(f) = t.opt::<String>(&mut issues, "ca_file") {
             let path = resolve_path(&base_dir, cwd, &f);
-            match crate::model::update::read_ca_file(&path) {
+            match read_ca_file(&path) {
                 Ok(_) => model_updates.ca_file = Some(path),
                 Err(e) => {
                     let s = t.raw("ca_file").map(|v| v.span());
@@ -1313,4 +1313,22 @@ fn read_lines(
         }
     }
     lines
+}
+
+/// The certificates of a PEM file (`[model_updates] ca_file`), read at load to refuse a bad one
+/// early and again by each download; at least one.
+pub fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{}: not PEM: {e}", path.display())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(certs)
 }

@@ -31,9 +31,9 @@ use serde_json::json;
 use tracing::warn;
 
 use super::{CameraConsole, ConsoleHub};
+use crate::camera::CameraCtx;
 use crate::event::{ModelOut, rfc3339_millis};
-use crate::source::CameraCtx;
-use crate::telemetry::http::Health;
+use crate::telemetry::health::Health;
 
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/console.js");
@@ -422,7 +422,7 @@ async fn snapshot(State(c): State<Shared>, Path((id, snap)): Path<(String, Strin
 async fn status(State(c): State<Shared>) -> Response {
     let h = &c.health;
     let cams = h.camera_list();
-    let streaming = cams.iter().filter(|x| x.state().0 == crate::source::CameraState::Streaming).count();
+    let streaming = cams.iter().filter(|x| x.state().0 == crate::camera::CameraState::Streaming).count();
     let o = h.delivery.outbox().stats();
     let s = &h.delivery.stats;
     let models: Vec<ModelOut> = c.hub.models();

@@ -4,7 +4,7 @@
 //! [`ConsoleHub`] keeps per camera only bounded, recent things:
 //!
 //! - the latest two analysed frames **while the camera is watched** (its frame was asked
-//!   for within [`WATCH_WINDOW`]): a reference to the decoded buffer (no copy) and the
+//!   for within [`crate::camera::WATCH_WINDOW`]): a reference to the decoded buffer (no copy) and the
 //!   boxes with track ids. The JPEG is encoded lazily, once per frame, by the first
 //!   request for it (`event::snapshot::encode`, the agent's one encoder); boxes, zones and
 //!   lines are drawn by the browser. While nobody watches, the hot path costs a clock read
@@ -22,21 +22,19 @@
 pub mod http;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::camera::{CameraCtx, Original};
 use crate::event::ModelOut;
 use crate::event::snapshot::{self, Jpeg};
 use crate::infer::Analysed;
 use crate::rules::RulesConfig;
-use crate::source::{CameraCtx, Original};
 use crate::track::Track;
 
-/// A camera is watched while its frame was asked for this recently.
-pub const WATCH_WINDOW: Duration = Duration::from_secs(10);
 /// Event messages kept per camera.
 pub const MAX_EVENTS: usize = 50;
 /// Snapshots (of kept events) kept per camera, and their total size.
@@ -51,36 +49,6 @@ pub const FRAME_QUALITY: u8 = 75;
 /// Analysed frames held per watched camera: the latest and the one before, so a browser
 /// that read a frame's boxes can still fetch that frame's JPEG when the next one arrived.
 const FRAMES_HELD: usize = 2;
-
-fn process_epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// When a camera's live frame was last asked for. Lives on `CameraCtx` so the inference
-/// worker and the event stage can check it with one atomic load, on a monotonic clock
-/// (a wall-clock step must not leave a camera watched for hours).
-#[derive(Debug, Default)]
-pub struct Watch {
-    /// Milliseconds since the process epoch, plus one (0: never asked).
-    last_ms: AtomicU64,
-    /// The hub holds frames of this camera (to release them once nobody watches).
-    held: AtomicBool,
-}
-
-impl Watch {
-    /// Someone asked for the camera's live frame.
-    pub fn touch(&self) {
-        let ms = process_epoch().elapsed().as_millis() as u64 + 1;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    pub fn is_watched(&self) -> bool {
-        let last = self.last_ms.load(Ordering::Relaxed);
-        last != 0
-            && (process_epoch().elapsed().as_millis() as u64 + 1).saturating_sub(last) < WATCH_WINDOW.as_millis() as u64
-    }
-}
 
 /// `x` with at most 4 decimals, as in the messages (f32s print their binary noise).
 fn r4(x: f32) -> f64 {
@@ -395,7 +363,7 @@ impl ConsoleHub {
             .iter()
             .filter_map(|d| {
                 let track_id = tracks.iter().find(|tr| tr.bbox == d.bbox && tr.class_id == d.class_id).map(|tr| tr.id);
-                (d.score >= a.camera.min_score || track_id.is_some()).then(|| BoxView {
+                (d.score >= a.camera.scores.report || track_id.is_some()).then(|| BoxView {
                     class: a
                         .labels
                         .get(d.class_id as usize)

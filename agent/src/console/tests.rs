@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::event::stage::{CameraEvents, CameraSpec};
 use crate::event::{ModelOut, Topics};
-use crate::infer::ssd::{BBox, Detection};
+use crate::infer::detection::{BBox, Detection};
 use crate::rules::geometry::Point;
 use crate::rules::{LineRule, RulesConfig, ZoneRule};
 
@@ -38,7 +38,7 @@ fn rules() -> RulesConfig {
 }
 
 fn original() -> Original {
-    crate::source::test_original()
+    crate::camera::test_original()
 }
 
 fn person(x: f32, score: f32) -> Detection {
@@ -63,7 +63,7 @@ fn analysed(cam: &Arc<CameraCtx>, s: f64, detections: Vec<Detection>) -> Analyse
 fn stage() -> CameraEvents {
     let spec = CameraSpec {
         id: "cam".into(),
-        min_score: 0.5,
+        scores: crate::camera::ScoreThresholds::new(0.5),
         lost_after: Duration::from_secs(5),
         count_interval: Duration::from_secs(60),
         rules: rules(),
@@ -79,14 +79,6 @@ fn hub_with_camera() -> (ConsoleHub, Arc<CameraCtx>) {
     let hub = ConsoleHub::new();
     hub.add_camera("cam", CameraInfo::new(model(), &labels(), &rules()));
     (hub, Arc::new(CameraCtx::new("cam", 0.5)))
-}
-
-#[test]
-fn a_camera_is_watched_only_after_its_frame_was_asked_for() {
-    let w = Watch::default();
-    assert!(!w.is_watched());
-    w.touch();
-    assert!(w.is_watched());
 }
 
 #[test]

@@ -10,10 +10,11 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::camera::CameraCtx;
 use crate::config::CameraConfig;
 use crate::event::AgentInfo;
 use crate::infer::ModelStats;
-use crate::source::CameraCtx;
+use crate::model::store::ModelVersion;
 
 /// Where a running camera's settings come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,15 +34,6 @@ pub struct CameraEntry {
     pub ctx: Arc<CameraCtx>,
     pub config: CameraConfig,
     pub origin: Origin,
-}
-
-/// One installed version of a model.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ModelVersion {
-    pub version: String,
-    pub sha256: String,
-    /// "config" (the manifest named in the config file) or "update" (installed by `model.update`).
-    pub source: &'static str,
 }
 
 #[derive(Clone)]

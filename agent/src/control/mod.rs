@@ -15,6 +15,15 @@ use serde_json::{Map, Value, json};
 use command::{Command, Reply, Request};
 use fleet::Fleet;
 
+/// Commands waiting for the supervisor; when full, a new one is refused as `busy`.
+pub const CONTROL_QUEUE: usize = 16;
+
+/// A mutating command and where its reply goes.
+pub struct ControlRequest {
+    pub request: Request,
+    pub reply: tokio::sync::oneshot::Sender<Reply>,
+}
+
 /// Answers `camera.list` and `model.list`; anything else is the supervisor's.
 pub fn handle_read(req: &Request, fleet: &Fleet) -> Reply {
     let id = req.request_id.as_str();

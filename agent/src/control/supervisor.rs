@@ -22,27 +22,23 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::ControlRequest;
 use super::command::{Command, Reply, Request};
-use super::fleet::{CameraEntry, Fleet, ModelEntry, ModelVersion, Origin};
+use super::fleet::{CameraEntry, Fleet, ModelEntry, Origin};
 use super::overlay::Overlay;
-use crate::agent::EventsCtl;
+use crate::camera::CameraCtx;
 use crate::config::{CameraConfig, Config};
 use crate::event::ModelOut;
 use crate::event::Topics;
 use crate::event::stage::{CameraEvents, CameraSpec};
+use crate::event::thread::EventsCtl;
 use crate::infer::model::ModelSpec;
 use crate::infer::queue::FrameQueue;
 use crate::infer::{self, Analysed, Detector, InferError, ModelStats, ModelSwap};
-use crate::model::store::{ModelState, ModelStore, StoredVersion, compare_versions};
+use crate::model::store::{ModelState, ModelStore, ModelVersion, StoredVersion, compare_versions};
 use crate::model::update::{self, Installed, KnownModel};
-use crate::source::{self, CameraCtx, FrameFormat};
+use crate::source::{self, FrameFormat};
 use crate::telemetry::Liveness;
-
-/// A mutating command and where its reply goes.
-pub struct ControlRequest {
-    pub request: Request,
-    pub reply: oneshot::Sender<Reply>,
-}
 
 /// What the supervisor wires new cameras and models into.
 pub struct Deps {
@@ -402,7 +398,7 @@ impl Supervisor {
         let stage = CameraEvents::new(
             CameraSpec {
                 id: cam.id.clone(),
-                min_score,
+                scores: ctx.scores,
                 lost_after: cam.lost_after,
                 count_interval: cam.count_interval,
                 rules: cam.rules.clone(),

@@ -7,13 +7,14 @@ use std::time::SystemTime;
 
 pub mod snapshot;
 pub mod stage;
+pub mod thread;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::infer::Analysed;
-use crate::infer::ssd::BBox;
+use crate::infer::detection::BBox;
 
 /// `schema` of the per-frame detections message.
 pub const DETECTIONS_SCHEMA: &str = "lookout.detections/1";
@@ -159,7 +160,7 @@ pub fn detections_message(a: &Analysed, site: &str, agent: &str, seq: u64) -> Ve
         detections: a
             .detections
             .iter()
-            .filter(|d| d.score >= a.camera.min_score)
+            .filter(|d| d.score >= a.camera.scores.report)
             .map(|d| DetectionOut {
                 class: a.labels.get(d.class_id as usize).map(String::as_str).unwrap_or("unknown"),
                 class_id: d.class_id,
@@ -541,8 +542,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::infer::ssd::Detection;
-    use crate::source::CameraCtx;
+    use crate::camera::CameraCtx;
+    use crate::infer::detection::Detection;
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_milliseconds() {

@@ -20,11 +20,11 @@ use serde_json::{Value, json};
 
 use super::stage::{CameraEvents, CameraSpec, Outgoing};
 use super::*;
+use crate::camera::{CameraCtx, Original};
 use crate::config::SnapshotPolicy;
-use crate::infer::ssd::Detection;
+use crate::infer::detection::Detection;
 use crate::rules::geometry::Point;
 use crate::rules::{LineRule, ReferencePoint, RulesConfig, ZoneRule};
-use crate::source::{CameraCtx, Original};
 
 const SITE: &str = "site-1";
 const AGENT: &str = "gw-1";
@@ -219,7 +219,7 @@ fn camera_spec() -> CameraSpec {
     let p = Point::new;
     CameraSpec {
         id: CAMERA.into(),
-        min_score: 0.5,
+        scores: crate::camera::ScoreThresholds::new(0.5),
         lost_after: Duration::from_secs(2),
         count_interval: Duration::from_secs(12),
         rules: RulesConfig {
@@ -256,7 +256,7 @@ fn person(x: f32, y: f32, score: f32) -> Detection {
 }
 
 fn original() -> Original {
-    crate::source::test_original()
+    crate::camera::test_original()
 }
 
 fn frame(cam: &Arc<CameraCtx>, s: f64, detections: Vec<Detection>) -> Analysed {
@@ -305,7 +305,7 @@ fn scene() -> Vec<Published> {
     for (s, dets) in frames {
         let a = frame(&cam, s, dets);
         // As the agent's event stage: the frame's detections, then what the stage makes of it.
-        if a.detections.iter().any(|d| d.score >= a.camera.min_score) {
+        if a.detections.iter().any(|d| d.score >= a.camera.scores.report) {
             let topic = outbox.topics.detections(CAMERA);
             outbox.append(topic, |seq| detections_message(&a, SITE, AGENT, seq));
         }

@@ -9,7 +9,7 @@ use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 use image::ImageEncoder;
 
-use crate::source::Original;
+use crate::camera::Original;
 
 /// An encoded snapshot.
 #[derive(Debug, Clone, PartialEq)]

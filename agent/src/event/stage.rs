@@ -20,9 +20,10 @@ use super::{
     BBoxOut, COUNTS_SCHEMA, CountsMessage, EVENT_SCHEMA, EventMessage, IntervalOut, LineOut, ModelOut, ObjectOut,
     SnapshotRef, Topics, ZoneCountOut, ZoneOut, new_id, rfc3339_millis, round, to_json,
 };
+use crate::camera::ScoreThresholds;
 use crate::config::SnapshotPolicy;
 use crate::infer::Analysed;
-use crate::infer::ssd::BBox;
+use crate::infer::detection::BBox;
 use crate::rules::{Kind, ObjectView, RuleEvent, Rules, RulesConfig};
 use crate::track::{TrackEvent, Tracker, TrackerConfig};
 
@@ -36,7 +37,7 @@ pub const SNAPSHOT_MIN_GAIN: f32 = 0.02;
 #[derive(Debug, Clone)]
 pub struct CameraSpec {
     pub id: String,
-    pub min_score: f32,
+    pub scores: ScoreThresholds,
     pub lost_after: Duration,
     pub count_interval: Duration,
     pub rules: RulesConfig,
@@ -142,8 +143,8 @@ impl CameraEvents {
     /// `now` starts the first counting interval.
     pub fn new(spec: CameraSpec, site: &str, agent: &str, topics: Topics, now: SystemTime) -> Self {
         let tc = TrackerConfig {
-            high: spec.min_score,
-            low: spec.min_score * crate::track::LOW_SCORE_FRACTION,
+            high: spec.scores.report,
+            low: spec.scores.track_floor,
             lost_after: spec.lost_after,
             ..TrackerConfig::default()
         };
@@ -401,7 +402,7 @@ impl CameraEvents {
     }
 
     /// A snapshot of `original` per the camera's policy; a failure is logged once per camera.
-    fn encode(&mut self, original: &crate::source::Original) -> Option<Arc<Jpeg>> {
+    fn encode(&mut self, original: &crate::camera::Original) -> Option<Arc<Jpeg>> {
         let p = self.spec.snapshots;
         match snapshot::encode(original, p.max_side, p.quality) {
             Ok(j) => Some(Arc::new(j)),

@@ -1,10 +1,11 @@
 //! Decoders for the output formats other than `ssd-decoded` (see [`super::ssd`]):
 //! TF Object Detection API whole-graph exports and Ultralytics YOLO heads. Each takes
 //! one image's slice of the outputs and returns detections normalised to the frame,
-//! highest score first. Scores at or above `min_score` pass (as in `ssd`).
+//! highest score first. Scores at or above `score_floor` pass (as in `ssd`).
 
+use super::detection::{BBox, Detection, clip};
 use super::letterbox::Placement;
-use super::ssd::{BBox, Detection, NmsParams, clip, nms_per_class};
+use super::ssd::{NmsParams, nms_per_class};
 
 /// TF Object Detection API post-processed outputs for one image: `boxes` `K x 4`
 /// (ymin, xmin, ymax, xmax normalised to the input), `scores` and `classes` `K`
@@ -26,7 +27,7 @@ pub fn tfod(
     let mut out: Vec<Detection> = (0..valid)
         .filter_map(|k| {
             let score = scores[k];
-            if score < p.min_score || score.is_nan() {
+            if score < p.score_floor || score.is_nan() {
                 return None;
             }
             let id = classes[k].round();
@@ -54,7 +55,7 @@ pub fn yolov8(out: &[f32], classes: usize, anchors: usize, place: &Placement, p:
     let cands = (0..anchors)
         .filter_map(|a| {
             let (class, score) = best((0..classes).map(|c| at(4 + c, a)))?;
-            if score < p.min_score {
+            if score < p.score_floor {
                 return None;
             }
             Some(Detection { class_id: class, score, bbox: corners(place, at(0, a), at(1, a), at(2, a), at(3, a)) })
@@ -77,7 +78,7 @@ pub fn yolov5(out: &[f32], classes: usize, anchors: usize, place: &Placement, p:
         .filter_map(|r| {
             let (class, prob) = best(r[5..].iter().copied())?;
             let score = r[4] * prob;
-            if score < p.min_score || score.is_nan() {
+            if score < p.score_floor || score.is_nan() {
                 return None;
             }
             Some(Detection { class_id: class, score, bbox: corners(place, r[0], r[1], r[2], r[3]) })
@@ -100,7 +101,7 @@ fn corners(place: &Placement, cx: f32, cy: f32, w: f32, h: f32) -> BBox {
 mod tests {
     use super::*;
 
-    const P: NmsParams = NmsParams { min_score: 0.5, iou: 0.5, max_detections: 10 };
+    const P: NmsParams = NmsParams { score_floor: 0.5, iou: 0.5, max_detections: 10 };
 
     fn close(d: &Detection, class_id: u32, score: f32, b: [f32; 4]) -> bool {
         d.class_id == class_id

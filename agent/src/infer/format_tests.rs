@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::detection::Detection;
 use super::model::{DType, Layout, ModelError, ModelSpec, OutputSpec, Resize};
-use super::ssd::Detection;
 use super::{Detector, InferError, InputBatch};
+use crate::camera::{CameraCtx, Frame};
 use crate::config::InferenceConfig;
-use crate::source::{CameraCtx, Frame};
 
 fn manifest(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/testdata").join(name).join("manifest.toml")
@@ -34,7 +34,7 @@ fn detector(spec: &ModelSpec) -> Result<Detector, InferError> {
 fn frame(native_w: u32, native_h: u32, w: u32, h: u32, value: u8, floor: f32) -> Frame {
     Frame {
         slot: 0,
-        camera: Arc::new(CameraCtx::new("cam", floor / crate::track::LOW_SCORE_FRACTION)),
+        camera: Arc::new(CameraCtx::new("cam", floor / crate::camera::LOW_SCORE_FRACTION)),
         pts_ns: 0,
         captured: SystemTime::UNIX_EPOCH,
         native_width: native_w,

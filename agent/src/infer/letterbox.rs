@@ -10,7 +10,7 @@
 //! the content size is copied as is. Either way the content rectangle shows the whole
 //! frame, so [`Placement::to_frame`] maps boxes back exactly.
 
-use super::ssd::BBox;
+use super::detection::BBox;
 
 /// Where the frame's content sits in the model input, in input pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::source::Frame;
+use crate::camera::Frame;
 
 struct State {
     /// Indexed by camera slot number; `None` when the camera has nothing new.
@@ -149,7 +149,7 @@ impl Default for FrameQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::test_frame;
+    use crate::camera::test_frame;
 
     fn cams(b: &[Frame]) -> Vec<usize> {
         b.iter().map(|f| f.slot).collect()

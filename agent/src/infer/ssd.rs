@@ -7,47 +7,15 @@
 //! suppressed by a higher-scoring box of its class, which passes any threshold the
 //! lower one passes. `decode` is checked against TF's own detections in the tests.
 
-use serde::Serialize;
-
+use super::detection::{BBox, Detection, clip};
 use super::letterbox::Placement;
-
-/// A box normalised to [0, 1] of the frame, origin top-left.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct BBox {
-    pub x: f32,
-    pub y: f32,
-    pub w: f32,
-    pub h: f32,
-}
-
-impl BBox {
-    pub fn area(&self) -> f32 {
-        self.w.max(0.0) * self.h.max(0.0)
-    }
-
-    pub fn iou(&self, other: &BBox) -> f32 {
-        let x1 = self.x.max(other.x);
-        let y1 = self.y.max(other.y);
-        let x2 = (self.x + self.w).min(other.x + other.w);
-        let y2 = (self.y + self.h).min(other.y + other.h);
-        let inter = (x2 - x1).max(0.0) * (y2 - y1).max(0.0);
-        let union = self.area() + other.area() - inter;
-        if union <= 0.0 { 0.0 } else { inter / union }
-    }
-}
-
-/// One detected object. `class_id` indexes the model's labels (background excluded).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Detection {
-    pub class_id: u32,
-    pub score: f32,
-    pub bbox: BBox,
-}
 
 /// Post-processing knobs.
 #[derive(Debug, Clone, Copy)]
 pub struct NmsParams {
-    pub min_score: f32,
+    /// Candidates below this are dropped before NMS: the camera's tracking floor (or the
+    /// model's own threshold for stills), not the reporting threshold.
+    pub score_floor: f32,
     pub iou: f32,
     pub max_detections: usize,
 }
@@ -77,7 +45,7 @@ pub fn decode_placed(
         let mut cands: Vec<(f32, BBox)> = (0..anchors)
             .filter_map(|a| {
                 let s = scores[a * stride + 1 + class];
-                if s < p.min_score || s.is_nan() {
+                if s < p.score_floor || s.is_nan() {
                     return None;
                 }
                 let b = &boxes[a * 4..a * 4 + 4];
@@ -129,15 +97,6 @@ pub fn nms_per_class(mut cands: Vec<Detection>, p: &NmsParams) -> Vec<Detection>
     out
 }
 
-/// Clips to the frame; a box with nothing left inside it is dropped.
-pub fn clip(b: BBox) -> Option<BBox> {
-    let x1 = b.x.clamp(0.0, 1.0);
-    let y1 = b.y.clamp(0.0, 1.0);
-    let x2 = (b.x + b.w).clamp(0.0, 1.0);
-    let y2 = (b.y + b.h).clamp(0.0, 1.0);
-    (x2 > x1 && y2 > y1).then_some(BBox { x: x1, y: y1, w: x2 - x1, h: y2 - y1 })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,7 +128,7 @@ mod tests {
         // Two anchors, one class: anchor 0 is a person sticking out of the frame on the left.
         let boxes = [0.2, -0.1, 0.6, 0.3, 0.0, 0.0, 0.1, 0.1];
         let scores = [0.1, 0.9, 0.8, 0.2];
-        let d = decode(&boxes, &scores, 1, &NmsParams { min_score: 0.5, iou: 0.6, max_detections: 10 });
+        let d = decode(&boxes, &scores, 1, &NmsParams { score_floor: 0.5, iou: 0.6, max_detections: 10 });
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].class_id, 0);
         assert!((d[0].bbox.x - 0.0).abs() < 1e-6 && (d[0].bbox.w - 0.3).abs() < 1e-6);
@@ -219,7 +178,7 @@ mod tests {
         for name in ["grace_hopper", "messi5", "vtest_frame200"] {
             let (boxes, scores, expected) = fixture(name);
             assert_eq!(boxes.len(), 1917 * 4, "{name}");
-            let got = decode(&boxes, &scores, 1, &NmsParams { min_score: 0.3, iou: 0.6, max_detections: 100 });
+            let got = decode(&boxes, &scores, 1, &NmsParams { score_floor: 0.3, iou: 0.6, max_detections: 100 });
             assert_eq!(got.len(), expected.len(), "{name}: {got:?} vs {expected:?}");
             for (g, (score, bbox)) in got.iter().zip(&expected) {
                 assert!((g.score - score).abs() < 1e-4, "{name}: score {} vs {score}", g.score);
@@ -233,7 +192,7 @@ mod tests {
         // Same box, two classes: both survive because NMS runs per class.
         let boxes = [0.1, 0.1, 0.5, 0.5];
         let scores = [0.0, 0.9, 0.8];
-        let d = decode(&boxes, &scores, 2, &NmsParams { min_score: 0.5, iou: 0.5, max_detections: 10 });
+        let d = decode(&boxes, &scores, 2, &NmsParams { score_floor: 0.5, iou: 0.5, max_detections: 10 });
         assert_eq!(d.iter().map(|d| d.class_id).collect::<Vec<_>>(), vec![0, 1]);
     }
 }

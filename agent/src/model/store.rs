@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::fleet::ModelVersion;
-
 pub const FORMAT: &str = "lookout.model-state/1";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -28,6 +26,15 @@ pub struct StoredVersion {
     pub version: String,
     pub sha256: String,
     pub source: String,
+}
+
+/// One installed version of a model.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ModelVersion {
+    pub version: String,
+    pub sha256: String,
+    /// "config" (the manifest named in the config file) or "update" (installed by `model.update`).
+    pub source: &'static str,
 }
 
 impl From<&ModelVersion> for StoredVersion {

@@ -26,7 +26,7 @@ use url::Url;
 
 use super::signature::{self, SignatureError};
 use super::store::{ModelStore, compare_versions, valid_version};
-use crate::config::ModelUpdatesConfig;
+use crate::config::{ModelUpdatesConfig, read_ca_file};
 
 /// The largest manifest or labels file accepted.
 const SMALL_FILE_MAX: u64 = 1 << 20;
@@ -547,23 +547,6 @@ fn describe(e: &ureq::Error) -> String {
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
         other => other.to_string(),
     }
-}
-
-/// The certificates of a PEM file (`[model_updates] ca_file`); at least one.
-pub fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(&pem) {
-        match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
-            Ok(_) => {}
-            Err(e) => return Err(format!("{}: not PEM: {e}", path.display())),
-        }
-    }
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in it", path.display()));
-    }
-    Ok(certs)
 }
 
 /// rustls with the aws-lc-rs provider the MQTT client already uses, trusting the system's

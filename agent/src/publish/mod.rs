@@ -38,10 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
 use crate::config::MqttConfig;
+use crate::control::ControlRequest;
 use crate::control::command::{self, NO_REQUEST_ID, Reply};
 use crate::control::fleet::Fleet;
 use crate::control::signed::CommandGuard;
-use crate::control::supervisor::ControlRequest;
 use crate::event::{Topics, camera_status_message, status_message};
 use outbox::{Outbox, OutboxError};
 
@@ -425,7 +425,7 @@ impl<'a> Connection<'a> {
                         Err(_) => Reply::error(
                             &id,
                             "busy",
-                            format!("{} changes are already waiting; try again later", crate::agent::CONTROL_QUEUE),
+                            format!("{} changes are already waiting; try again later", crate::control::CONTROL_QUEUE),
                         ),
                     }
                 }

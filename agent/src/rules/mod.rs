@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use geometry::{Point, contains, segments_intersect, side};
 
-use crate::infer::ssd::BBox;
+use crate::infer::detection::BBox;
 use crate::track::{Track, TrackEvent};
 
 /// Which point of a box stands for the object in zones and lines.

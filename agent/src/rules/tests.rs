@@ -1,5 +1,5 @@
 use super::*;
-use crate::infer::ssd::Detection;
+use crate::infer::detection::Detection;
 use crate::track::{Tracker, TrackerConfig};
 
 /// A person box whose bottom-centre is at (x, y).

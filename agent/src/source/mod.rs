@@ -9,9 +9,9 @@ mod gate;
 pub mod motion;
 mod pipeline;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -21,6 +21,7 @@ use tracing::{Instrument, info, warn};
 pub use gate::{Gate, GateVerdict, Sampler};
 pub use pipeline::FrameFormat;
 
+use crate::camera::{CameraCtx, CameraState};
 use crate::config::CameraConfig;
 use crate::infer::queue::FrameQueue;
 
@@ -132,209 +133,6 @@ impl Fault {
     }
 }
 
-/// Counters for one camera (exported as `lookout_*` metrics).
-#[derive(Debug, Default)]
-pub struct CameraStats {
-    /// Encoded frames received from the camera.
-    pub encoded_frames: AtomicU64,
-    /// Frames passed to the decoder.
-    pub decoded_frames: AtomicU64,
-    /// Decoded frames sampled for analysis.
-    pub sampled_frames: AtomicU64,
-    /// Sampled frames replaced by a newer one before the model took them.
-    pub replaced_frames: AtomicU64,
-    /// Sampled frames the motion gate kept from the model (nothing moved).
-    pub motion_skipped_frames: AtomicU64,
-    /// Frames the model analysed.
-    pub analysed_frames: AtomicU64,
-    /// Messages handed to the publisher.
-    pub messages: AtomicU64,
-    /// Pipeline (re)starts after a failure.
-    pub restarts: AtomicU64,
-}
-
-/// What the rest of the agent knows about a camera at run time.
-#[derive(Debug)]
-pub struct CameraCtx {
-    pub id: String,
-    /// Detections below this score are not reported.
-    pub min_score: f32,
-    pub stats: CameraStats,
-    native_size: AtomicU64,
-    /// Milliseconds since `epoch` at which the last encoded frame arrived.
-    last_data_ms: AtomicU64,
-    /// Milliseconds since `epoch` at which the decoder last put out a frame.
-    last_decoded_ms: AtomicU64,
-    epoch: Instant,
-    state: Mutex<(CameraState, Option<String>)>,
-    /// Capture time of the last sampled frame, ms since the Unix epoch (0: none yet).
-    last_frame_ms: AtomicU64,
-    /// Tracks (tentative ones included) the event stage holds for this camera: while
-    /// any, the motion gate lets every sampled frame through.
-    pub live_tracks: std::sync::atomic::AtomicUsize,
-    /// Console: whether someone is looking at this camera's live frame (issue 8).
-    pub watch: crate::console::Watch,
-}
-
-/// Where a camera is in its life (reported in its retained status message).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CameraState {
-    Starting,
-    Streaming,
-    /// Failed; retrying with back-off.
-    Reconnecting,
-    /// Failed in a way retrying cannot fix (e.g. a missing GStreamer plugin); still retried, slowly.
-    Failed,
-    Stopped,
-}
-
-impl CameraState {
-    pub const ALL: [CameraState; 5] = [
-        CameraState::Starting,
-        CameraState::Streaming,
-        CameraState::Reconnecting,
-        CameraState::Failed,
-        CameraState::Stopped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CameraState::Starting => "starting",
-            CameraState::Streaming => "streaming",
-            CameraState::Reconnecting => "reconnecting",
-            CameraState::Failed => "failed",
-            CameraState::Stopped => "stopped",
-        }
-    }
-}
-
-impl CameraCtx {
-    pub fn new(id: &str, min_score: f32) -> Self {
-        Self {
-            id: id.to_string(),
-            min_score,
-            stats: CameraStats::default(),
-            native_size: AtomicU64::new(0),
-            last_data_ms: AtomicU64::new(0),
-            last_decoded_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            state: Mutex::new((CameraState::Starting, None)),
-            last_frame_ms: AtomicU64::new(0),
-            live_tracks: std::sync::atomic::AtomicUsize::new(0),
-            watch: crate::console::Watch::default(),
-        }
-    }
-
-    /// Detections down to this score reach the tracker: weaker than `min_score` ones
-    /// may continue a track (partial occlusion) but never start one or get reported.
-    pub fn track_floor(&self) -> f32 {
-        self.min_score * crate::track::LOW_SCORE_FRACTION
-    }
-
-    /// The camera's state and, when it failed, why.
-    pub fn state(&self) -> (CameraState, Option<String>) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set_last_frame(&self, t: SystemTime) {
-        let ms = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        self.last_frame_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Capture time of the last frame handed to the model.
-    pub fn last_frame(&self) -> Option<SystemTime> {
-        let ms = self.last_frame_ms.load(Ordering::Relaxed);
-        (ms > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-    }
-
-    fn set_native_size(&self, w: u32, h: u32) {
-        self.native_size.store(((w as u64) << 32) | h as u64, Ordering::Relaxed);
-    }
-
-    /// The camera's frame size before scaling (0 × 0 until known).
-    pub fn native_size(&self) -> (u32, u32) {
-        let v = self.native_size.load(Ordering::Relaxed);
-        ((v >> 32) as u32, v as u32)
-    }
-
-    fn touch(&self) {
-        self.last_data_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn since_data(&self) -> Duration {
-        let last = Duration::from_millis(self.last_data_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
-
-    pub(crate) fn touch_decoded(&self) {
-        self.last_decoded_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn since_decoded(&self) -> Duration {
-        let last = Duration::from_millis(self.last_decoded_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
-
-    fn set_state(&self, state: CameraState, reason: Option<String>) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (state, reason);
-    }
-}
-
-/// A decoded, scaled RGB frame ready for the model.
-pub struct Frame {
-    /// The camera's slot in its model's queue.
-    pub slot: usize,
-    pub camera: Arc<CameraCtx>,
-    pub pts_ns: u64,
-    pub captured: SystemTime,
-    /// The camera's own frame size.
-    pub native_width: u32,
-    pub native_height: u32,
-    /// Size of `pixels` (the model's input size), packed RGB rows of `stride` bytes.
-    pub width: u32,
-    pub height: u32,
-    pub stride: usize,
-    pub pixels: Box<dyn AsRef<[u8]> + Send>,
-    /// The decoded frame before scaling, for snapshots (cameras with snapshots only).
-    pub original: Option<Original>,
-}
-
-/// A decoded frame at the camera's resolution, in whatever raw format the decoder gave.
-/// Holding it holds one of the decoder's buffers (no copy).
-#[derive(Debug, Clone)]
-pub struct Original {
-    pub buffer: gstreamer::Buffer,
-    pub caps: gstreamer::Caps,
-}
-
-/// A 64×48 grey I420 decoded frame, for tests of snapshots and the console.
-#[cfg(test)]
-pub(crate) fn test_original() -> Original {
-    use gstreamer_video as gst_video;
-    gstreamer::init().expect("gstreamer");
-    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48).build().expect("video info");
-    let mut buffer = gstreamer::Buffer::with_size(info.size()).expect("buffer");
-    buffer.get_mut().expect("writable").map_writable().expect("map").as_mut_slice().fill(128);
-    Original { buffer, caps: info.to_caps().expect("caps") }
-}
-
-#[cfg(test)]
-pub(crate) fn test_frame(slot: usize, pts_ns: u64) -> Frame {
-    Frame {
-        slot,
-        camera: Arc::new(CameraCtx::new("test", 0.5)),
-        pts_ns,
-        captured: SystemTime::UNIX_EPOCH,
-        native_width: 4,
-        native_height: 4,
-        width: 2,
-        height: 2,
-        stride: 6,
-        pixels: Box::new(vec![0u8; 12]),
-        original: None,
-    }
-}
-
 /// How long a camera may deliver nothing before its pipeline is restarted. Longer at
 /// start, where RTSP set-up and the first keyframe take a while.
 /// GStreamer says only "Failed to connect" when the RTSP connection cannot be opened;
@@ -379,43 +177,79 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("camera", camera = %cam.id);
-    async move {
-        let mut backoff = cam.reconnect.min;
-        loop {
-            let before = ctx.stats.sampled_frames.load(Ordering::Relaxed);
-            let result = run_once(&cam, &ctx, format, &queue, slot, &shutdown).await;
-            if shutdown.is_cancelled() {
-                break;
-            }
-            // A run that delivered frames was a working connection: start back-off over.
-            if ctx.stats.sampled_frames.load(Ordering::Relaxed) > before {
-                backoff = cam.reconnect.min;
-            }
-            let err = match result {
-                Ok(()) => break,
-                Err(e) => e,
-            };
-            ctx.stats.restarts.fetch_add(1, Ordering::Relaxed);
-            let err = diagnose(err, &cam.url).await.redacted(&cam.url);
-            let state = if err.retry_can_help() { CameraState::Reconnecting } else { CameraState::Failed };
-            ctx.set_state(state, Some(err.to_string()));
-            if err.retry_can_help() {
-                warn!(error = %err, retry_in = ?backoff, "camera failed, will retry");
-            } else {
-                warn!(error = %err, retry_in = ?cam.reconnect.max, "camera failed; retrying cannot help until this is fixed");
-                backoff = cam.reconnect.max;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(jittered(backoff)) => {}
-                _ = shutdown.cancelled() => break,
-            }
-            backoff = (backoff * 2).min(cam.reconnect.max);
-        }
-        ctx.set_state(CameraState::Stopped, None);
-        info!("camera stopped");
+    let mut opener = GstOpener { cam: &cam, format, queue, slot };
+    restart_loop(&mut opener, &ctx, cam.reconnect, &cam.url, &shutdown).instrument(span).await
+}
+
+/// The outside world of a camera's restart loop: one run of its pipeline (until it
+/// fails, ends or shutdown) and a diagnosis of a failure. GStreamer and the network in
+/// the agent ([`GstOpener`]); scripted outcomes in the tests.
+pub(crate) trait Opener {
+    async fn run_once(&mut self, ctx: &Arc<CameraCtx>, shutdown: &CancellationToken) -> Result<(), SourceError>;
+    async fn diagnose(&mut self, err: SourceError) -> SourceError;
+}
+
+/// The camera's real pipeline and a TCP probe of its address.
+struct GstOpener<'a> {
+    cam: &'a CameraConfig,
+    format: FrameFormat,
+    queue: Arc<FrameQueue>,
+    slot: usize,
+}
+
+impl Opener for GstOpener<'_> {
+    async fn run_once(&mut self, ctx: &Arc<CameraCtx>, shutdown: &CancellationToken) -> Result<(), SourceError> {
+        run_once(self.cam, ctx, self.format, &self.queue, self.slot, shutdown).await
     }
-    .instrument(span)
-    .await
+
+    async fn diagnose(&mut self, err: SourceError) -> SourceError {
+        diagnose(err, &self.cam.url).await
+    }
+}
+
+/// `run`'s loop over any [`Opener`]: back-off doubles from `reconnect.min` to
+/// `reconnect.max` (jittered ± 20 %), starts over after a run that delivered frames, and
+/// jumps to `max` for a fault retrying cannot fix. The camera's state says which.
+async fn restart_loop(
+    opener: &mut impl Opener,
+    ctx: &Arc<CameraCtx>,
+    reconnect: crate::config::ReconnectPolicy,
+    url: &str,
+    shutdown: &CancellationToken,
+) {
+    let mut backoff = reconnect.min;
+    loop {
+        let before = ctx.stats.sampled_frames.load(Ordering::Relaxed);
+        let result = opener.run_once(ctx, shutdown).await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+        // A run that delivered frames was a working connection: start back-off over.
+        if ctx.stats.sampled_frames.load(Ordering::Relaxed) > before {
+            backoff = reconnect.min;
+        }
+        let err = match result {
+            Ok(()) => break,
+            Err(e) => e,
+        };
+        ctx.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        let err = opener.diagnose(err).await.redacted(url);
+        let state = if err.retry_can_help() { CameraState::Reconnecting } else { CameraState::Failed };
+        ctx.set_state(state, Some(err.to_string()));
+        if err.retry_can_help() {
+            warn!(error = %err, retry_in = ?backoff, "camera failed, will retry");
+        } else {
+            warn!(error = %err, retry_in = ?reconnect.max, "camera failed; retrying cannot help until this is fixed");
+            backoff = reconnect.max;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = shutdown.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(reconnect.max);
+    }
+    ctx.set_state(CameraState::Stopped, None);
+    info!("camera stopped");
 }
 
 async fn run_once(
@@ -433,6 +267,37 @@ async fn run_once(
     // timeout), so not on an async worker.
     let _ = tokio::task::spawn_blocking(move || pipeline.set_state(gst::State::Null)).await;
     result
+}
+
+/// What a camera's once-a-second health check decides, from how long it has been quiet
+/// (no encoded data), how long since the decoder put out a frame, how long this run has
+/// been going and whether it has streamed yet. Pure: the bus loop applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveliness {
+    Fine,
+    /// No data for longer than the limit: rebuild the pipeline.
+    Stalled,
+    /// Data arrives but nothing decodes: a corrupt or undecodable stream.
+    Undecodable,
+}
+
+pub(crate) fn liveliness(
+    quiet: Duration,
+    since_decoded: Duration,
+    running: Duration,
+    streaming: bool,
+    stall: Duration,
+) -> Liveliness {
+    // Starting gets twice as long: RTSP setup, the first keyframe.
+    let limit = if streaming { stall } else { stall * 2 };
+    if quiet > limit && running > limit {
+        return Liveliness::Stalled;
+    }
+    // The decoders mostly warn, not fail, on bad data: a silent decoder is the sign.
+    if since_decoded.min(running) > limit && quiet < limit {
+        return Liveliness::Undecodable;
+    }
+    Liveliness::Fine
 }
 
 /// Starts the pipeline and follows its bus until an error, the end of stream, a stall
@@ -460,21 +325,21 @@ async fn watch_bus(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {
                 let quiet = ctx.since_data();
-                // Starting gets twice as long: RTSP setup, the first keyframe.
-                let limit = if streaming { stall } else { stall * 2 };
-                if quiet > limit && started.elapsed() > limit {
-                    return Err(SourceError::Stalled { camera, seconds: quiet.as_secs() });
-                }
-                // Data arrives but nothing comes out of the decoder: a corrupt or
-                // undecodable stream (the decoders mostly warn, not fail, on bad data).
-                let undecoded = ctx.since_decoded().min(started.elapsed());
-                if undecoded > limit && quiet < limit {
-                    return Err(SourceError::Stream {
-                        camera,
-                        element: "decoder".into(),
-                        message: format!("data arrives but no frame has decoded for {} s", undecoded.as_secs()),
-                        fault: Fault::Corrupt,
-                    });
+                let undecoded = ctx.since_decoded();
+                match liveliness(quiet, undecoded, started.elapsed(), streaming, stall) {
+                    Liveliness::Fine => {}
+                    Liveliness::Stalled => return Err(SourceError::Stalled { camera, seconds: quiet.as_secs() }),
+                    Liveliness::Undecodable => {
+                        return Err(SourceError::Stream {
+                            camera,
+                            element: "decoder".into(),
+                            message: format!(
+                                "data arrives but no frame has decoded for {} s",
+                                undecoded.min(started.elapsed()).as_secs()
+                            ),
+                            fault: Fault::Corrupt,
+                        });
+                    }
                 }
                 let frames = ctx.stats.sampled_frames.load(Ordering::Relaxed);
                 if !streaming && frames > frames_before {
@@ -514,4 +379,155 @@ async fn watch_bus(
 /// Initialises GStreamer once per process.
 pub fn init() -> Result<(), SourceError> {
     gst::init().map_err(|e| SourceError::build("-", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::config::ReconnectPolicy;
+
+    /// One scripted run: whether it delivered frames, and how it ended.
+    struct Run {
+        frames: bool,
+        result: Result<(), SourceError>,
+    }
+
+    /// Plays `runs` in order, noting when each started; cancels `shutdown` after the last.
+    struct Script {
+        runs: VecDeque<Run>,
+        started: Vec<tokio::time::Instant>,
+        states: Vec<CameraState>,
+    }
+
+    impl Opener for Script {
+        async fn run_once(&mut self, ctx: &Arc<CameraCtx>, shutdown: &CancellationToken) -> Result<(), SourceError> {
+            self.started.push(tokio::time::Instant::now());
+            self.states.push(ctx.state().0);
+            let run = self.runs.pop_front().expect("a scripted run");
+            if run.frames {
+                ctx.stats.sampled_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.runs.is_empty() {
+                shutdown.cancel();
+            }
+            run.result
+        }
+
+        async fn diagnose(&mut self, err: SourceError) -> SourceError {
+            err
+        }
+    }
+
+    fn stalled() -> Run {
+        Run { frames: false, result: Err(SourceError::Stalled { camera: "cam".into(), seconds: 10 }) }
+    }
+
+    fn fault(fault: Fault) -> Run {
+        let e = SourceError::Stream { camera: "cam".into(), element: "src".into(), message: "m".into(), fault };
+        Run { frames: false, result: Err(e) }
+    }
+
+    /// Seconds between consecutive runs (virtual time: the clock is paused).
+    async fn waits(runs: Vec<Run>) -> (Vec<f64>, Vec<CameraState>, Arc<CameraCtx>) {
+        let ctx = Arc::new(CameraCtx::new("cam", 0.5));
+        let mut script = Script { runs: runs.into(), started: Vec::new(), states: Vec::new() };
+        let policy = ReconnectPolicy { min: Duration::from_secs(1), max: Duration::from_secs(30) };
+        restart_loop(&mut script, &ctx, policy, "rtsp://cam/", &CancellationToken::new()).await;
+        let waits = script.started.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        (waits, script.states, ctx)
+    }
+
+    fn about(got: f64, want: f64) -> bool {
+        (want * 0.8 - 1e-3..=want * 1.2 + 1e-3).contains(&got)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_off_doubles_up_to_the_maximum_and_starts_over_after_a_run_that_streamed() {
+        let mut runs: Vec<Run> = (0..7).map(|_| stalled()).collect();
+        runs.push(Run { frames: true, result: Err(SourceError::Eos { camera: "cam".into() }) });
+        runs.push(stalled());
+        runs.push(stalled());
+        let (waits, _, ctx) = waits(runs).await;
+        let want = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 1.0, 2.0];
+        assert_eq!(waits.len(), want.len(), "{waits:?}");
+        for (got, want) in waits.iter().zip(want) {
+            assert!(about(*got, want), "waited {got} s, wanted {want} s ± 20 %: {waits:?}");
+        }
+        // The last run ended in shutdown, which is no restart.
+        assert_eq!(ctx.stats.restarts.load(Ordering::Relaxed), 9);
+        assert_eq!(ctx.state().0, CameraState::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fault_retrying_cannot_fix_waits_the_maximum_and_marks_the_camera_failed() {
+        let (waits, states, _) = waits(vec![fault(Fault::Unauthorized), fault(Fault::Timeout), stalled()]).await;
+        assert!(about(waits[0], 30.0), "{waits:?}");
+        // Back-off continues from the maximum: a wrong password fixed later is retried slowly.
+        assert!(about(waits[1], 30.0), "{waits:?}");
+        assert_eq!(states, vec![CameraState::Starting, CameraState::Failed, CameraState::Reconnecting]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_the_back_off_stops_at_once() {
+        let ctx = Arc::new(CameraCtx::new("cam", 0.5));
+        let shutdown = CancellationToken::new();
+        let mut script = Script { runs: vec![stalled(), stalled()].into(), started: Vec::new(), states: Vec::new() };
+        let policy = ReconnectPolicy { min: Duration::from_secs(60), max: Duration::from_secs(60) };
+        let stop = shutdown.clone();
+        let t0 = tokio::time::Instant::now();
+        tokio::join!(restart_loop(&mut script, &ctx, policy, "rtsp://cam/", &shutdown), async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop.cancel();
+        });
+        assert_eq!(script.started.len(), 1, "no second run after shutdown");
+        assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+        assert_eq!(ctx.state().0, CameraState::Stopped);
+    }
+
+    #[test]
+    fn a_quiet_camera_stalls_after_the_limit_doubled_while_starting() {
+        let s = Duration::from_secs;
+        let stall = s(10);
+        // Starting: 20 s of quiet allowed.
+        assert_eq!(liveliness(s(15), s(15), s(15), false, stall), Liveliness::Fine);
+        assert_eq!(liveliness(s(21), s(21), s(21), false, stall), Liveliness::Stalled);
+        // Streaming: 10 s.
+        assert_eq!(liveliness(s(11), s(11), s(300), true, stall), Liveliness::Stalled);
+        assert_eq!(liveliness(s(9), s(9), s(300), true, stall), Liveliness::Fine);
+        // A run younger than the limit is never stalled, whatever the old counters say.
+        assert_eq!(liveliness(s(500), s(500), s(5), true, stall), Liveliness::Fine);
+    }
+
+    #[test]
+    fn data_without_decoded_frames_is_an_undecodable_stream() {
+        let s = Duration::from_secs;
+        assert_eq!(liveliness(s(1), s(25), s(25), false, s(10)), Liveliness::Undecodable);
+        assert_eq!(liveliness(s(1), s(11), s(300), true, s(10)), Liveliness::Undecodable);
+        // Counted from this run's start: the decoder's silence before it does not count.
+        assert_eq!(liveliness(s(1), s(500), s(5), false, s(10)), Liveliness::Fine);
+    }
+
+    #[test]
+    fn faults_are_classified_from_the_error_and_its_debug_text() {
+        use gst::glib;
+        let e = |kind: gst::ResourceError, text: &str| glib::Error::new(kind, text);
+        let cases = [
+            (e(gst::ResourceError::NotAuthorized, "Unauthorized"), "", Fault::Unauthorized),
+            (e(gst::ResourceError::Read, "Unhandled error"), "rtspsrc: 401 Unauthorized", Fault::Unauthorized),
+            (e(gst::ResourceError::Read, "Forbidden"), "", Fault::Forbidden),
+            (e(gst::ResourceError::NotFound, "Not Found"), "", Fault::NotFound),
+            (e(gst::ResourceError::OpenRead, "Could not open resource"), "Connection refused", Fault::Refused),
+            (e(gst::ResourceError::Read, "Could not read"), "operation timed out", Fault::Timeout),
+            (e(gst::ResourceError::Failed, "Internal data stream error"), "", Fault::Other),
+        ];
+        for (err, debug, want) in cases {
+            assert_eq!(Fault::classify(&err, debug), want, "{err} / {debug}");
+        }
+        let decode = glib::Error::new(gst::StreamError::Decode, "No valid frames decoded");
+        assert_eq!(Fault::classify(&decode, ""), Fault::Corrupt);
+        assert!(!Fault::Unauthorized.retry_can_help() && !Fault::NotFound.retry_can_help());
+        assert!(Fault::Timeout.retry_can_help() && Fault::Refused.retry_can_help() && Fault::Corrupt.retry_can_help());
+    }
 }

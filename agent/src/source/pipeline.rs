@@ -30,9 +30,10 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video::prelude::*;
 
+use super::SourceError;
 use super::gate::{Gate, GateVerdict};
 use super::motion::{self, MotionGate};
-use super::{CameraCtx, Frame, Original, SourceError};
+use crate::camera::{CameraCtx, Frame, Original};
 use crate::config::{CameraConfig, DecoderPolicy, Transport};
 use crate::infer::queue::FrameQueue;
 

@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -32,26 +32,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::Liveness;
+use super::health::{Health, ListenerStats};
+use crate::camera::{CameraCtx, CameraState};
 use crate::console::ConsoleHub;
 use crate::console::http::{Access, Console};
 use crate::infer::{BATCH_BUCKETS, LATENCY_BUCKETS, ModelStats};
-use crate::publish::Delivery;
-use crate::source::{CameraCtx, CameraState};
-
-/// What the endpoints report on.
-pub struct Health {
-    /// Cameras and models as they are now (they change at runtime).
-    pub fleet: Arc<crate::control::fleet::Fleet>,
-    pub delivery: Arc<Delivery>,
-    pub liveness: Liveness,
-    /// Threads that must be alive (counted when they were started).
-    pub expected_threads: Arc<std::sync::atomic::AtomicUsize>,
-    /// Set by the health loop when systemd is told READY.
-    pub ready: AtomicBool,
-    /// The listener's connections (for /metrics).
-    pub listener: Arc<ListenerStats>,
-}
 
 /// Bounds of the telemetry listener. Hostile clients are ordinary clients here: each
 /// bound refuses or closes without waiting on the client.
@@ -83,48 +68,6 @@ impl Default for Limits {
             close_grace: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(1),
         }
-    }
-}
-
-/// Counters of the telemetry listener.
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Connections being served now.
-    pub open: AtomicU64,
-    /// Connections refused because `max_connections` were open.
-    pub refused: AtomicU64,
-}
-
-impl Health {
-    /// The cameras as they are now (the one place the console reads the camera list).
-    pub fn camera_list(&self) -> Vec<Arc<CameraCtx>> {
-        self.fleet.cameras()
-    }
-
-    pub fn healthy(&self) -> bool {
-        self.problem().is_none()
-    }
-
-    /// Why the agent is unhealthy: a worker thread died, or the outbox's disk keeps
-    /// failing (messages are being lost, or nothing new can be published).
-    pub fn problem(&self) -> Option<String> {
-        if self.liveness.alive() != self.expected_threads.load(Ordering::SeqCst) {
-            return Some("a worker thread died".into());
-        }
-        self.delivery.outbox().health().err()
-    }
-
-    /// The one-line status also sent to systemd.
-    pub fn status_line(&self) -> String {
-        let cameras = self.fleet.cameras();
-        let streaming = cameras.iter().filter(|c| c.state().0 == CameraState::Streaming).count();
-        let connected = self.delivery.stats.connected.load(Ordering::Relaxed);
-        let pending = self.delivery.outbox().stats().pending_records;
-        format!(
-            "{streaming}/{} cameras streaming; MQTT {}; {pending} messages awaiting the broker",
-            cameras.len(),
-            if connected { "connected" } else { "not connected" }
-        )
     }
 }
 

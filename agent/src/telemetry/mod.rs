@@ -1,5 +1,5 @@
 //! Logging (tracing) and the service manager: systemd readiness, status and watchdog.
-//! Per-camera counters live in `source::CameraStats`; metrics endpoints come with the
+//! Per-camera counters live in `camera::CameraStats`; metrics endpoints come with the
 //! issue that needs them.
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
+pub mod health;
 pub mod http;
 
 /// Logs to stderr (the journal under systemd); `RUST_LOG` overrides the default level (`info`).

@@ -22,10 +22,7 @@
 
 use std::time::Duration;
 
-use crate::infer::ssd::{BBox, Detection};
-
-/// `low` as a fraction of `high` (the camera's `min_score`): 0.5 → 0.3, ByteTrack's pair.
-pub const LOW_SCORE_FRACTION: f32 = 0.6;
+use crate::infer::detection::{BBox, Detection};
 
 /// Tracker knobs; defaults suit 0.5–5 fps.
 #[derive(Debug, Clone, Copy)]

@@ -477,8 +477,8 @@ fn bench_snapshot(sides: &[u32], iterations: u32) -> anyhow::Result<()> {
     use gstreamer as gst;
     use gstreamer_video as gst_video;
     use gstreamer_video::prelude::*;
+    use lookout::camera::Original;
     use lookout::event::snapshot;
-    use lookout::source::Original;
     gst::init()?;
     let path = workspace().join("models/ssdlite-mobilenetv2-person/reference/vtest_frame200.png");
     let img = image::open(&path).with_context(|| path.display().to_string())?.to_rgb8();
