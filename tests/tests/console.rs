@@ -1,4 +1,4 @@
-//! The installers' console (issue 8) through the real agent, model, RTSP server and broker:
+//! The installers' console through the real agent, model, RTSP server and broker:
 //! its JSON API, its access rules, and the pages in headless Chromium.
 //!
 //! Cameras: `scene` (the scripted scene: people walk through from 3 s to 34 s after the

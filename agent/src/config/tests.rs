@@ -1,6 +1,9 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::rules::ReferencePoint;
+use crate::rules::geometry::Point;
+use crate::source::motion::MotionPolicy;
 
 /// Where the config under test claims to live; it does not need to exist.
 const FILE: &str = "/etc/lookout/site.toml";
@@ -632,7 +635,7 @@ fn mqtt_max_message_bytes_defaults_to_one_mib_and_is_bounded() {
     }
 }
 
-/// The rules example of issue 3, verbatim.
+/// The rules example of docs/CONFIG.md, verbatim.
 const RULES: &str = r#"
 [[cameras.zones]]
 name = "entrance"

@@ -4,7 +4,7 @@
 //! [`Request`] or an error [`Reply`] that says what is wrong, and never a panic (a
 //! proptest fuzzes it).
 //!
-//! Payloads (from issue 6):
+//! Payloads:
 //! - `camera.add`, `camera.update`: `{"request_id": "…", "camera": { …the keys of a [[cameras]] table… }}`
 //! - `camera.remove`: `{"request_id": "…", "id": "…"}`
 //! - `camera.list`, `model.list`: `{"request_id": "…"}`

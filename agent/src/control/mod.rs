@@ -1,4 +1,4 @@
-//! Remote control over MQTT (issue 6): `commands/{name}` in, `replies/{request_id}`
+//! Remote control over MQTT: `commands/{name}` in, `replies/{request_id}`
 //! out. [`command`] parses. Read-only commands (`camera.list`, `model.list`) are answered
 //! at once from the [`fleet::Fleet`] by the MQTT task ([`handle_read`]); commands that
 //! change something are queued to the [`supervisor`], which runs them one at a time.

@@ -90,7 +90,7 @@ pub fn run_worker(
         for (mut frame, detections) in frames.into_iter().zip(results) {
             frame.camera.stats.analysed_frames.fetch_add(1, Ordering::Relaxed);
             // Without detections no track can improve its snapshot: release the decoder's buffer
-            // now, unless the console is showing this camera (issue 8).
+            // now, unless the console is showing this camera.
             let keep = !detections.is_empty() || frame.camera.watch.is_watched();
             let original = if keep { frame.original.take() } else { None };
             let a = Analysed {

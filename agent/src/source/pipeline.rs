@@ -87,7 +87,7 @@ pub fn build(
     pipeline.add_many([&src, &scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
     gst::Element::link_many([&scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
 
-    // Console (issue 8): the slot always exists; frames go in only for snapshots or while watched.
+    // The slot always exists; frames go in only for snapshots or while the console watches.
     let originals: Option<OriginalSlot> = Some(OriginalSlot::default());
     install_appsink(&sink, ctx.clone(), queue.clone(), slot, originals.clone());
     let taps = Taps {

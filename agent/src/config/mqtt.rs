@@ -1,0 +1,115 @@
+//! `[mqtt]`: the broker, TLS, credentials (a [`Secret`] never shown).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::reader::{Issues, TableReader};
+use super::{redact_url, resolve_path};
+
+/// A secret that never shows in logs or debug output.
+#[derive(Clone)]
+pub struct Secret(pub(super) String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// TLS for `mqtts://`.
+#[derive(Debug, Clone)]
+pub struct MqttTls {
+    /// `ca_file` (optional): PEM CA certificate(s) the broker's certificate must chain to.
+    /// Default: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// `client_cert` and `client_key` (optional, together): PEM certificate and key for
+    /// mutual TLS.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// `url` (required): `mqtt://host[:port]` (port defaults to 1883) or
+    /// `mqtts://host[:port]` (TLS, port defaults to 8883).
+    pub host: String,
+    pub port: u16,
+    /// Set for `mqtts://`.
+    pub tls: Option<MqttTls>,
+    /// `username` (optional).
+    pub username: Option<String>,
+    /// One of `password`, `password_file` (its first line) or `password_env` (an
+    /// environment variable's name). Never logged.
+    pub password: Option<Secret>,
+    /// `client_id` (default `lookout-{site}-{id}`).
+    pub client_id: String,
+    /// `keep_alive_secs` (default 30).
+    pub keep_alive: Duration,
+    /// `max_inflight` (default 100): QoS 1 publishes awaiting PUBACK.
+    pub max_inflight: u16,
+    /// `max_message_bytes` (default 1048576 = 1 MiB, 64 KiB to 16 MiB): the largest MQTT
+    /// PUBLISH packet the agent sends or accepts (rumqttc's max packet size). Larger
+    /// messages are refused at append (announced as a gap), snapshots made smaller first.
+    pub max_message_bytes: u64,
+}
+
+/// `mqtt://host[:port]` (also `tcp://`) or `mqtts://host[:port]` to host, port and
+/// whether TLS is on.
+pub fn parse_mqtt_url(u: &str) -> Result<(String, u16, bool), String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("not a valid URL ({e}): \"{}\"", redact_url(u)))?;
+    let tls = match parsed.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => return Err(format!("expected mqtt://host[:port] or mqtts://host[:port], got scheme \"{other}\"")),
+    };
+    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("URL has no host")?;
+    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port, tls))
+}
+
+/// `password`, `password_file` or `password_env`: at most one.
+pub(super) fn read_password(
+    t: &mut TableReader<'_, '_>,
+    issues: &mut Issues<'_>,
+    base_dir: &Path,
+    cwd: &Path,
+) -> Option<Secret> {
+    let inline = t.opt::<String>(issues, "password");
+    let file = t.opt::<String>(issues, "password_file");
+    let env = t.opt::<String>(issues, "password_env");
+    if [inline.is_some(), file.is_some(), env.is_some()].iter().filter(|b| **b).count() > 1 {
+        issues.push(&t.field_path("password"), Some(t.span()), "set only one of password, password_file, password_env");
+        return None;
+    }
+    if let Some(p) = inline {
+        return Some(Secret(p));
+    }
+    if let Some(path) = file {
+        let span = t.raw("password_file").map(|v| v.span());
+        let path = resolve_path(base_dir, cwd, &path);
+        return match std::fs::read_to_string(&path) {
+            Ok(s) => Some(Secret(s.lines().next().unwrap_or("").to_string())),
+            Err(e) => {
+                let msg = format!("cannot read {}: {e}", path.display());
+                issues.push(&t.field_path("password_file"), span.as_ref(), msg);
+                None
+            }
+        };
+    }
+    let var = env?;
+    match std::env::var(&var) {
+        Ok(v) => Some(Secret(v)),
+        Err(_) => {
+            let span = t.raw("password_env").map(|v| v.span());
+            issues.push(&t.field_path("password_env"), span.as_ref(), format!("environment variable {var} is not set"));
+            None
+        }
+    }
+}
