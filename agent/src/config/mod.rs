@@ -32,8 +32,8 @@ pub use updates::{ControlConfig, ModelUpdatesConfig, read_ca_file};
 
 use camera::{check_segment, read_camera};
 use classes::read_class_groups;
-use mqtt::read_password;
-use updates::{read_trusted_keys, url_prefix};
+use mqtt::read_mqtt;
+use updates::{read_control, read_model_updates};
 
 use reader::{Issues, Keyword, TableReader};
 
@@ -207,74 +207,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         Some(AgentConfig { site: site?, id: id?, onnxruntime, state_dir })
     });
 
-    let mqtt = root.table(&mut issues, "mqtt", true).and_then(|mut t| {
-        let url = t.req::<String>(&mut issues, "url");
-        let endpoint = url.and_then(|u| match parse_mqtt_url(&u) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                issues.push(&t.field_path("url"), t.raw("url").map(|v| v.span()).as_ref(), e);
-                None
-            }
-        });
-        let client_id = t.opt::<String>(&mut issues, "client_id").unwrap_or_default();
-        // rumqttc keeps the keep-alive as u16 seconds: a larger value would wrap.
-        let keep_alive = t.num_in::<u64>(&mut issues, "keep_alive_secs", 5, 3600, "seconds").unwrap_or(30);
-        let max_inflight = t.opt::<u64>(&mut issues, "max_inflight").unwrap_or(100);
-        if !(1..=u16::MAX as u64).contains(&max_inflight) {
-            let s = t.raw("max_inflight").map(|v| v.span());
-            issues.push(&t.field_path("max_inflight"), s.as_ref(), "must be between 1 and 65535");
-        }
-        let max_message_bytes = t.opt::<u64>(&mut issues, "max_message_bytes").unwrap_or(1 << 20);
-        if !(64 << 10..=16 << 20).contains(&max_message_bytes) {
-            let s = t.raw("max_message_bytes").map(|v| v.span());
-            issues.push(
-                &t.field_path("max_message_bytes"),
-                s.as_ref(),
-                "must be between 65536 (64 KiB) and 16777216 (16 MiB)",
-            );
-        }
-        let file_key = |t: &mut TableReader<'_, '_>, issues: &mut Issues<'_>, key: &str| {
-            let p = resolve_path(&base_dir, cwd, &t.opt::<String>(issues, key)?);
-            if !p.is_file() {
-                let s = t.raw(key).map(|v| v.span());
-                issues.push(&t.field_path(key), s.as_ref(), format!("{} is not a readable file", p.display()));
-            }
-            Some(p)
-        };
-        let ca_file = file_key(&mut t, &mut issues, "ca_file");
-        let client_cert = file_key(&mut t, &mut issues, "client_cert");
-        let client_key = file_key(&mut t, &mut issues, "client_key");
-        let client_auth = match (client_cert, client_key) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => {
-                issues.push(&t.field_path("client_key"), Some(t.span()), "client_cert and client_key go together");
-                None
-            }
-        };
-        let username = t.opt::<String>(&mut issues, "username");
-        let password = read_password(&mut t, &mut issues, &base_dir, cwd);
-        let tls_keys = ca_file.is_some() || client_auth.is_some();
-        if let Some((_, _, false)) = &endpoint
-            && tls_keys
-        {
-            let s = t.raw("url").map(|v| v.span());
-            issues.push(&t.field_path("url"), s.as_ref(), "ca_file/client_cert are set: use an mqtts:// URL");
-        }
-        t.finish(&mut issues);
-        let (host, port, tls) = endpoint?;
-        Some(MqttConfig {
-            host,
-            port,
-            tls: tls.then_some(MqttTls { ca_file, client_auth }),
-            username,
-            password,
-            client_id,
-            keep_alive: Duration::from_secs(keep_alive),
-            max_inflight: max_inflight.clamp(1, u16::MAX as u64) as u16,
-            max_message_bytes,
-        })
-    });
+    let mqtt = root.table(&mut issues, "mqtt", true).and_then(|t| read_mqtt(t, &mut issues, &base_dir, cwd));
 
     let mut outbox = OutboxSettings {
         max_bytes: 256 << 20,
@@ -373,69 +306,15 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         t.finish(&mut issues);
     }
 
-    let mut model_updates = ModelUpdatesConfig::default();
-    if let Some(mut t) = root.table(&mut issues, "model_updates", false) {
-        (model_updates.trusted_keys, model_updates.trusted_key_files) =
-            read_trusted_keys(&mut t, &mut issues, &base_dir, cwd);
-        model_updates.allow_unsigned = t.opt::<bool>(&mut issues, "allow_unsigned").unwrap_or(false);
-        if let Some(n) = t.num_in::<u64>(&mut issues, "max_bytes", 1, 8 << 30, "bytes") {
-            model_updates.max_bytes = n;
-        }
-        if let Some(n) = t.num_in::<u64>(&mut issues, "timeout_secs", 1, 3600, "seconds") {
-            model_updates.timeout = Duration::from_secs(n);
-        }
-        if let Some(f) = t.opt::<String>(&mut issues, "ca_file") {
-            let path = resolve_path(&base_dir, cwd, &f);
-            match read_ca_file(&path) {
-                Ok(_) => model_updates.ca_file = Some(path),
-                Err(e) => {
-                    let s = t.raw("ca_file").map(|v| v.span());
-                    issues.push(&t.field_path("ca_file"), s.as_ref(), e);
-                }
-            }
-        }
-        // At least the active version and the one to roll back to.
-        if let Some(n) = t.num_in::<usize>(&mut issues, "keep_versions", 2, 100, "versions") {
-            model_updates.keep_versions = n;
-        }
-        for prefix in t.opt::<Vec<String>>(&mut issues, "allowed_urls").unwrap_or_default() {
-            match url_prefix(&prefix) {
-                Ok(u) => model_updates.allowed_urls.push(u),
-                Err(e) => {
-                    let s = t.raw("allowed_urls").map(|v| v.span());
-                    issues.push(&t.field_path("allowed_urls"), s.as_ref(), format!("{prefix:?}: {e}"));
-                }
-            }
-        }
-        if let Some(d) = t.opt::<String>(&mut issues, "local_dir") {
-            let path = resolve_path(&base_dir, cwd, &d);
-            match path.canonicalize() {
-                Ok(p) if p.is_dir() => model_updates.local_dir = Some(p),
-                _ => {
-                    let s = t.raw("local_dir").map(|v| v.span());
-                    issues.push(&t.field_path("local_dir"), s.as_ref(), format!("{} is not a folder", path.display()));
-                }
-            }
-        }
-        model_updates.allow_downgrade = t.opt::<bool>(&mut issues, "allow_downgrade").unwrap_or(false);
-        t.finish(&mut issues);
-    }
+    let model_updates = match root.table(&mut issues, "model_updates", false) {
+        Some(t) => read_model_updates(t, &mut issues, &base_dir, cwd),
+        None => ModelUpdatesConfig::default(),
+    };
 
-    let mut control = ControlConfig::default();
-    if let Some(mut t) = root.table(&mut issues, "control", false) {
-        let before_keys = issues.list.len();
-        (control.trusted_keys, control.trusted_key_files) = read_trusted_keys(&mut t, &mut issues, &base_dir, cwd);
-        control.require_signed = t.opt::<bool>(&mut issues, "require_signed").unwrap_or(false);
-        if control.require_signed && control.trusted_keys.is_empty() && issues.list.len() == before_keys {
-            let s = t.raw("require_signed").map(|v| v.span());
-            issues.push(
-                &t.field_path("require_signed"),
-                s.as_ref(),
-                "needs trusted_keys: no command could be accepted",
-            );
-        }
-        t.finish(&mut issues);
-    }
+    let control = match root.table(&mut issues, "control", false) {
+        Some(t) => read_control(t, &mut issues, &base_dir, cwd),
+        None => ControlConfig::default(),
+    };
 
     let mut models = Vec::new();
     let before = issues.list.len();

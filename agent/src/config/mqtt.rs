@@ -113,3 +113,78 @@ pub(super) fn read_password(
         }
     }
 }
+
+/// `[mqtt]`; `None` when a required key is missing or wrong (the issue is listed).
+pub(super) fn read_mqtt(
+    mut t: TableReader<'_, '_>,
+    issues: &mut Issues<'_>,
+    base_dir: &Path,
+    cwd: &Path,
+) -> Option<MqttConfig> {
+    let url = t.req::<String>(issues, "url");
+    let endpoint = url.and_then(|u| match parse_mqtt_url(&u) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            issues.push(&t.field_path("url"), t.raw("url").map(|v| v.span()).as_ref(), e);
+            None
+        }
+    });
+    let client_id = t.opt::<String>(issues, "client_id").unwrap_or_default();
+    // rumqttc keeps the keep-alive as u16 seconds: a larger value would wrap.
+    let keep_alive = t.num_in::<u64>(issues, "keep_alive_secs", 5, 3600, "seconds").unwrap_or(30);
+    let max_inflight = t.opt::<u64>(issues, "max_inflight").unwrap_or(100);
+    if !(1..=u16::MAX as u64).contains(&max_inflight) {
+        let s = t.raw("max_inflight").map(|v| v.span());
+        issues.push(&t.field_path("max_inflight"), s.as_ref(), "must be between 1 and 65535");
+    }
+    let max_message_bytes = t.opt::<u64>(issues, "max_message_bytes").unwrap_or(1 << 20);
+    if !(64 << 10..=16 << 20).contains(&max_message_bytes) {
+        let s = t.raw("max_message_bytes").map(|v| v.span());
+        issues.push(
+            &t.field_path("max_message_bytes"),
+            s.as_ref(),
+            "must be between 65536 (64 KiB) and 16777216 (16 MiB)",
+        );
+    }
+    let file_key = |t: &mut TableReader<'_, '_>, issues: &mut Issues<'_>, key: &str| {
+        let p = resolve_path(base_dir, cwd, &t.opt::<String>(issues, key)?);
+        if !p.is_file() {
+            let s = t.raw(key).map(|v| v.span());
+            issues.push(&t.field_path(key), s.as_ref(), format!("{} is not a readable file", p.display()));
+        }
+        Some(p)
+    };
+    let ca_file = file_key(&mut t, issues, "ca_file");
+    let client_cert = file_key(&mut t, issues, "client_cert");
+    let client_key = file_key(&mut t, issues, "client_key");
+    let client_auth = match (client_cert, client_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            issues.push(&t.field_path("client_key"), Some(t.span()), "client_cert and client_key go together");
+            None
+        }
+    };
+    let username = t.opt::<String>(issues, "username");
+    let password = read_password(&mut t, issues, base_dir, cwd);
+    let tls_keys = ca_file.is_some() || client_auth.is_some();
+    if let Some((_, _, false)) = &endpoint
+        && tls_keys
+    {
+        let s = t.raw("url").map(|v| v.span());
+        issues.push(&t.field_path("url"), s.as_ref(), "ca_file/client_cert are set: use an mqtts:// URL");
+    }
+    t.finish(issues);
+    let (host, port, tls) = endpoint?;
+    Some(MqttConfig {
+        host,
+        port,
+        tls: tls.then_some(MqttTls { ca_file, client_auth }),
+        username,
+        password,
+        client_id,
+        keep_alive: Duration::from_secs(keep_alive),
+        max_inflight: max_inflight.clamp(1, u16::MAX as u64) as u16,
+        max_message_bytes,
+    })
+}

@@ -147,3 +147,76 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>,
     }
     Ok(certs)
 }
+
+/// `[model_updates]`.
+pub(super) fn read_model_updates(
+    mut t: TableReader<'_, '_>,
+    issues: &mut Issues<'_>,
+    base_dir: &Path,
+    cwd: &Path,
+) -> ModelUpdatesConfig {
+    let mut u = ModelUpdatesConfig::default();
+    (u.trusted_keys, u.trusted_key_files) = read_trusted_keys(&mut t, issues, base_dir, cwd);
+    u.allow_unsigned = t.opt::<bool>(issues, "allow_unsigned").unwrap_or(false);
+    if let Some(n) = t.num_in::<u64>(issues, "max_bytes", 1, 8 << 30, "bytes") {
+        u.max_bytes = n;
+    }
+    if let Some(n) = t.num_in::<u64>(issues, "timeout_secs", 1, 3600, "seconds") {
+        u.timeout = Duration::from_secs(n);
+    }
+    if let Some(f) = t.opt::<String>(issues, "ca_file") {
+        let path = resolve_path(base_dir, cwd, &f);
+        match read_ca_file(&path) {
+            Ok(_) => u.ca_file = Some(path),
+            Err(e) => {
+                let s = t.raw("ca_file").map(|v| v.span());
+                issues.push(&t.field_path("ca_file"), s.as_ref(), e);
+            }
+        }
+    }
+    // At least the active version and the one to roll back to.
+    if let Some(n) = t.num_in::<usize>(issues, "keep_versions", 2, 100, "versions") {
+        u.keep_versions = n;
+    }
+    for prefix in t.opt::<Vec<String>>(issues, "allowed_urls").unwrap_or_default() {
+        match url_prefix(&prefix) {
+            Ok(prefix) => u.allowed_urls.push(prefix),
+            Err(e) => {
+                let s = t.raw("allowed_urls").map(|v| v.span());
+                issues.push(&t.field_path("allowed_urls"), s.as_ref(), format!("{prefix:?}: {e}"));
+            }
+        }
+    }
+    if let Some(d) = t.opt::<String>(issues, "local_dir") {
+        let path = resolve_path(base_dir, cwd, &d);
+        match path.canonicalize() {
+            Ok(p) if p.is_dir() => u.local_dir = Some(p),
+            _ => {
+                let s = t.raw("local_dir").map(|v| v.span());
+                issues.push(&t.field_path("local_dir"), s.as_ref(), format!("{} is not a folder", path.display()));
+            }
+        }
+    }
+    u.allow_downgrade = t.opt::<bool>(issues, "allow_downgrade").unwrap_or(false);
+    t.finish(issues);
+    u
+}
+
+/// `[control]`.
+pub(super) fn read_control(
+    mut t: TableReader<'_, '_>,
+    issues: &mut Issues<'_>,
+    base_dir: &Path,
+    cwd: &Path,
+) -> ControlConfig {
+    let mut c = ControlConfig::default();
+    let before_keys = issues.list.len();
+    (c.trusted_keys, c.trusted_key_files) = read_trusted_keys(&mut t, issues, base_dir, cwd);
+    c.require_signed = t.opt::<bool>(issues, "require_signed").unwrap_or(false);
+    if c.require_signed && c.trusted_keys.is_empty() && issues.list.len() == before_keys {
+        let s = t.raw("require_signed").map(|v| v.span());
+        issues.push(&t.field_path("require_signed"), s.as_ref(), "needs trusted_keys: no command could be accepted");
+    }
+    t.finish(issues);
+    c
+}
