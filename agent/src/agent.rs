@@ -16,11 +16,11 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::console::ConsoleHub;
 use crate::control::supervisor::{Deps, Supervisor};
-use crate::control::{self, fleet::Fleet};
+use crate::control::{self, inventory::Inventory};
 use crate::event::{self, Topics};
 use crate::infer::{self, Analysed};
 use crate::publish::outbox::{Outbox, OutboxConfig};
-use crate::publish::{self, Delivery, Presence};
+use crate::publish::{self, ControlPlane, Delivery};
 use crate::source;
 use crate::telemetry::{self, Liveness, health::Health};
 
@@ -78,8 +78,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     info!(pending = report.pending, dir = %outbox_dir.display(), "outbox open");
     let delivery = Arc::new(Delivery::new(outbox));
     let (site, agent_id) = (config.agent.site.clone(), config.agent.id.clone());
-    let config_sha256 = crate::infer::model::sha256_file(&config.file).unwrap_or_default();
-    let fleet = Arc::new(Fleet::new(&site, &agent_id, config_sha256));
+    let config_sha256 = crate::infer::manifest::sha256_file(&config.file).unwrap_or_default();
+    let inventory = Arc::new(Inventory::new(&site, &agent_id, config_sha256));
     // The installers' console: what its pages show, fed by the event stage; cameras
     // and models registered by the supervisor.
     let console = Arc::new(ConsoleHub::new());
@@ -123,7 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         config,
         Deps {
             env,
-            fleet: fleet.clone(),
+            inventory: inventory.clone(),
             analysed: tx,
             events: events_ctl,
             liveness: liveness.clone(),
@@ -138,7 +138,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
 
     // Publishing: its own token so it outlives the cameras and drains last.
     let mqtt_stop = CancellationToken::new();
-    let presence = Presence { fleet: fleet.clone(), requests: requests_tx, guard: std::sync::Mutex::new(guard) };
+    let presence =
+        ControlPlane { inventory: inventory.clone(), requests: requests_tx, guard: std::sync::Mutex::new(guard) };
     let mqtt_task = publish::spawn(mqtt_config, delivery.clone(), presence, mqtt_stop.clone(), grace);
     // The MQTT task and the supervisor count as workers too: if either ends early (a
     // panic), the watchdog ping is withheld and /healthz fails, as for a dead thread.
@@ -146,9 +147,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let mqtt_task = liveness.watch(mqtt_task);
     let supervisor_task = liveness.watch(tokio::spawn(supervisor.run(requests_rx)));
 
-    info!(cameras = fleet.cameras().len(), "agent running");
+    info!(cameras = inventory.cameras().len(), "agent running");
     let health = Arc::new(Health {
-        fleet: fleet.clone(),
+        inventory: inventory.clone(),
         delivery: delivery.clone(),
         expected_threads,
         liveness: liveness.clone(),
@@ -177,7 +178,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     .await;
     mqtt_stop.cancel();
     let _ = mqtt_task.await;
-    let cameras = fleet.cameras();
+    let cameras = inventory.cameras();
 
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let cameras = cameras

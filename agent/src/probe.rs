@@ -18,7 +18,7 @@ use gstreamer_app as gst_app;
 use crate::config::{InferenceConfig, Transport};
 use crate::infer::Detector;
 use crate::infer::detection::Detection;
-use crate::infer::model::ModelSpec;
+use crate::infer::manifest::ModelSpec;
 
 pub struct ProbeOptions {
     pub url: String,

@@ -161,7 +161,7 @@ async fn scripted_scene_gives_exact_crossings_zone_events_and_one_track_per_pers
 
     // Snapshots: one per object.new and object.end, published before the event, a JPEG
     // of at most 640 px that shows a person where the object was.
-    let manifest = lookout::infer::model::ModelSpec::load(&person_manifest()).expect("manifest");
+    let manifest = lookout::infer::manifest::ModelSpec::load(&person_manifest()).expect("manifest");
     for e in events.iter().filter(|e| e["type"] == "object.new" || e["type"] == "object.end") {
         let snap = &e["snapshot"];
         assert_eq!(snap["id"], e["id"], "{e}");

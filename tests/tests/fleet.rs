@@ -140,7 +140,7 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     let mut padded = bytes.clone();
     padded.resize(14_000_000, 0);
     std::fs::write(big.join("model.onnx"), &padded).expect("pad");
-    let sha = lookout::infer::model::sha256_file(&big.join("model.onnx")).expect("sha");
+    let sha = lookout::infer::manifest::sha256_file(&big.join("model.onnx")).expect("sha");
     let manifest = big.join("manifest.toml");
     let text = std::fs::read_to_string(&manifest).expect("manifest");
     let text = text

@@ -52,7 +52,7 @@ fn keygen_sign_verify_accepts_the_release_and_refuses_every_tampering_with_a_rea
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains("signature ok") && text(&ok).contains("sha256 ok"), "{}", text(&ok));
     // The signed manifest still loads as a model (the agent accepts the new field).
-    lookout::infer::model::ModelSpec::load(&manifest).expect("a signed manifest loads");
+    lookout::infer::manifest::ModelSpec::load(&manifest).expect("a signed manifest loads");
 
     // Another key does not verify it.
     let other = lookout(&["model", "keygen", "--secret", "other.key", "--public", "other.pub"], &dir);

@@ -37,7 +37,7 @@ use updates::{read_control, read_model_updates};
 
 use reader::{Issues, Keyword, TableReader};
 
-use crate::infer::model::ModelSpec;
+use crate::infer::manifest::ModelSpec;
 
 use crate::publish::outbox::OutboxFullPolicy;
 

@@ -150,7 +150,7 @@ impl LiveFrame {
 }
 
 /// What the outbox received for a camera, as the console keeps it.
-pub enum Kind {
+pub enum MessageKind {
     /// An event message (`lookout.event/1`); its JSON follows.
     Event,
     /// A counts message (`lookout.counts/1`); its JSON follows.
@@ -161,22 +161,23 @@ pub enum Kind {
     Other,
 }
 
-impl Kind {
+impl MessageKind {
     /// What `out` is to the console, before it is turned into a payload.
-    pub fn of(out: &crate::event::stage::Outgoing) -> Self {
-        use crate::event::stage::Outgoing;
+    pub fn of(out: &crate::event::stage::StageMessage) -> Self {
+        use crate::event::stage::StageMessage;
         match out {
-            Outgoing::Event(_) => Kind::Event,
-            Outgoing::Counts(_) => Kind::Counts,
-            Outgoing::Snapshot { topic, jpeg } => {
-                Kind::Snapshot { id: topic.rsplit('/').next().unwrap_or_default().to_string(), jpeg: jpeg.clone() }
-            }
+            StageMessage::Event(_) => MessageKind::Event,
+            StageMessage::Counts(_) => MessageKind::Counts,
+            StageMessage::Snapshot { topic, jpeg } => MessageKind::Snapshot {
+                id: topic.rsplit('/').next().unwrap_or_default().to_string(),
+                jpeg: jpeg.clone(),
+            },
         }
     }
 
     /// Whether the console keeps the message's JSON payload.
     pub fn wants_payload(&self) -> bool {
-        matches!(self, Kind::Event | Kind::Counts)
+        matches!(self, MessageKind::Event | MessageKind::Counts)
     }
 }
 
@@ -395,22 +396,22 @@ impl ConsoleHub {
     }
 
     /// A message of `camera` was appended to the outbox: `payload` is its JSON when
-    /// [`Kind::wants_payload`].
-    pub fn on_message(&self, camera: &str, kind: Kind, payload: Option<Vec<u8>>) {
+    /// [`MessageKind::wants_payload`].
+    pub fn on_message(&self, camera: &str, kind: MessageKind, payload: Option<Vec<u8>>) {
         let Some(cam) = self.camera(camera) else { return };
         let mut r = lock(&cam.recent);
         match (kind, payload) {
-            (Kind::Event, Some(p)) => {
+            (MessageKind::Event, Some(p)) => {
                 r.events.push_back(p.into());
                 while r.events.len() > MAX_EVENTS {
                     r.events.pop_front();
                 }
             }
-            (Kind::Counts, Some(p)) => {
+            (MessageKind::Counts, Some(p)) => {
                 r.counts.push_back((Instant::now(), p.into()));
                 expire_counts(&mut r.counts, Instant::now());
             }
-            (Kind::Snapshot { id, jpeg }, _) => {
+            (MessageKind::Snapshot { id, jpeg }, _) => {
                 r.snapshot_bytes += jpeg.bytes.len();
                 r.snapshots.push_back((id, jpeg));
                 while r.snapshots.len() > MAX_SNAPSHOTS

@@ -141,7 +141,7 @@ fn frames_are_released_once_nobody_watches() {
 fn events_snapshots_and_counts_are_bounded_and_served_as_json_arrays() {
     let (hub, _) = hub_with_camera();
     for i in 0..(MAX_EVENTS + 10) {
-        hub.on_message("cam", Kind::Event, Some(format!("{{\"n\":{i}}}").into_bytes()));
+        hub.on_message("cam", MessageKind::Event, Some(format!("{{\"n\":{i}}}").into_bytes()));
     }
     let cam = hub.camera("cam").expect("camera");
     let events: Vec<serde_json::Value> = serde_json::from_slice(&cam.events_json()).expect("JSON array");
@@ -150,16 +150,16 @@ fn events_snapshots_and_counts_are_bounded_and_served_as_json_arrays() {
 
     for i in 0..(MAX_SNAPSHOTS + 4) {
         let jpeg = Arc::new(Jpeg { bytes: vec![0; 1000], width: 1, height: 1 });
-        hub.on_message("cam", Kind::Snapshot { id: format!("s{i}"), jpeg }, None);
+        hub.on_message("cam", MessageKind::Snapshot { id: format!("s{i}"), jpeg }, None);
     }
     assert!(cam.snapshot("s0").is_none() && cam.snapshot(&format!("s{}", MAX_SNAPSHOTS + 3)).is_some());
     let big = Arc::new(Jpeg { bytes: vec![0; MAX_SNAPSHOT_BYTES - 100], width: 1, height: 1 });
-    hub.on_message("cam", Kind::Snapshot { id: "big".into(), jpeg: big }, None);
+    hub.on_message("cam", MessageKind::Snapshot { id: "big".into(), jpeg: big }, None);
     assert!(cam.snapshot("big").is_some());
     assert!(cam.snapshot(&format!("s{}", MAX_SNAPSHOTS + 3)).is_none(), "older ones make room by size");
 
     for i in 0..(MAX_COUNTS + 5) {
-        hub.on_message("cam", Kind::Counts, Some(format!("{{\"n\":{i}}}").into_bytes()));
+        hub.on_message("cam", MessageKind::Counts, Some(format!("{{\"n\":{i}}}").into_bytes()));
     }
     let counts: Vec<serde_json::Value> = serde_json::from_slice(&cam.counts_json()).expect("JSON array");
     assert_eq!(counts.len(), MAX_COUNTS);
@@ -173,7 +173,7 @@ fn events_snapshots_and_counts_are_bounded_and_served_as_json_arrays() {
     assert!(cam.info().zones.is_empty());
     assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&cam.events_json()).expect("json").len(), MAX_EVENTS);
     // Messages of unknown cameras and removed cameras go nowhere.
-    hub.on_message("other", Kind::Event, Some(b"{}".to_vec()));
+    hub.on_message("other", MessageKind::Event, Some(b"{}".to_vec()));
     hub.remove_camera("cam");
     assert!(hub.camera("cam").is_none());
 }

@@ -1,11 +1,11 @@
 //! Remote control over MQTT: `commands/{name}` in, `replies/{request_id}`
 //! out. [`command`] parses. Read-only commands (`camera.list`, `model.list`) are answered
-//! at once from the [`fleet::Fleet`] by the MQTT task ([`handle_read`]); commands that
+//! at once from the [`inventory::Inventory`] by the MQTT task ([`handle_read`]); commands that
 //! change something are queued to the [`supervisor`], which runs them one at a time.
 //! Every outcome is a reply; nothing a command says can stop the agent.
 
 pub mod command;
-pub mod fleet;
+pub mod inventory;
 pub mod overlay;
 pub mod signed;
 pub mod supervisor;
@@ -13,7 +13,7 @@ pub mod supervisor;
 use serde_json::{Map, Value, json};
 
 use command::{Command, Reply, Request};
-use fleet::Fleet;
+use inventory::Inventory;
 
 /// Commands waiting for the supervisor; when full, a new one is refused as `busy`.
 pub const CONTROL_QUEUE: usize = 16;
@@ -25,11 +25,11 @@ pub struct ControlRequest {
 }
 
 /// Answers `camera.list` and `model.list`; anything else is the supervisor's.
-pub fn handle_read(req: &Request, fleet: &Fleet) -> Reply {
+pub fn handle_read(req: &Request, inventory: &Inventory) -> Reply {
     let id = req.request_id.as_str();
     match &req.command {
         Command::CameraList => {
-            let cameras: Vec<Value> = fleet
+            let cameras: Vec<Value> = inventory
                 .camera_entries()
                 .iter()
                 .map(|c| {
@@ -48,8 +48,8 @@ pub fn handle_read(req: &Request, fleet: &Fleet) -> Reply {
             Reply::ok(id, Map::from_iter([("cameras".to_string(), Value::Array(cameras))]))
         }
         Command::ModelList => {
-            let entries = fleet.camera_entries();
-            let models: Vec<Value> = fleet
+            let entries = inventory.camera_entries();
+            let models: Vec<Value> = inventory
                 .models()
                 .iter()
                 .map(|m| {

@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use super::ControlRequest;
 use super::command::{Command, Reply, Request};
-use super::fleet::{CameraEntry, Fleet, ModelEntry, Origin};
+use super::inventory::{CameraEntry, Inventory, ModelEntry, Origin};
 use super::overlay::Overlay;
 use crate::camera::CameraCtx;
 use crate::config::{CameraConfig, Config};
@@ -32,7 +32,7 @@ use crate::event::ModelOut;
 use crate::event::Topics;
 use crate::event::stage::{CameraEvents, CameraSpec};
 use crate::event::thread::EventsCtl;
-use crate::infer::model::ModelSpec;
+use crate::infer::manifest::ModelSpec;
 use crate::infer::queue::FrameQueue;
 use crate::infer::{self, Analysed, Detector, InferError, ModelStats, ModelSwap};
 use crate::model::store::{ModelState, ModelStore, ModelVersion, StoredVersion, compare_versions};
@@ -43,7 +43,7 @@ use crate::telemetry::Liveness;
 /// What the supervisor wires new cameras and models into.
 pub struct Deps {
     pub env: ort::environment::Environment,
-    pub fleet: Arc<Fleet>,
+    pub inventory: Arc<Inventory>,
     pub analysed: SyncSender<Analysed>,
     pub events: Sender<EventsCtl>,
     pub liveness: Liveness,
@@ -172,8 +172,8 @@ impl Supervisor {
         installed.extend(self.store.installed(name).into_iter().map(|(v, _)| v));
         let active_source =
             if self.config.model(name).is_some_and(|m| m.spec.path == spec.path) { "config" } else { "update" };
-        let stats = self.deps.fleet.model(name).map_or_else(|| Arc::new(ModelStats::new(name)), |m| m.stats);
-        self.deps.fleet.set_model(ModelEntry {
+        let stats = self.deps.inventory.model(name).map_or_else(|| Arc::new(ModelStats::new(name)), |m| m.stats);
+        self.deps.inventory.set_model(ModelEntry {
             name: name.to_string(),
             manifest_name: spec.name.clone(),
             active: ModelVersion { version: spec.version.clone(), sha256: spec.sha256.clone(), source: active_source },
@@ -277,7 +277,7 @@ impl Supervisor {
             // Started by `dispatch`, answered by `finish_update`.
             Command::ModelUpdate { .. } => Reply::error(id, "internal", "model.update is not run inline"),
             Command::ModelRollback { name } => self.model_rollback(id, name).await,
-            Command::CameraList | Command::ModelList => super::handle_read(req, &self.deps.fleet),
+            Command::CameraList | Command::ModelList => super::handle_read(req, &self.deps.inventory),
         }
     }
 
@@ -342,7 +342,7 @@ impl Supervisor {
             }
         } else if let Some(r) = self.cameras.get_mut(&cam_id) {
             r.origin = origin;
-            self.deps.fleet.set_camera(CameraEntry { ctx: r.ctx.clone(), config: r.config.clone(), origin });
+            self.deps.inventory.set_camera(CameraEntry { ctx: r.ctx.clone(), config: r.config.clone(), origin });
         }
         camera_reply(id, &cam_id, origin, overrides, changed)
     }
@@ -414,8 +414,8 @@ impl Supervisor {
                 // Messages name the model as its manifest does, like `detections` (infer).
                 model: spec_out,
             },
-            &self.deps.fleet.site,
-            &self.deps.fleet.agent,
+            &self.deps.inventory.site,
+            &self.deps.inventory.agent,
             self.deps.topics.clone(),
             SystemTime::now(),
         );
@@ -425,7 +425,7 @@ impl Supervisor {
         let task =
             tokio::spawn(source::run(cam.clone(), ctx.clone(), rt.format, rt.queue.clone(), slot, token.clone()));
         info!(camera = %cam.id, model = %cam.model, origin = ?origin, "camera started");
-        self.deps.fleet.set_camera(CameraEntry { ctx: ctx.clone(), config: cam.clone(), origin });
+        self.deps.inventory.set_camera(CameraEntry { ctx: ctx.clone(), config: cam.clone(), origin });
         self.cameras.insert(cam.id.clone(), RunningCamera { ctx, config: cam, origin, token, task, slot });
         Ok(())
     }
@@ -439,7 +439,7 @@ impl Supervisor {
         }
         // Its tracks end and its partial counts go out, like at shutdown.
         let _ = self.deps.events.send(EventsCtl::Remove(c.ctx.clone()));
-        self.deps.fleet.remove_camera(id);
+        self.deps.inventory.remove_camera(id);
         self.deps.console.remove_camera(id);
         info!(camera = id, "camera stopped and removed");
     }
@@ -454,7 +454,7 @@ impl Supervisor {
         let (h, w) = spec.input_size();
         let queue = Arc::new(FrameQueue::new());
         let swap = Arc::new(ModelSwap::default());
-        let stats = self.deps.fleet.model(name).map_or_else(|| Arc::new(ModelStats::new(name)), |m| m.stats);
+        let stats = self.deps.inventory.model(name).map_or_else(|| Arc::new(ModelStats::new(name)), |m| m.stats);
         let (q, s, out, st) = (queue.clone(), swap.clone(), self.deps.analysed.clone(), stats.clone());
         let (max_batch, max_wait) = (self.config.inference.max_batch, self.config.inference.max_wait);
         let alive = self.deps.liveness.guard();
@@ -471,7 +471,7 @@ impl Supervisor {
             name.to_string(),
             ModelRuntime { queue, format: FrameFormat { width: w, height: h }, swap, worker: Some(worker) },
         );
-        let previous = self.deps.fleet.model(name).and_then(|m| m.previous);
+        let previous = self.deps.inventory.model(name).and_then(|m| m.previous);
         self.publish_model(name, &spec, previous);
         Ok(())
     }
@@ -599,7 +599,7 @@ impl Supervisor {
     }
 
     async fn model_rollback(&mut self, id: &str, name: &str) -> Reply {
-        let Some(entry) = self.deps.fleet.model(name) else {
+        let Some(entry) = self.deps.inventory.model(name) else {
             return Reply::error(id, "unknown_model", format!("no model {name}"));
         };
         let Some(prev) = entry.previous.clone() else {
@@ -752,7 +752,7 @@ impl Supervisor {
                 self.publish_model(&m.name, &m.spec, None);
             }
         }
-        self.deps.fleet.set_config_sha256(crate::infer::model::sha256_file(&file).unwrap_or_default());
+        self.deps.inventory.set_config_sha256(crate::infer::manifest::sha256_file(&file).unwrap_or_default());
         let wanted = self.effective_cameras();
         let (mut added, mut removed, mut restarted, mut unchanged) = (0, 0, 0, 0);
         let gone: Vec<String> =

@@ -187,7 +187,7 @@ pub struct ModelOut {
 
 impl ModelOut {
     /// How messages name the model `spec` describes.
-    pub fn of(spec: &crate::infer::model::ModelSpec) -> Self {
+    pub fn of(spec: &crate::infer::manifest::ModelSpec) -> Self {
         Self { name: spec.name.clone(), version: spec.version.clone(), sha256: spec.sha256.clone() }
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::stage::{CameraEvents, CameraSpec, Outgoing};
+use super::stage::{CameraEvents, CameraSpec, StageMessage};
 use super::*;
 use crate::camera::{CameraCtx, Original};
 use crate::config::SnapshotPolicy;
@@ -200,10 +200,10 @@ impl Outbox {
     }
 
     /// As the agent's `append_outgoing`.
-    fn append_outgoing(&mut self, out: Vec<Outgoing>) {
+    fn append_outgoing(&mut self, out: Vec<StageMessage>) {
         let mut snapshot_seq = None;
         for o in out {
-            let is_snapshot = matches!(o, Outgoing::Snapshot { .. });
+            let is_snapshot = matches!(o, StageMessage::Snapshot { .. });
             let seq = self.next_seq;
             self.append(o.topic(&self.topics), |seq| o.into_payload(seq, snapshot_seq));
             snapshot_seq = is_snapshot.then_some(seq);

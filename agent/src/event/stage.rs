@@ -24,7 +24,7 @@ use crate::camera::ScoreThresholds;
 use crate::config::SnapshotPolicy;
 use crate::infer::Analysed;
 use crate::infer::detection::BBox;
-use crate::rules::{Kind, ObjectView, RuleEvent, Rules, RulesConfig};
+use crate::rules::{EventKind, ObjectView, RuleEvent, Rules, RulesConfig};
 use crate::track::{TrackEvent, Tracker, TrackerConfig};
 
 /// Most live tracks per camera holding a snapshot; later ones get theirs at `object.new`
@@ -50,7 +50,7 @@ pub struct CameraSpec {
 
 /// A message to append to the outbox.
 #[derive(Debug, Clone)]
-pub enum Outgoing {
+pub enum StageMessage {
     Event(Box<EventMessage>),
     Counts(Box<CountsMessage>),
     /// Raw JPEG bytes.
@@ -68,12 +68,12 @@ struct Best {
     jpeg: Arc<Jpeg>,
 }
 
-impl Outgoing {
+impl StageMessage {
     pub fn topic(&self, topics: &Topics) -> String {
         match self {
-            Outgoing::Event(m) => topics.events(&m.camera),
-            Outgoing::Counts(m) => topics.counts(&m.camera),
-            Outgoing::Snapshot { topic, .. } => topic.clone(),
+            StageMessage::Event(m) => topics.events(&m.camera),
+            StageMessage::Counts(m) => topics.counts(&m.camera),
+            StageMessage::Snapshot { topic, .. } => topic.clone(),
         }
     }
 
@@ -81,7 +81,7 @@ impl Outgoing {
     /// `snapshot_seq`: the `seq` its JPEG was appended with, just before it.
     pub fn into_payload(self, seq: u64, snapshot_seq: Option<u64>) -> Vec<u8> {
         match self {
-            Outgoing::Event(mut m) => {
+            StageMessage::Event(mut m) => {
                 m.seq = seq;
                 // A snapshot the outbox could not take (larger than max_bytes, I/O error)
                 // is not referenced.
@@ -95,11 +95,11 @@ impl Outgoing {
                 }
                 to_json(&m)
             }
-            Outgoing::Counts(mut m) => {
+            StageMessage::Counts(mut m) => {
                 m.seq = seq;
                 to_json(&m)
             }
-            Outgoing::Snapshot { jpeg, .. } => jpeg.bytes.clone(),
+            StageMessage::Snapshot { jpeg, .. } => jpeg.bytes.clone(),
         }
     }
 }
@@ -180,7 +180,7 @@ impl CameraEvents {
     }
 
     /// One analysed frame.
-    pub fn on_frame(&mut self, a: &Analysed) -> Vec<Outgoing> {
+    pub fn on_frame(&mut self, a: &Analysed) -> Vec<StageMessage> {
         let t = secs(a.captured);
         self.last_frame = Some(t);
         self.analysed += 1;
@@ -199,7 +199,7 @@ impl CameraEvents {
 
     /// Periodic work at `now`: counts when due; ends the tracks of a camera that stopped
     /// delivering frames (they would otherwise never end).
-    pub fn tick(&mut self, now: SystemTime) -> Vec<Outgoing> {
+    pub fn tick(&mut self, now: SystemTime) -> Vec<StageMessage> {
         let mut out = Vec::new();
         let lost = self.spec.lost_after.as_secs_f64();
         let n = secs(now);
@@ -226,7 +226,7 @@ impl CameraEvents {
     }
 
     /// The camera stops: every track ends, and the counts of the partial interval.
-    pub fn finish(&mut self, now: SystemTime) -> Vec<Outgoing> {
+    pub fn finish(&mut self, now: SystemTime) -> Vec<StageMessage> {
         let n = secs(now);
         let te = self.tracker.finish();
         let t = self.last_frame.unwrap_or(n);
@@ -236,7 +236,7 @@ impl CameraEvents {
         out
     }
 
-    fn counts(&mut self, n: f64) -> Outgoing {
+    fn counts(&mut self, n: f64) -> StageMessage {
         let c = self.rules.take_counts(n, self.spec.labels.len());
         let cfg = self.rules.config();
         let label = |id: u32| self.spec.labels.get(id as usize).cloned().unwrap_or_else(|| format!("class_{id}"));
@@ -306,7 +306,7 @@ impl CameraEvents {
             line_classes,
             line_groups,
         };
-        Outgoing::Counts(Box::new(msg))
+        StageMessage::Counts(Box::new(msg))
     }
 
     /// Keeps, per confirmed track, a JPEG of its best frame so far.
@@ -329,30 +329,32 @@ impl CameraEvents {
         }
     }
 
-    fn messages(&mut self, events: Vec<RuleEvent>, frame: Option<&Analysed>) -> Vec<Outgoing> {
+    fn messages(&mut self, events: Vec<RuleEvent>, frame: Option<&Analysed>) -> Vec<StageMessage> {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             let id = new_id();
             let cfg = self.rules.config();
             let (zone, line) = match &ev.kind {
-                Kind::ZoneEnter { zone } | Kind::ZoneExit { zone } => (Some(self.zone_out(*zone, None, None)), None),
-                Kind::ZoneLoiter { zone, seconds } => (Some(self.zone_out(*zone, Some(*seconds), None)), None),
-                Kind::ZoneCrowded { zone, count } | Kind::ZoneCrowdCleared { zone, count } => {
+                EventKind::ZoneEnter { zone } | EventKind::ZoneExit { zone } => {
+                    (Some(self.zone_out(*zone, None, None)), None)
+                }
+                EventKind::ZoneLoiter { zone, seconds } => (Some(self.zone_out(*zone, Some(*seconds), None)), None),
+                EventKind::ZoneCrowded { zone, count } | EventKind::ZoneCrowdCleared { zone, count } => {
                     (Some(self.zone_out(*zone, None, Some(*count))), None)
                 }
-                Kind::LineCross { line, direction } => {
+                EventKind::LineCross { line, direction } => {
                     let l = &cfg.lines[*line];
                     (None, Some(LineOut { name: l.name.clone(), direction: l.directions[*direction].clone() }))
                 }
-                Kind::ObjectNew | Kind::ObjectUpdate | Kind::ObjectEnd => (None, None),
+                EventKind::ObjectNew | EventKind::ObjectUpdate | EventKind::ObjectEnd => (None, None),
             };
             let mut snapshot = None;
-            if let (Kind::ObjectNew | Kind::ObjectEnd, Some(obj), true) =
+            if let (EventKind::ObjectNew | EventKind::ObjectEnd, Some(obj), true) =
                 (&ev.kind, &ev.object, self.spec.snapshots.enabled)
             {
                 let tid = obj.track.id;
                 let best =
-                    if ev.kind == Kind::ObjectEnd { self.best.remove(&tid) } else { self.best_or_now(tid, frame) };
+                    if ev.kind == EventKind::ObjectEnd { self.best.remove(&tid) } else { self.best_or_now(tid, frame) };
                 if let Some(b) = best {
                     let topic = self.topics.snapshot(&self.spec.id, &id);
                     snapshot = Some(SnapshotRef {
@@ -366,7 +368,7 @@ impl CameraEvents {
                         bbox: BBoxOut::from(b.bbox),
                         seq: 0,
                     });
-                    out.push(Outgoing::Snapshot { topic, jpeg: b.jpeg });
+                    out.push(StageMessage::Snapshot { topic, jpeg: b.jpeg });
                 }
             }
             let msg = EventMessage {
@@ -384,7 +386,7 @@ impl CameraEvents {
                 line,
                 snapshot,
             };
-            out.push(Outgoing::Event(Box::new(msg)));
+            out.push(StageMessage::Event(Box::new(msg)));
         }
         out
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{error, warn};
 
-use super::stage::{CameraEvents, Outgoing};
+use super::stage::{CameraEvents, StageMessage};
 use super::{Topics, detections_message, gap_message, snapshot};
 use crate::camera::CameraCtx;
 use crate::console::{self, ConsoleHub};
@@ -175,7 +175,7 @@ fn append_outgoing(
     delivery: &Delivery,
     camera: &CameraCtx,
     topics: &Topics,
-    outs: Vec<Outgoing>,
+    outs: Vec<StageMessage>,
     console: &ConsoleHub,
 ) {
     let mut snapshot_seq = None;
@@ -183,9 +183,9 @@ fn append_outgoing(
     let mut shrunk: Option<(u32, u32)> = None;
     let max_message = delivery.outbox().max_message_bytes();
     for mut out in outs {
-        let is_snapshot = matches!(out, Outgoing::Snapshot { .. });
+        let is_snapshot = matches!(out, StageMessage::Snapshot { .. });
         match &mut out {
-            Outgoing::Snapshot { topic, jpeg } => {
+            StageMessage::Snapshot { topic, jpeg } => {
                 shrunk = None;
                 let room = max_message.saturating_sub(topic.len() as u64);
                 if jpeg.bytes.len() as u64 > room {
@@ -203,14 +203,14 @@ fn append_outgoing(
                     }
                 }
             }
-            Outgoing::Event(m) => {
+            StageMessage::Event(m) => {
                 if let (Some((w, h)), Some(s)) = (shrunk.take(), m.snapshot.as_mut()) {
                     (s.width, s.height) = (w, h);
                 }
             }
-            Outgoing::Counts(_) => {}
+            StageMessage::Counts(_) => {}
         }
-        let kind = console::Kind::of(&out);
+        let kind = console::MessageKind::of(&out);
         let mut kept = None;
         let seq = append(delivery, camera, &out.topic(topics), |seq| {
             let payload = out.into_payload(seq, snapshot_seq);

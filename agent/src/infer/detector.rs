@@ -11,7 +11,7 @@ use ort::value::{Tensor, TensorElementType, ValueType};
 
 use super::detection::Detection;
 use super::letterbox::Placement;
-use super::model::{self, ModelSpec, OutputSpec};
+use super::manifest::{self, ModelSpec, OutputSpec};
 use super::ssd::NmsParams;
 use super::{decode, detection, letterbox, runtime, shapes, ssd};
 use crate::camera::{CameraCtx, Frame};
@@ -122,8 +122,8 @@ impl Detector {
             }
         }
         let dtype = match self.spec.input.dtype {
-            model::DType::Float32 => TensorElementType::Float32,
-            model::DType::Uint8 => TensorElementType::Uint8,
+            manifest::DType::Float32 => TensorElementType::Float32,
+            manifest::DType::Uint8 => TensorElementType::Uint8,
         };
         let (shape, ty) = tensor_info(input.dtype())
             .ok_or_else(|| mismatch("input type", format!("input {:?} is not a tensor", input.name())))?;
@@ -155,19 +155,19 @@ impl Detector {
         let rows = frames.len().max(self.spec.fixed_batch().unwrap_or(0));
         let (hu, wu) = (h as usize, w as usize);
         let dims = match inp.layout {
-            model::Layout::NHWC => (rows, hu, wu, 3),
-            model::Layout::NCHW => (rows, 3, hu, wu),
+            manifest::Layout::NHWC => (rows, hu, wu, 3),
+            manifest::Layout::NCHW => (rows, 3, hu, wu),
         };
         let mut batch = match inp.dtype {
-            model::DType::Float32 => InputBatch::F32(Array4::zeros(dims)),
-            model::DType::Uint8 => InputBatch::U8(Array4::zeros(dims)),
+            manifest::DType::Float32 => InputBatch::F32(Array4::zeros(dims)),
+            manifest::DType::Uint8 => InputBatch::U8(Array4::zeros(dims)),
         };
         let mut places = Vec::with_capacity(frames.len());
         let mut boxed = Vec::new();
         for (i, f) in frames.iter().enumerate() {
             let px = (*f.pixels).as_ref();
             let row_bytes = f.width as usize * 3;
-            let stretch = inp.resize == model::Resize::Stretch;
+            let stretch = inp.resize == manifest::Resize::Stretch;
             if (stretch && (f.width != w || f.height != h))
                 || f.width == 0
                 || f.height == 0
@@ -340,12 +340,12 @@ impl Detector {
         let rows = self.spec.fixed_batch().unwrap_or(1).max(1);
         let (hu, wu) = (h as usize, w as usize);
         let dims = match inp.layout {
-            model::Layout::NHWC => (rows, hu, wu, 3),
-            model::Layout::NCHW => (rows, 3, hu, wu),
+            manifest::Layout::NHWC => (rows, hu, wu, 3),
+            manifest::Layout::NCHW => (rows, 3, hu, wu),
         };
         let grey = match inp.dtype {
-            model::DType::Float32 => InputBatch::F32(Array4::from_elem(dims, 128.0 * inp.scale + inp.offset)),
-            model::DType::Uint8 => InputBatch::U8(Array4::from_elem(dims, 128u8)),
+            manifest::DType::Float32 => InputBatch::F32(Array4::from_elem(dims, 128.0 * inp.scale + inp.offset)),
+            manifest::DType::Uint8 => InputBatch::U8(Array4::from_elem(dims, 128u8)),
         };
         let params = NmsParams {
             score_floor: self.spec.postprocess.score_threshold,
@@ -398,7 +398,7 @@ impl Detector {
     /// The manifest's `[self_test]`: the reference image goes through the same path as a
     /// camera frame (stretched to the input size, then this model's preprocessing), and
     /// every expected detection must be found.
-    fn reference_test(&mut self, t: &model::SelfTest) -> Result<(), InferError> {
+    fn reference_test(&mut self, t: &manifest::SelfTest) -> Result<(), InferError> {
         let name = self.spec.name.clone();
         let fail = |message: String| InferError::SelfTest { model: name.clone(), message };
         let img = image::open(&t.image).map_err(|e| fail(format!("{}: {e}", t.image.display())))?.to_rgb8();
@@ -448,22 +448,28 @@ fn tensor_info(t: &ValueType) -> Option<(&[i64], TensorElementType)> {
 }
 
 /// Copies packed RGB rows (`stride` bytes apart) into one input row of the model.
-fn fill<T: Copy>(dst: ArrayViewMut3<'_, T>, layout: model::Layout, src: &[u8], stride: usize, conv: impl Fn(u8) -> T) {
+fn fill<T: Copy>(
+    dst: ArrayViewMut3<'_, T>,
+    layout: manifest::Layout,
+    src: &[u8],
+    stride: usize,
+    conv: impl Fn(u8) -> T,
+) {
     let (h, w) = match layout {
-        model::Layout::NHWC => (dst.shape()[0], dst.shape()[1]),
-        model::Layout::NCHW => (dst.shape()[1], dst.shape()[2]),
+        manifest::Layout::NHWC => (dst.shape()[0], dst.shape()[1]),
+        manifest::Layout::NCHW => (dst.shape()[1], dst.shape()[2]),
     };
     let Some(dst) = dst.into_slice() else { return };
     let row_bytes = w * 3;
     match layout {
-        model::Layout::NHWC => {
+        manifest::Layout::NHWC => {
             for (y, out_row) in dst.chunks_exact_mut(row_bytes).enumerate() {
                 for (o, &s) in out_row.iter_mut().zip(&src[y * stride..y * stride + row_bytes]) {
                     *o = conv(s);
                 }
             }
         }
-        model::Layout::NCHW => {
+        manifest::Layout::NCHW => {
             let plane = h * w;
             for y in 0..h {
                 let src_row = &src[y * stride..y * stride + row_bytes];

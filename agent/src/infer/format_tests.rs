@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::detection::Detection;
-use super::model::{DType, Layout, ModelError, ModelSpec, OutputSpec, Resize};
+use super::manifest::{DType, Layout, ModelError, ModelSpec, OutputSpec, Resize};
 use super::{Detector, InferError, InputBatch};
 use crate::camera::{CameraCtx, Frame};
 use crate::config::InferenceConfig;
@@ -271,7 +271,7 @@ fn manifest_input_options_are_checked_together() {
 fn city_model_matches_its_sha256_and_finds_people_and_vehicles_in_its_reference_frame() {
     // Loading checks the committed model.onnx and labels.txt against the manifest's sha256s.
     let spec = ModelSpec::load(&manifest("../ssd-mobilenetv2-coco")).expect("city manifest");
-    assert_eq!(spec.input.dtype, crate::infer::model::DType::Uint8);
+    assert_eq!(spec.input.dtype, crate::infer::manifest::DType::Uint8);
     assert_eq!((spec.labels.len(), spec.labels[0].as_str(), spec.labels[2].as_str()), (90, "person", "car"));
     let t = spec.self_test.as_ref().expect("the shipped model carries a self-test");
     let labels: Vec<&str> = t.expect.iter().map(|e| e.label.as_str()).collect();

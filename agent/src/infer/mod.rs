@@ -14,7 +14,7 @@ mod detector;
 #[cfg(test)]
 mod format_tests;
 pub mod letterbox;
-pub mod model;
+pub mod manifest;
 pub mod queue;
 pub mod runtime;
 mod shapes;

@@ -2,7 +2,7 @@
 //! declares. A model update relies on this to refuse an artifact whose outputs do not
 //! fit its manifest before swapping it in, so every static dimension is checked.
 
-use super::model::{Layout, ModelSpec, OutputSpec};
+use super::manifest::{Layout, ModelSpec, OutputSpec};
 
 /// One expected dimension.
 #[derive(Debug, Clone, PartialEq)]

@@ -76,7 +76,7 @@ fn check_artifact(manifest: &Path, text: &str) -> anyhow::Result<(std::path::Pat
     {
         bail!("artifact {}: {size} bytes, the manifest says {want_size}", path.display());
     }
-    let got = crate::infer::model::sha256_file(&path).with_context(|| format!("reading {}", path.display()))?;
+    let got = crate::infer::manifest::sha256_file(&path).with_context(|| format!("reading {}", path.display()))?;
     if !got.eq_ignore_ascii_case(want.trim()) {
         bail!("artifact {}: sha256 {got}, the manifest says {want}", path.display());
     }

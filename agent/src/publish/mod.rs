@@ -40,7 +40,7 @@ use tracing::{Instrument, info, warn};
 use crate::config::MqttConfig;
 use crate::control::ControlRequest;
 use crate::control::command::{self, NO_REQUEST_ID, Reply};
-use crate::control::fleet::Fleet;
+use crate::control::inventory::Inventory;
 use crate::control::signed::CommandGuard;
 use crate::event::{Topics, camera_status_message, status_message};
 use outbox::{Outbox, OutboxError};
@@ -107,9 +107,10 @@ impl Delivery {
 /// header (1 + up to 4 of remaining length), the topic's length (2) and the packet id (2).
 pub const PUBLISH_OVERHEAD: u64 = 9;
 
-/// What presence messages need.
-pub struct Presence {
-    pub fleet: Arc<Fleet>,
+/// What the mqtt task needs besides delivery: the running inventory (presence messages,
+/// read-only commands), where mutating commands go, and the signature and replay checks.
+pub struct ControlPlane {
+    pub inventory: Arc<Inventory>,
     /// Where commands that change something go (the supervisor).
     pub requests: tokio::sync::mpsc::Sender<ControlRequest>,
     /// Signature checks and the nonces seen: shared by every connection, so a command
@@ -122,7 +123,7 @@ pub struct Presence {
 pub fn spawn(
     cfg: MqttConfig,
     delivery: Arc<Delivery>,
-    presence: Presence,
+    presence: ControlPlane,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -133,11 +134,11 @@ pub fn spawn(
 async fn run(
     cfg: MqttConfig,
     delivery: Arc<Delivery>,
-    presence: Presence,
+    presence: ControlPlane,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let topics = Topics::new(&presence.fleet.site, &presence.fleet.agent);
+    let topics = Topics::new(&presence.inventory.site, &presence.inventory.agent);
     let mut backoff = Duration::from_secs(1);
     // Replies of queued commands come back here, to be published by whichever
     // connection is up (one publisher keeps the pkid bookkeeping in order).
@@ -175,7 +176,7 @@ async fn run(
 }
 
 /// rumqttc options: identity, keep-alive, credentials, TLS and the will.
-fn options(cfg: &MqttConfig, topics: &Topics, presence: &Presence) -> Result<MqttOptions, PublishError> {
+fn options(cfg: &MqttConfig, topics: &Topics, presence: &ControlPlane) -> Result<MqttOptions, PublishError> {
     let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
     opts.set_keep_alive(cfg.keep_alive);
     // The outbox replays everything unacknowledged on each new connection, so no broker
@@ -189,7 +190,7 @@ fn options(cfg: &MqttConfig, topics: &Topics, presence: &Presence) -> Result<Mqt
     opts.set_request_channel_capacity(cfg.max_inflight as usize + 16);
     opts.set_last_will(LastWill::new(
         topics.status(),
-        status_message(&presence.fleet.agent_info(), "offline", Some("connection lost")),
+        status_message(&presence.inventory.agent_info(), "offline", Some("connection lost")),
         QoS::AtLeastOnce,
         true,
     ));
@@ -217,7 +218,7 @@ struct Connection<'a> {
     client: AsyncClient,
     eventloop: EventLoop,
     topics: &'a Topics,
-    presence: &'a Presence,
+    presence: &'a ControlPlane,
     delivery: &'a Delivery,
     max_inflight: usize,
     broker: String,
@@ -231,7 +232,7 @@ struct Connection<'a> {
     cursor: u64,
     /// Last published state per camera, and when.
     camera_reports: HashMap<String, (String, Instant, u64, u64)>,
-    /// The fleet generation the birth message described.
+    /// The inventory generation the birth message described.
     fleet_generation: u64,
     reply_tx: tokio::sync::mpsc::UnboundedSender<Reply>,
     /// Presence messages and replies not yet accepted by rumqttc's request queue, oldest
@@ -255,7 +256,7 @@ impl<'a> Connection<'a> {
     fn new(
         cfg: &MqttConfig,
         topics: &'a Topics,
-        presence: &'a Presence,
+        presence: &'a ControlPlane,
         delivery: &'a Delivery,
         reply_tx: tokio::sync::mpsc::UnboundedSender<Reply>,
     ) -> Result<Self, PublishError> {
@@ -311,10 +312,10 @@ impl<'a> Connection<'a> {
                 self.delivery.stats.connects.fetch_add(1, Ordering::Relaxed);
                 let pending = self.delivery.outbox().stats().pending_records;
                 info!(pending, "connected to MQTT broker");
-                self.fleet_generation = self.presence.fleet.generation();
+                self.fleet_generation = self.presence.inventory.generation();
                 self.publish_state(
                     self.topics.status(),
-                    status_message(&self.presence.fleet.agent_info(), "online", None),
+                    status_message(&self.presence.inventory.agent_info(), "online", None),
                 );
                 // A fresh session each connection: subscribe again, before the camera
                 // statuses fill the request queue. Subscribe requests are not publish
@@ -401,7 +402,7 @@ impl<'a> Connection<'a> {
                 command::parse_object(name, a.payload)
             }) {
                 Ok(req) if req.command.is_read_only() => {
-                    let reply = crate::control::handle_read(&req, &self.presence.fleet);
+                    let reply = crate::control::handle_read(&req, &self.presence.inventory);
                     info!(command = name, request_id = %req.request_id, ok = reply.ok, "command");
                     reply
                 }
@@ -482,12 +483,15 @@ impl<'a> Connection<'a> {
         let now = Instant::now();
         // Cameras added or removed, or a model swapped: the birth message says again
         // what runs, and a removed camera's retained status is cleared (empty payload).
-        let generation = self.presence.fleet.generation();
+        let generation = self.presence.inventory.generation();
         if generation != self.fleet_generation {
             self.fleet_generation = generation;
-            self.publish_state(self.topics.status(), status_message(&self.presence.fleet.agent_info(), "online", None));
+            self.publish_state(
+                self.topics.status(),
+                status_message(&self.presence.inventory.agent_info(), "online", None),
+            );
         }
-        let cameras = self.presence.fleet.cameras();
+        let cameras = self.presence.inventory.cameras();
         let gone: Vec<String> =
             self.camera_reports.keys().filter(|id| !cameras.iter().any(|c| &c.id == *id)).cloned().collect();
         for id in gone {
@@ -515,8 +519,8 @@ impl<'a> Connection<'a> {
                 None => (0.0, 0.0),
             };
             let payload = camera_status_message(
-                &self.presence.fleet.site,
-                &self.presence.fleet.agent,
+                &self.presence.inventory.site,
+                &self.presence.inventory.agent,
                 &cam.id,
                 state.as_str(),
                 reason.as_deref(),
@@ -560,7 +564,7 @@ impl<'a> Connection<'a> {
             }
             self.publish_state(
                 self.topics.status(),
-                status_message(&self.presence.fleet.agent_info(), "offline", Some("shutdown")),
+                status_message(&self.presence.inventory.agent_info(), "offline", Some("shutdown")),
             );
             // Wait (briefly) for a PUBACK so the retained state is really offline.
             let until = tokio::time::Instant::now() + Duration::from_secs(2);

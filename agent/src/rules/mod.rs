@@ -86,7 +86,7 @@ const PATH_STEP: f32 = 0.01;
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
+pub enum EventKind {
     ObjectNew,
     ObjectUpdate,
     ObjectEnd,
@@ -98,19 +98,19 @@ pub enum Kind {
     LineCross { line: usize, direction: usize },
 }
 
-impl Kind {
+impl EventKind {
     /// The `type` of the event message.
     pub fn type_name(&self) -> &'static str {
         match self {
-            Kind::ObjectNew => "object.new",
-            Kind::ObjectUpdate => "object.update",
-            Kind::ObjectEnd => "object.end",
-            Kind::ZoneEnter { .. } => "zone.enter",
-            Kind::ZoneExit { .. } => "zone.exit",
-            Kind::ZoneLoiter { .. } => "zone.loiter",
-            Kind::ZoneCrowded { .. } => "zone.crowded",
-            Kind::ZoneCrowdCleared { .. } => "zone.crowd_cleared",
-            Kind::LineCross { .. } => "line.cross",
+            EventKind::ObjectNew => "object.new",
+            EventKind::ObjectUpdate => "object.update",
+            EventKind::ObjectEnd => "object.end",
+            EventKind::ZoneEnter { .. } => "zone.enter",
+            EventKind::ZoneExit { .. } => "zone.exit",
+            EventKind::ZoneLoiter { .. } => "zone.loiter",
+            EventKind::ZoneCrowded { .. } => "zone.crowded",
+            EventKind::ZoneCrowdCleared { .. } => "zone.crowd_cleared",
+            EventKind::LineCross { .. } => "line.cross",
         }
     }
 }
@@ -129,7 +129,7 @@ pub struct ObjectView {
 /// One rule event at time `t` (seconds, the caller's clock).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleEvent {
-    pub kind: Kind,
+    pub kind: EventKind,
     pub t: f64,
     /// The object concerned; `None` for zone-wide events (crowding).
     pub object: Option<ObjectView>,
@@ -264,7 +264,7 @@ impl Rules {
         // object.new already shows the zones it starts in; their zone.enter follow it.
         let mut entered = Vec::new();
         self.move_zones(&mut o, t, p, &mut entered);
-        out.push(RuleEvent { kind: Kind::ObjectNew, t, object: Some(o.view()) });
+        out.push(RuleEvent { kind: EventKind::ObjectNew, t, object: Some(o.view()) });
         out.extend(entered);
         self.objects.push(o);
     }
@@ -285,7 +285,7 @@ impl Rules {
         let due = self.cfg.update_interval.is_some_and(|i| t - o.last_report >= i.as_secs_f64());
         if zones_changed || due {
             o.last_report = t;
-            out.push(RuleEvent { kind: Kind::ObjectUpdate, t, object: Some(o.view()) });
+            out.push(RuleEvent { kind: EventKind::ObjectUpdate, t, object: Some(o.view()) });
         }
         self.objects.insert(idx, o);
     }
@@ -298,10 +298,10 @@ impl Rules {
         let t = tr.last_seen;
         for z in 0..o.inside.len() {
             if o.inside[z].take().is_some() {
-                out.push(RuleEvent { kind: Kind::ZoneExit { zone: z }, t, object: Some(o.view()) });
+                out.push(RuleEvent { kind: EventKind::ZoneExit { zone: z }, t, object: Some(o.view()) });
             }
         }
-        out.push(RuleEvent { kind: Kind::ObjectEnd, t, object: Some(o.view()) });
+        out.push(RuleEvent { kind: EventKind::ObjectEnd, t, object: Some(o.view()) });
     }
 
     /// Zone transitions for an object now at `p`; whether any happened.
@@ -318,12 +318,12 @@ impl Rules {
                     if !o.visited.contains(&z) {
                         o.visited.push(z);
                     }
-                    out.push(RuleEvent { kind: Kind::ZoneEnter { zone: z }, t, object: Some(o.view()) });
+                    out.push(RuleEvent { kind: EventKind::ZoneEnter { zone: z }, t, object: Some(o.view()) });
                     changed = true;
                 }
                 (true, false) => {
                     o.inside[z] = None;
-                    out.push(RuleEvent { kind: Kind::ZoneExit { zone: z }, t, object: Some(o.view()) });
+                    out.push(RuleEvent { kind: EventKind::ZoneExit { zone: z }, t, object: Some(o.view()) });
                     changed = true;
                 }
                 _ => {}
@@ -348,7 +348,7 @@ impl Rules {
                 let direction = if before > 0 { 0 } else { 1 };
                 self.crossings[l][direction] += 1;
                 self.class_crossings[l].entry(o.track.class_id).or_default()[direction] += 1;
-                out.push(RuleEvent { kind: Kind::LineCross { line: l, direction }, t, object: Some(o.view()) });
+                out.push(RuleEvent { kind: EventKind::LineCross { line: l, direction }, t, object: Some(o.view()) });
             }
         }
     }
@@ -360,7 +360,7 @@ impl Rules {
                 if !reported && t - since >= limit.as_secs_f64() {
                     o.inside[z] = Some((since, true));
                     let seconds = t - since;
-                    out.push(RuleEvent { kind: Kind::ZoneLoiter { zone: z, seconds }, t, object: Some(o.view()) });
+                    out.push(RuleEvent { kind: EventKind::ZoneLoiter { zone: z, seconds }, t, object: Some(o.view()) });
                 }
             }
         }
@@ -376,10 +376,10 @@ impl Rules {
             let count = self.occupancy(z);
             if count > max && !self.crowded[z] {
                 self.crowded[z] = true;
-                out.push(RuleEvent { kind: Kind::ZoneCrowded { zone: z, count }, t, object: None });
+                out.push(RuleEvent { kind: EventKind::ZoneCrowded { zone: z, count }, t, object: None });
             } else if count <= max && self.crowded[z] {
                 self.crowded[z] = false;
-                out.push(RuleEvent { kind: Kind::ZoneCrowdCleared { zone: z, count }, t, object: None });
+                out.push(RuleEvent { kind: EventKind::ZoneCrowdCleared { zone: z, count }, t, object: None });
             }
         }
     }

@@ -75,7 +75,9 @@ fn crossings_are_named_by_direction_and_counted_per_interval() {
         .events
         .iter()
         .filter_map(|e| match e.kind {
-            Kind::LineCross { line: 0, direction } => Some((e.object.as_ref().map_or(0, |o| o.track.id), direction)),
+            EventKind::LineCross { line: 0, direction } => {
+                Some((e.object.as_ref().map_or(0, |o| o.track.id), direction))
+            }
             _ => None,
         })
         .collect::<std::collections::BTreeSet<_>>()
@@ -117,7 +119,7 @@ fn turning_back_counts_both_ways_and_passing_beyond_the_segment_counts_nothing()
         .events
         .iter()
         .filter_map(|e| match e.kind {
-            Kind::LineCross { direction, .. } => Some(direction),
+            EventKind::LineCross { direction, .. } => Some(direction),
             _ => None,
         })
         .collect();
@@ -142,7 +144,7 @@ fn zone_visits_enter_loiter_once_and_exit_when_leaving_or_ending() {
     }
     let zone_types: Vec<&str> = w.types().into_iter().filter(|t| t.starts_with("zone.")).collect();
     assert_eq!(zone_types, vec!["zone.enter", "zone.loiter", "zone.exit", "zone.enter", "zone.exit"]);
-    let loiter = w.events.iter().find(|e| matches!(e.kind, Kind::ZoneLoiter { .. })).expect("loiter");
+    let loiter = w.events.iter().find(|e| matches!(e.kind, EventKind::ZoneLoiter { .. })).expect("loiter");
     assert_eq!(loiter.t, 7.0, "entered at 2, loitering from 5 s later");
     // The exit on loss is dated when the object was last seen, before its end.
     let last_two: Vec<(&str, f64)> = w.events.iter().rev().take(2).map(|e| (e.kind.type_name(), e.t)).collect();
@@ -168,7 +170,7 @@ fn crowding_fires_above_max_objects_and_clears_at_or_below() {
         .events
         .iter()
         .filter_map(|e| match e.kind {
-            Kind::ZoneCrowded { count, .. } | Kind::ZoneCrowdCleared { count, .. } => {
+            EventKind::ZoneCrowded { count, .. } | EventKind::ZoneCrowdCleared { count, .. } => {
                 Some((e.kind.type_name(), count as f64))
             }
             _ => None,
@@ -224,7 +226,7 @@ fn updates_follow_zone_changes_and_the_update_interval() {
     for i in 0..10 {
         w.frame(i as f64, &[at(0.32 + 0.04 * i as f32, 0.8)]);
     }
-    let updates: Vec<f64> = w.events.iter().filter(|e| e.kind == Kind::ObjectUpdate).map(|e| e.t).collect();
+    let updates: Vec<f64> = w.events.iter().filter(|e| e.kind == EventKind::ObjectUpdate).map(|e| e.t).collect();
     // Confirmed at 1 (new, inside "left"); 4 by interval; exit at x = 0.52 (t = 5); 8 by interval.
     assert_eq!(updates, vec![4.0, 5.0, 8.0]);
     // Without an interval, only the zone change.
@@ -254,7 +256,7 @@ fn paths_stay_short_and_keep_both_ends() {
         w.frame(i as f64 * 0.2, &[at(0.1 + 0.008 * i as f32, 0.8)]);
     }
     w.finish(20.0);
-    let end = w.events.iter().find(|e| e.kind == Kind::ObjectEnd).and_then(|e| e.object.clone()).expect("end");
+    let end = w.events.iter().find(|e| e.kind == EventKind::ObjectEnd).and_then(|e| e.object.clone()).expect("end");
     assert!(end.path.len() <= PATH_POINTS && end.path.len() >= PATH_POINTS / 2, "{}", end.path.len());
     let (first, last) = (end.path[0], end.path[end.path.len() - 1]);
     assert!((first.x - 0.108).abs() < 1e-4, "first point is where it was confirmed: {first:?}");

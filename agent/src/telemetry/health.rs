@@ -11,13 +11,13 @@ use tracing::error;
 
 use super::Liveness;
 use crate::camera::{CameraCtx, CameraState};
-use crate::control::fleet::Fleet;
+use crate::control::inventory::Inventory;
 use crate::publish::Delivery;
 
 /// What the endpoints report on.
 pub struct Health {
     /// Cameras and models as they are now (they change at runtime).
-    pub fleet: Arc<Fleet>,
+    pub inventory: Arc<Inventory>,
     pub delivery: Arc<Delivery>,
     pub liveness: Liveness,
     /// Threads that must be alive (counted when they were started).
@@ -40,7 +40,7 @@ pub struct ListenerStats {
 impl Health {
     /// The cameras as they are now (the one place the console reads the camera list).
     pub fn camera_list(&self) -> Vec<Arc<CameraCtx>> {
-        self.fleet.cameras()
+        self.inventory.cameras()
     }
 
     pub fn healthy(&self) -> bool {
@@ -58,7 +58,7 @@ impl Health {
 
     /// The one-line status also sent to systemd.
     pub fn status_line(&self) -> String {
-        let cameras = self.fleet.cameras();
+        let cameras = self.inventory.cameras();
         let streaming = cameras.iter().filter(|c| c.state().0 == CameraState::Streaming).count();
         let connected = self.delivery.stats.connected.load(Ordering::Relaxed);
         let pending = self.delivery.outbox().stats().pending_records;

@@ -319,7 +319,7 @@ fn render(h: &Health) -> String {
             u64::from(c.state().0 == CameraState::Streaming)
         }),
     ];
-    let cameras = h.fleet.cameras();
+    let cameras = h.inventory.cameras();
     for (name, help, get) in per_camera {
         let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -344,7 +344,7 @@ fn render(h: &Health) -> String {
             );
         }
     }
-    render_models(&mut out, &h.fleet.model_stats());
+    render_models(&mut out, &h.inventory.model_stats());
     let o = h.delivery.outbox().stats();
     let s = &h.delivery.stats;
     let global: [(&str, &str, &str, u64); 11] = [

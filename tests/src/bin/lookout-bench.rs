@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lookout::config::InferenceConfig;
 use lookout::infer::Detector;
-use lookout::infer::model::ModelSpec;
+use lookout::infer::manifest::ModelSpec;
 use lookout_e2e::*;
 
 #[derive(Parser)]

@@ -1,7 +1,7 @@
 //! What the agent runs right now: its cameras and its models. The supervisor changes it
 //! (start-up, commands, `SIGHUP`); the MQTT task (presence, `camera.list`,
 //! `model.list`) and the telemetry endpoints read it. Reads take a snapshot under a
-//! short lock; every change bumps [`Fleet::generation`] so readers can tell.
+//! short lock; every change bumps [`Inventory::generation`] so readers can tell.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +59,7 @@ struct State {
     config_sha256: String,
 }
 
-pub struct Fleet {
+pub struct Inventory {
     pub site: String,
     pub agent: String,
     pub started: SystemTime,
@@ -67,7 +67,7 @@ pub struct Fleet {
     generation: AtomicU64,
 }
 
-impl Fleet {
+impl Inventory {
     pub fn new(site: &str, agent: &str, config_sha256: String) -> Self {
         Self {
             site: site.to_string(),

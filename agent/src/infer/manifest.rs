@@ -42,7 +42,7 @@ struct ManifestFile {
     /// The artifact's size in bytes, checked when given.
     #[serde(default)]
     size: Option<u64>,
-    /// ed25519 signature over the rest (see `model::signature`); checked by model updates.
+    /// ed25519 signature over the rest (see `crate::model::signature`); checked by model updates.
     #[serde(default)]
     #[allow(dead_code)]
     signature: Option<String>,
