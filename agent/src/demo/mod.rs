@@ -26,7 +26,8 @@ pub struct DemoOptions {
     pub fps: f64,
 }
 
-/// The default model: people and vehicles (COCO), at the person model's cost.
+/// The default model: people and vehicles (COCO), for 1.2-1.45x the person model's
+/// inference cost (docs/BENCHMARKS.md).
 pub const DEFAULT_MODEL: &str = "ssd-mobilenetv2-coco";
 
 /// Where the default model's manifest is, for the demo and the shipped example config:
@@ -34,7 +35,6 @@ pub const DEFAULT_MODEL: &str = "ssd-mobilenetv2-coco";
 /// then `/usr/share/lookout/models`.
 pub fn default_manifest() -> anyhow::Result<PathBuf> {
     let rel = format!("{DEFAULT_MODEL}/manifest.toml");
-    let rel = rel.as_str();
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(d) = std::env::var_os("LOOKOUT_MODELS") {
         dirs.push(d.into());
@@ -54,7 +54,7 @@ pub fn default_manifest() -> anyhow::Result<PathBuf> {
     }
     dirs.push("/usr/share/lookout/models".into());
     dirs.iter()
-        .map(|d| d.join(rel))
+        .map(|d| d.join(&rel))
         .find(|p| p.is_file())
         .with_context(|| format!("default model not found; looked for {rel} under {dirs:?}"))
 }
@@ -152,7 +152,7 @@ async fn print_messages(host: String, port: u16, topic: String, shutdown: Cancel
 const DEMO_GROUPS: &str = "[class_groups]\nvehicle = [\"car\", \"bus\", \"truck\", \"motorcycle\"]\n";
 
 /// The demo cameras' rules: the bundled clip is a square people cross in all directions,
-/// with a car and a van parked at the top right.
+/// with vehicles parked at the top right.
 const DEMO_RULES: &str = "count_interval = 30\n\
     [[cameras.zones]]\nname = \"lower_left\"\npolygon = [[0.0, 0.5], [0.5, 0.5], [0.5, 1.0], [0.0, 1.0]]\n\
     loiter_seconds = 10\nclasses = [\"person\"]\n\
