@@ -49,6 +49,23 @@ fn gaps(msgs: &[Received]) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
+/// Every seq some gap message announced. Ranges may overlap (a later notice can repeat
+/// and extend an earlier one), so drops are counted over the union.
+fn announced(msgs: &[Received]) -> BTreeSet<u64> {
+    gaps(msgs).iter().flat_map(|&(first, last, _)| first..=last).collect()
+}
+
+/// After a clean stop: waits for the agent's goodbye ("offline", reason "shutdown"). It
+/// is published after the drain, and the broker delivers in order, so whatever the
+/// agent delivered before it has reached the recorder too.
+async fn wait_for_goodbye(rec: &Recorder) -> Vec<Received> {
+    rec.wait_for(WAIT, "the agent's offline status after its drain", |m| {
+        m.iter().any(|r| r.topic.ends_with("/gw-test/status") && r.json["reason"] == "shutdown")
+    })
+    .await
+    .expect("goodbye")
+}
+
 /// Every seq from 1 to the highest received arrived or was announced as dropped, and
 /// each camera's messages first arrived in seq order. Returns the highest seq.
 fn assert_complete(msgs: &[Received]) -> u64 {
@@ -157,9 +174,7 @@ async fn replays_every_seq_in_order_after_a_30s_broker_outage() {
     assert!(status.success());
     let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
     assert_eq!(summary["outbox_pending"], 0, "{summary}");
-    // Give the last deliveries a moment to reach the recorder.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let msgs = rec.snapshot();
+    let msgs = wait_for_goodbye(&rec).await;
     let max = assert_complete(&msgs);
     assert!(gaps(&msgs).is_empty(), "nothing may be dropped: {:?}", gaps(&msgs));
     assert_eq!(count_seq(&msgs) as u64, max, "every seq from 1 to {max} exactly once (after de-duplication)");
@@ -189,8 +204,7 @@ async fn loses_nothing_when_the_agent_is_killed_while_the_broker_is_down() {
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let (status, _) = agent.stop().expect("stop");
     assert!(status.success());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let msgs = rec.snapshot();
+    let msgs = wait_for_goodbye(&rec).await;
     let max = assert_complete(&msgs);
     assert!(gaps(&msgs).is_empty(), "{:?}", gaps(&msgs));
     assert_eq!(count_seq(&msgs) as u64, max);
@@ -271,8 +285,11 @@ async fn full_outbox_drops_oldest_and_announces_the_exact_gap() {
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let (status, summary) = agent.stop().expect("stop");
     assert!(status.success());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let msgs = rec.snapshot();
+    let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
+    // Everything left was delivered in the drain: otherwise seqs announced only by gap
+    // messages still in the outbox would look lost.
+    assert_eq!(summary["outbox_pending"], 0, "{summary}");
+    let msgs = wait_for_goodbye(&rec).await;
     assert_complete(&msgs);
     let g = gaps(&msgs);
     for (first, last, count) in &g {
@@ -280,9 +297,8 @@ async fn full_outbox_drops_oldest_and_announces_the_exact_gap() {
     }
     // The oldest went: the gaps start at seq 1 and leave no hole before the survivors.
     assert_eq!(g.iter().map(|x| x.0).min(), Some(1), "{g:?}");
-    let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
-    let announced: u64 = g.iter().map(|x| x.2).sum();
-    assert_eq!(summary["outbox_dropped"].as_u64(), Some(announced), "counter vs announced: {summary}");
+    let dropped = announced(&msgs).len() as u64;
+    assert_eq!(summary["outbox_dropped"].as_u64(), Some(dropped), "counter vs announced: {summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,12 +553,11 @@ async fn a_full_disk_is_announced_as_write_failed_gaps_fails_healthz_and_does_no
     wait_until(WAIT, "/healthz to recover", || http_get(http, "/healthz").ok().filter(|r| r.0 == 200)).await;
     let (status, summary) = agent.stop().expect("stop");
     assert!(status.success(), "the agent must survive a full disk");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let msgs = rec.snapshot();
+    let msgs = wait_for_goodbye(&rec).await;
     assert_complete(&msgs);
     let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
-    let announced: u64 = gaps(&msgs).iter().map(|g| g.2).sum();
-    assert_eq!(summary["outbox_dropped"].as_u64(), Some(announced), "counter vs announced: {summary}");
+    let dropped = announced(&msgs).len() as u64;
+    assert_eq!(summary["outbox_dropped"].as_u64(), Some(dropped), "counter vs announced: {summary}");
     assert!(write_failed_gaps(&msgs) as f64 >= failures);
 }
 
@@ -634,8 +649,7 @@ async fn seqs_only_go_forward_past_an_unreadable_segment_and_a_damaged_state() {
     assert!(victim.with_extension("seg.unreadable").is_dir(), "moved aside");
     let (status, _) = agent.stop().expect("stop");
     assert!(status.success());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let msgs = rec.snapshot();
+    let msgs = wait_for_goodbye(&rec).await;
     assert_complete(&msgs);
     assert_no_seq_reused(&msgs);
     let high = *delivered_seqs(&msgs).iter().next_back().expect("seqs");
@@ -676,8 +690,7 @@ async fn snapshots_too_large_for_max_message_bytes_are_made_smaller_and_delivery
     .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let (status, _) = agent.stop().expect("stop");
     assert!(status.success());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let msgs = rec.snapshot();
+    let msgs = wait_for_goodbye(&rec).await;
     for r in msgs.iter().filter(|r| is_snapshot(r)) {
         assert!(r.topic.len() + r.payload.len() + 9 <= 65536, "{} bytes on {}", r.payload.len(), r.topic);
         // The event that names it gives the size it was made.
