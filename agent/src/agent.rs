@@ -15,12 +15,13 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::console::ConsoleHub;
+use crate::control::ControlPlane;
 use crate::control::supervisor::{Deps, Supervisor};
 use crate::control::{self, inventory::Inventory};
 use crate::event::{self, Topics};
 use crate::infer::{self, Analysed};
 use crate::publish::outbox::{Outbox, OutboxConfig};
-use crate::publish::{self, ControlPlane, Delivery};
+use crate::publish::{self, Delivery};
 use crate::source;
 use crate::telemetry::{self, Liveness, health::Health};
 
@@ -32,6 +33,7 @@ pub struct CameraSummary {
     pub decoded_frames: u64,
     pub sampled_frames: u64,
     pub replaced_frames: u64,
+    pub undecoded_frames: u64,
     pub analysed_frames: u64,
     pub messages: u64,
     pub restarts: u64,
@@ -189,6 +191,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
             decoded_frames: l(&c.stats.decoded_frames),
             sampled_frames: l(&c.stats.sampled_frames),
             replaced_frames: l(&c.stats.replaced_frames),
+            undecoded_frames: l(&c.stats.undecoded_frames),
             analysed_frames: l(&c.stats.analysed_frames),
             messages: l(&c.stats.messages),
             restarts: l(&c.stats.restarts),

@@ -51,6 +51,9 @@ pub struct CameraStats {
     pub sampled_frames: AtomicU64,
     /// Sampled frames replaced by a newer one before the model took them.
     pub replaced_frames: AtomicU64,
+    /// Keyframes due for analysis but not decoded: the camera's previous frame still
+    /// waited for the model, and this one would only have replaced it.
+    pub undecoded_frames: AtomicU64,
     /// Sampled frames the motion gate kept from the model (nothing moved).
     pub motion_skipped_frames: AtomicU64,
     /// Frames the model analysed.

@@ -1,8 +1,10 @@
 //! Remote control over MQTT: `commands/{name}` in, `replies/{request_id}`
-//! out. [`command`] parses. Read-only commands (`camera.list`, `model.list`) are answered
-//! at once from the [`inventory::Inventory`] by the MQTT task ([`handle_read`]); commands that
-//! change something are queued to the [`supervisor`], which runs them one at a time.
-//! Every outcome is a reply; nothing a command says can stop the agent.
+//! out. The MQTT task hands each command to [`ControlPlane::route`]: the signature and
+//! replay checks ([`signed`]), then [`command`] parses. Read-only commands
+//! (`camera.list`, `model.list`) are answered at once from the [`inventory::Inventory`]
+//! ([`handle_read`]); commands that change something are queued to the [`supervisor`],
+//! which runs them one at a time. Every outcome is a reply; nothing a command says can
+//! stop the agent.
 
 pub mod command;
 pub mod inventory;
@@ -10,10 +12,14 @@ pub mod overlay;
 pub mod signed;
 pub mod supervisor;
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::{Map, Value, json};
+use tracing::{info, warn};
 
 use command::{Command, Reply, Request};
 use inventory::Inventory;
+use signed::CommandGuard;
 
 /// Commands waiting for the supervisor; when full, a new one is refused as `busy`.
 pub const CONTROL_QUEUE: usize = 16;
@@ -22,6 +28,74 @@ pub const CONTROL_QUEUE: usize = 16;
 pub struct ControlRequest {
     pub request: Request,
     pub reply: tokio::sync::oneshot::Sender<Reply>,
+}
+
+/// What routing a command needs: the running inventory (read-only commands), where
+/// mutating commands go, and the signature and replay checks.
+pub struct ControlPlane {
+    pub inventory: Arc<Inventory>,
+    /// Where commands that change something go (the supervisor).
+    pub requests: tokio::sync::mpsc::Sender<ControlRequest>,
+    /// Signature checks and the nonces seen: shared by every connection, so a command
+    /// captured on one cannot be replayed on the next.
+    pub guard: Mutex<CommandGuard>,
+}
+
+impl ControlPlane {
+    /// Routes command `name` (from its topic) with `payload`. The reply comes back at
+    /// once, or, for a change queued to the supervisor, later through `replies` (a model
+    /// download can take minutes); `None` then.
+    pub fn route(
+        &self,
+        name: &str,
+        payload: &[u8],
+        retain: bool,
+        replies: &tokio::sync::mpsc::UnboundedSender<Reply>,
+    ) -> Option<Reply> {
+        if retain {
+            // A retained command would run again at every reconnect.
+            return Some(Reply::error(command::NO_REQUEST_ID, "retained_command", "commands must not be retained"));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let admitted = self.guard.lock().unwrap_or_else(|e| e.into_inner()).admit(name, payload, now);
+        let req = match admitted.and_then(|a| {
+            if let Some(key) = a.signed_by {
+                info!(command = name, key = %crate::model::signature::public_key_string(&key), "signed command");
+            }
+            command::parse_object(name, a.payload)
+        }) {
+            Ok(req) => req,
+            Err(reply) => {
+                let code = reply.error.as_ref().map_or("", |e| e.code);
+                warn!(command = name, code, "command refused");
+                return Some(reply);
+            }
+        };
+        if req.command.is_read_only() {
+            let reply = handle_read(&req, &self.inventory);
+            info!(command = name, request_id = %req.request_id, ok = reply.ok, "command");
+            return Some(reply);
+        }
+        // Changes run on the supervisor, one at a time.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = req.request_id.clone();
+        info!(command = name, request_id = %id, "command queued");
+        match self.requests.try_send(ControlRequest { request: req, reply: tx }) {
+            Ok(()) => {
+                let back = replies.clone();
+                tokio::spawn(async move {
+                    let reply = rx.await.unwrap_or_else(|_| {
+                        Reply::error(&id, "shutting_down", "the agent stopped before the command ran")
+                    });
+                    let _ = back.send(reply);
+                });
+                None
+            }
+            Err(_) => {
+                Some(Reply::error(&id, "busy", format!("{CONTROL_QUEUE} changes are already waiting; try again later")))
+            }
+        }
+    }
 }
 
 /// Answers `camera.list` and `model.list`; anything else is the supervisor's.

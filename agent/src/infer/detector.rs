@@ -21,12 +21,17 @@ use crate::config::InferenceConfig;
 pub enum InferError {
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
-    #[error("model {model}: ONNX Runtime cannot load {path}: {message}")]
-    Load { model: String, path: String, message: String },
+    #[error("model {model}: ONNX Runtime cannot load {path}: {source}")]
+    Load { model: String, path: String, source: ort::Error },
     #[error("model {model}: the model's {what} does not match its manifest: {message}")]
     Mismatch { model: String, what: &'static str, message: String },
-    #[error("model {model}: inference failed on a batch of {batch}: {message}")]
-    Run { model: String, batch: usize, message: String },
+    #[error("model {model}: inference failed on a batch of {batch}: {source}")]
+    Run { model: String, batch: usize, source: ort::Error },
+    /// The batch or the model's outputs are not what this code can use.
+    #[error("model {model}: a batch of {batch} gave no usable result: {message}")]
+    Output { model: String, batch: usize, message: String },
+    #[error("model {model}: loading was interrupted: {source}")]
+    LoadInterrupted { model: String, source: tokio::task::JoinError },
     #[error("model {model}: self-test failed: {message}")]
     SelfTest { model: String, message: String },
     #[error("model {model}: frame from camera {camera} is {got}, expected {expected}")]
@@ -77,7 +82,7 @@ impl Detector {
         let load_err = |e: ort::Error| InferError::Load {
             model: spec.name.clone(),
             path: spec.path.display().to_string(),
-            message: e.to_string(),
+            source: e,
         };
         let mut builder = Session::builder(env)
             .map_err(load_err)?
@@ -212,9 +217,10 @@ impl Detector {
         let batch = input.len();
         let Detector { session, spec, .. } = self;
         let model = spec.name.clone();
-        let run_err = |message: String| InferError::Run { model: model.clone(), batch, message };
+        let run_err = |source: ort::Error| InferError::Run { model: model.clone(), batch, source };
+        let output_err = |message: String| InferError::Output { model: model.clone(), batch, message };
         if places.len() > batch || params.is_empty() {
-            return Err(run_err(format!(
+            return Err(output_err(format!(
                 "{} frames and {} parameters for a batch of {batch}",
                 places.len(),
                 params.len()
@@ -224,15 +230,14 @@ impl Detector {
             InputBatch::F32(a) => Tensor::from_array(a).map(|t| t.into_dyn()),
             InputBatch::U8(a) => Tensor::from_array(a).map(|t| t.into_dyn()),
         }
-        .map_err(|e| run_err(e.to_string()))?;
-        let outputs =
-            session.run(ort::inputs![spec.input.name.as_str() => tensor]).map_err(|e| run_err(e.to_string()))?;
+        .map_err(run_err)?;
+        let outputs = session.run(ort::inputs![spec.input.name.as_str() => tensor]).map_err(run_err)?;
         let extract = |name: &str| {
             let (shape, data) = outputs
                 .get(name)
-                .ok_or_else(|| run_err(format!("no output {name}")))?
+                .ok_or_else(|| output_err(format!("no output {name}")))?
                 .try_extract_tensor::<f32>()
-                .map_err(|e| run_err(e.to_string()))?;
+                .map_err(run_err)?;
             Ok::<_, InferError>((shape.to_vec(), data))
         };
         // Per image: the slice of `data` holding image i, `per` values each.

@@ -35,13 +35,11 @@ use rumqttc::{
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::config::MqttConfig;
-use crate::control::ControlRequest;
-use crate::control::command::{self, NO_REQUEST_ID, Reply};
-use crate::control::inventory::Inventory;
-use crate::control::signed::CommandGuard;
+use crate::control::ControlPlane;
+use crate::control::command::Reply;
 use crate::event::{Topics, camera_status_message, status_message};
 use outbox::{Outbox, OutboxError};
 
@@ -49,6 +47,57 @@ use outbox::{Outbox, OutboxError};
 pub enum PublishError {
     #[error("MQTT TLS set-up: cannot read {path}: {source}")]
     TlsFile { path: String, source: std::io::Error },
+}
+
+/// Why a connection ended or could not start, and whether trying again soon can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionFailure {
+    /// The broker said no (credentials, client id, ACL): every attempt gets the same
+    /// answer until the config or the broker changes.
+    #[error("{broker}: broker refused the connection ({code:?}): check username/password and ACLs")]
+    Refused { broker: String, code: rumqttc::ConnectReturnCode },
+    /// The handshake failed: usually a certificate or key that does not match.
+    #[error("{broker}: TLS failed ({source}): check ca_file, client_cert/client_key and the broker's certificate")]
+    Tls { broker: String, source: rumqttc::TlsError },
+    /// The network or the broker went away (or never answered): worth retrying soon.
+    #[error("{broker}: {source}")]
+    Network { broker: String, source: Box<ConnectionError> },
+    /// The client could not be set up (a TLS file that cannot be read).
+    #[error(transparent)]
+    Setup(#[from] PublishError),
+}
+
+impl ConnectionFailure {
+    fn classify(e: ConnectionError, broker: &str) -> Self {
+        let broker = broker.to_string();
+        match e {
+            ConnectionError::ConnectionRefused(code) => ConnectionFailure::Refused { broker, code },
+            ConnectionError::Tls(source) => ConnectionFailure::Tls { broker, source },
+            source => ConnectionFailure::Network { broker, source: Box::new(source) },
+        }
+    }
+
+    /// Whether the same attempt can succeed without anyone changing anything.
+    pub fn retry_helps(&self) -> bool {
+        matches!(self, ConnectionFailure::Network { .. })
+    }
+}
+
+/// Longest wait between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The wait before the next attempt: from 1 s, doubling up to [`MAX_BACKOFF`], back to
+/// 1 s once a connection had been up; straight to the longest for a failure that
+/// retrying cannot fix (a refusal, a TLS mismatch), so a wrong password does not hammer
+/// the broker.
+fn next_backoff(previous: Option<Duration>, failure: &ConnectionFailure, was_connected: bool) -> Duration {
+    if was_connected {
+        return Duration::from_secs(1);
+    }
+    if !failure.retry_helps() {
+        return MAX_BACKOFF;
+    }
+    previous.map_or(Duration::from_secs(1), |b| (b * 2).min(MAX_BACKOFF))
 }
 
 /// Counters of the MQTT connection (exported as `lookout_mqtt_*` metrics).
@@ -107,17 +156,6 @@ impl Delivery {
 /// header (1 + up to 4 of remaining length), the topic's length (2) and the packet id (2).
 pub const PUBLISH_OVERHEAD: u64 = 9;
 
-/// What the mqtt task needs besides delivery: the running inventory (presence messages,
-/// read-only commands), where mutating commands go, and the signature and replay checks.
-pub struct ControlPlane {
-    pub inventory: Arc<Inventory>,
-    /// Where commands that change something go (the supervisor).
-    pub requests: tokio::sync::mpsc::Sender<ControlRequest>,
-    /// Signature checks and the nonces seen: shared by every connection, so a command
-    /// captured on one cannot be replayed on the next.
-    pub guard: Mutex<CommandGuard>,
-}
-
 /// Spawns the `mqtt` task. It runs until `shutdown`, then keeps delivering for up to
 /// `grace` until the outbox is empty, publishes "offline" and disconnects.
 pub fn spawn(
@@ -139,39 +177,43 @@ async fn run(
     grace: Duration,
 ) {
     let topics = Topics::new(&presence.inventory.site, &presence.inventory.agent);
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff: Option<Duration> = None;
     // Replies of queued commands come back here, to be published by whichever
     // connection is up (one publisher keeps the pkid bookkeeping in order).
     let (reply_tx, mut replies) = tokio::sync::mpsc::unbounded_channel::<Reply>();
     loop {
-        let mut conn = Connection::new(&cfg, &topics, &presence, &delivery, reply_tx.clone());
-        let result = match conn.as_mut() {
-            Ok(c) => c.run(&shutdown, grace, &mut replies).await,
-            Err(e) => Err(e.to_string()),
+        let result = match Connection::new(&cfg, &topics, &presence, &delivery, reply_tx.clone()) {
+            Ok(mut c) => {
+                let result = c.run(&shutdown, grace, &mut replies).await;
+                if !c.pending.is_empty() {
+                    // Statuses are sent again on the next connection; those replies are lost.
+                    warn!(count = c.pending.len(), "connection ended with statuses or replies not yet handed to MQTT");
+                }
+                result
+            }
+            Err(e) => Err(ConnectionFailure::Setup(e)),
         };
-        if let Ok(c) = &conn
-            && !c.pending.is_empty()
-        {
-            // Statuses are sent again on the next connection; those replies are lost.
-            warn!(count = c.pending.len(), "connection ended with statuses or replies not yet handed to MQTT");
-        }
-        match result {
+        let wait = match result {
             Ok(()) => return,
             Err(reason) => {
-                if delivery.stats.connected.swap(false, Ordering::Relaxed) {
-                    backoff = Duration::from_secs(1);
-                    warn!(reason = %reason, retry_in = ?backoff, "MQTT connection lost; unacknowledged messages stay in the outbox");
-                } else {
+                let was_connected = delivery.stats.connected.swap(false, Ordering::Relaxed);
+                let wait = next_backoff(backoff, &reason, was_connected);
+                if was_connected {
+                    warn!(reason = %reason, retry_in = ?wait, "MQTT connection lost; unacknowledged messages stay in the outbox");
+                } else if reason.retry_helps() {
                     // One line per attempt, saying why; back-off keeps it to one per 30 s at most.
-                    warn!(reason = %reason, retry_in = ?backoff, "cannot connect to the MQTT broker");
+                    warn!(reason = %reason, retry_in = ?wait, "cannot connect to the MQTT broker");
+                } else {
+                    error!(reason = %reason, retry_in = ?wait, "cannot connect to the MQTT broker; retrying cannot help until its config or the broker changes");
                 }
+                wait
             }
-        }
+        };
+        backoff = Some(wait);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -286,7 +328,7 @@ impl<'a> Connection<'a> {
         shutdown: &CancellationToken,
         grace: Duration,
         replies: &mut tokio::sync::mpsc::UnboundedReceiver<Reply>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConnectionFailure> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             // Until the CONNACK, poll() alone: a poll() cancelled while it connects drops
@@ -304,8 +346,8 @@ impl<'a> Connection<'a> {
         }
     }
 
-    fn on_event(&mut self, ev: Result<Event, ConnectionError>) -> Result<(), String> {
-        match ev.map_err(|e| describe(&e, &self.broker))? {
+    fn on_event(&mut self, ev: Result<Event, ConnectionError>) -> Result<(), ConnectionFailure> {
+        match ev.map_err(|e| ConnectionFailure::classify(e, &self.broker))? {
             Event::Incoming(Packet::ConnAck(_)) => {
                 self.connected = true;
                 self.delivery.stats.connected.store(true, Ordering::Relaxed);
@@ -385,59 +427,13 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// A command: parsed, answered on `replies/{request_id}` (QoS 1, not retained, not
-    /// through the outbox: a reply to a request nobody waits for any more is worthless).
+    /// A command: routed by `control`, answered on `replies/{request_id}` now or when
+    /// the supervisor is done with it.
     fn on_command(&mut self, topic: &str, payload: &[u8], retain: bool) {
         let Some(name) = self.topics.command_name(topic) else { return };
-        let reply = if retain {
-            // A retained command would run again at every reconnect.
-            Reply::error(NO_REQUEST_ID, "retained_command", "commands must not be retained")
-        } else {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let admitted = self.presence.guard.lock().unwrap_or_else(|e| e.into_inner()).admit(name, payload, now);
-            match admitted.and_then(|a| {
-                if let Some(key) = a.signed_by {
-                    info!(command = name, key = %crate::model::signature::public_key_string(&key), "signed command");
-                }
-                command::parse_object(name, a.payload)
-            }) {
-                Ok(req) if req.command.is_read_only() => {
-                    let reply = crate::control::handle_read(&req, &self.presence.inventory);
-                    info!(command = name, request_id = %req.request_id, ok = reply.ok, "command");
-                    reply
-                }
-                Ok(req) => {
-                    // Changes run on the supervisor, one at a time; the reply comes back
-                    // through `reply_tx` when done (a model download can take minutes).
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let id = req.request_id.clone();
-                    info!(command = name, request_id = %id, "command queued");
-                    match self.presence.requests.try_send(ControlRequest { request: req, reply: tx }) {
-                        Ok(()) => {
-                            let back = self.reply_tx.clone();
-                            tokio::spawn(async move {
-                                let reply = rx.await.unwrap_or_else(|_| {
-                                    Reply::error(&id, "shutting_down", "the agent stopped before the command ran")
-                                });
-                                let _ = back.send(reply);
-                            });
-                            return;
-                        }
-                        Err(_) => Reply::error(
-                            &id,
-                            "busy",
-                            format!("{} changes are already waiting; try again later", crate::control::CONTROL_QUEUE),
-                        ),
-                    }
-                }
-                Err(reply) => {
-                    let code = reply.error.as_ref().map_or("", |e| e.code);
-                    warn!(command = name, code, "command refused");
-                    reply
-                }
-            }
-        };
-        self.publish_reply(&reply);
+        if let Some(reply) = self.presence.route(name, payload, retain, &self.reply_tx) {
+            self.publish_reply(&reply);
+        }
     }
 
     /// Replies go out at QoS 1, not retained, not through the outbox: a reply to a
@@ -535,7 +531,7 @@ impl<'a> Connection<'a> {
 
     /// At shutdown: keep delivering until the outbox is empty or `grace` runs out, then
     /// say "offline" and disconnect. What is left stays in the outbox for next time.
-    async fn drain(&mut self, grace: Duration) -> Result<(), String> {
+    async fn drain(&mut self, grace: Duration) -> Result<(), ConnectionFailure> {
         let deadline = tokio::time::Instant::now() + grace;
         while self.connected && self.delivery.outbox().stats().pending_records > 0 {
             self.flush_pending();
@@ -582,18 +578,44 @@ impl<'a> Connection<'a> {
     }
 }
 
-/// One line that says why, for the usual failures.
-fn describe(e: &ConnectionError, broker: &str) -> String {
-    let text = e.to_string();
-    let hint = match e {
-        ConnectionError::ConnectionRefused(code) => {
-            format!("broker refused the connection ({code:?}): check username/password and ACLs")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network() -> ConnectionFailure {
+        let source = ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        ConnectionFailure::classify(source, "b:1883")
+    }
+
+    #[test]
+    fn a_refusal_is_told_apart_from_a_network_failure() {
+        let refused = ConnectionFailure::classify(
+            ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::BadUserNamePassword),
+            "b:1883",
+        );
+        assert!(!refused.retry_helps());
+        assert!(refused.to_string().contains("check username/password"), "{refused}");
+        assert!(network().retry_helps());
+        assert!(std::error::Error::source(&network()).is_some(), "the I/O error is kept as the source");
+    }
+
+    #[test]
+    fn backoff_doubles_for_network_failures_and_waits_longest_for_refusals() {
+        let refused =
+            ConnectionFailure::Refused { broker: "b".into(), code: rumqttc::ConnectReturnCode::NotAuthorized };
+        let mut wait = None;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let w = next_backoff(wait, &network(), false);
+            waits.push(w.as_secs());
+            wait = Some(w);
         }
-        ConnectionError::Tls(t) => {
-            format!("TLS failed ({t}): check ca_file, client_cert/client_key and the broker's certificate")
-        }
-        ConnectionError::Io(io) => format!("{io}"),
-        _ => text,
-    };
-    format!("{broker}: {hint}")
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(next_backoff(None, &refused, false), MAX_BACKOFF, "a wrong password does not hammer the broker");
+        assert_eq!(
+            next_backoff(Some(MAX_BACKOFF), &network(), true),
+            Duration::from_secs(1),
+            "after a lost connection"
+        );
+    }
 }

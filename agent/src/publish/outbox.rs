@@ -3,6 +3,10 @@
 //! everything unacknowledged is published again, oldest first, byte for byte as first
 //! written. Synchronous, plain `std` I/O: callers run it off the async workers.
 //!
+//! One long file on purpose: the format, recovery, appends, syncs and deletion share one
+//! set of invariants (when a record is durable, when a segment may go, which state copy
+//! wins), and each part is checked against the others; its last third is tests.
+//!
 //! # On-disk format
 //!
 //! The directory holds:

@@ -232,7 +232,7 @@ fn link_decoder(
             // only: a skipped delta frame would break the next). Under overload this keeps
             // decoding to what inference consumes.
             if verdict == GateVerdict::Pass && g.keyframes_only() && queue.is_pending(slot) {
-                ctx.stats.replaced_frames.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.undecoded_frames.fetch_add(1, Ordering::Relaxed);
                 return gst::PadProbeReturn::Drop;
             }
             drop(g);

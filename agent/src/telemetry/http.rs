@@ -291,7 +291,7 @@ type CameraSeries = (&'static str, &'static str, fn(&CameraCtx) -> u64);
 
 fn render(h: &Health) -> String {
     let mut out = String::new();
-    let per_camera: [CameraSeries; 8] = [
+    let per_camera: [CameraSeries; 9] = [
         ("lookout_frames_received_total", "Encoded frames received from the camera.", |c| {
             c.stats.encoded_frames.load(Ordering::Relaxed)
         }),
@@ -300,8 +300,13 @@ fn render(h: &Health) -> String {
         }),
         (
             "lookout_frames_replaced_total",
-            "Frames dropped on purpose because the model was behind: replaced by a newer one before analysis, or not decoded while the previous one waited.",
+            "Sampled frames dropped on purpose because the model was behind: replaced by a newer one before analysis.",
             |c| c.stats.replaced_frames.load(Ordering::Relaxed),
+        ),
+        (
+            "lookout_frames_undecoded_total",
+            "Keyframes due for analysis but not decoded because the camera's previous frame still waited for the model (keyframe-only decoding on demand).",
+            |c| c.stats.undecoded_frames.load(Ordering::Relaxed),
         ),
         (
             "lookout_frames_motion_skipped_total",

@@ -376,7 +376,7 @@ async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow:
         pct(&rates, 1.0),
         pct(&latency_ms, 0.5),
         pct(&latency_ms, 0.99),
-        sum("replaced_frames"),
+        sum("replaced_frames") + sum("undecoded_frames"),
         sum("decoded_frames"),
         sum("encoded_frames"),
     );
