@@ -140,6 +140,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
 
     // Publishing: its own token so it outlives the cameras and drains last.
     let mqtt_stop = CancellationToken::new();
+    // The console's editor queues its changes where MQTT commands go.
+    let writer = crate::console::http::Writer::new(requests_tx.clone())?;
     let presence =
         ControlPlane { inventory: inventory.clone(), requests: requests_tx, guard: std::sync::Mutex::new(guard) };
     let mqtt_task = publish::spawn(mqtt_config, delivery.clone(), presence, mqtt_stop.clone(), grace);
@@ -161,7 +163,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let health_task = tokio::spawn(telemetry::health::run(health.clone(), shutdown.clone()));
     let http = listen.map(|addr| {
         let (health, console, token) = (health.clone(), console.clone(), console_token.clone());
-        tokio::spawn(telemetry::http::serve(addr, health, Some(console), token, shutdown.clone()))
+        tokio::spawn(telemetry::http::serve(addr, health, Some(console), token, Some(writer), shutdown.clone()))
     });
 
     shutdown.cancelled().await;

@@ -55,6 +55,18 @@ pub struct CameraConfig {
     pub motion: MotionPolicy,
 }
 
+impl CameraConfig {
+    /// Whether `other` runs the same pipeline and model: it differs at most in what the
+    /// event stage can take while the camera runs (rules, `count_interval`, snapshots).
+    pub fn same_pipeline(&self, other: &CameraConfig) -> bool {
+        let mut o = other.clone();
+        o.rules = self.rules.clone();
+        o.count_interval = self.count_interval;
+        o.snapshots = self.snapshots;
+        *self == o
+    }
+}
+
 /// Whether and how a camera publishes JPEG snapshots of its objects.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SnapshotPolicy {

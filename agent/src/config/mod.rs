@@ -14,7 +14,7 @@ mod reader;
 mod redact;
 mod updates;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use std::fmt;
 
@@ -74,6 +74,9 @@ pub struct Config {
     /// `[class_groups]`, sorted by name.
     pub class_groups: Vec<ClassGroup>,
     pub cameras: Vec<CameraConfig>,
+    /// The `[[cameras]]` tables as written, by id, as JSON (the keys of `camera.add`):
+    /// the base a change of one part (the console's rules editor) is applied to.
+    pub camera_sources: BTreeMap<String, serde_json::Value>,
 }
 
 /// `[agent]`
@@ -403,6 +406,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 models,
                 class_groups,
                 cameras,
+                camera_sources: camera_sources(src),
             })
         }
         _ => {
@@ -412,6 +416,17 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
             Err(ConfigError { issues: list })
         }
     }
+}
+
+fn camera_sources(src: &str) -> BTreeMap<String, serde_json::Value> {
+    let Ok(doc) = toml::from_str::<toml::Table>(src) else { return BTreeMap::new() };
+    let Some(toml::Value::Array(cams)) = doc.get("cameras") else { return BTreeMap::new() };
+    cams.iter()
+        .filter_map(|c| {
+            let id = c.get("id")?.as_str()?.to_string();
+            Some((id, serde_json::to_value(c).ok()?))
+        })
+        .collect()
 }
 
 fn root_model_names(doc: &toml::de::DeTable<'_>) -> HashSet<String> {

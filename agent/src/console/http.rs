@@ -32,6 +32,8 @@ use tracing::warn;
 
 use super::{CameraConsole, ConsoleHub};
 use crate::camera::CameraCtx;
+use crate::control::ControlRequest;
+use crate::control::command::{Command, Request as CommandRequest};
 use crate::event::{ModelOut, rfc3339_millis};
 use crate::telemetry::health::Health;
 
@@ -82,7 +84,41 @@ pub struct Console {
     pub access: Access,
     /// The listener's address: on loopback, `Host` must name it (see [`host_allowed`]).
     pub listen: SocketAddr,
+    /// Where changes go; `None`: the console only reads.
+    pub writer: Option<Writer>,
 }
+
+/// The address a request came from (set per connection by the listener).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Where the editor's changes go: the supervisor's queue, the one MQTT commands use, so
+/// they are validated, persisted and applied the same way.
+pub struct Writer {
+    requests: tokio::sync::mpsc::Sender<ControlRequest>,
+    /// Random per run: every change must echo it in [`CSRF_HEADER`]. Only a page of the
+    /// console's own origin can read it (`/api/session`), so another site's page cannot
+    /// make an installer's browser change anything, token cookie or not.
+    csrf: String,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Writer {
+    pub fn new(requests: tokio::sync::mpsc::Sender<ControlRequest>) -> anyhow::Result<Self> {
+        let mut b = [0u8; 24];
+        getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+        let csrf = b.iter().map(|x| format!("{x:02x}")).collect();
+        Ok(Self { requests, csrf, next_id: std::sync::atomic::AtomicU64::new(1) })
+    }
+}
+
+/// The header a change carries the session's anti-CSRF token in.
+pub const CSRF_HEADER: &str = "x-lookout-csrf";
+/// Largest body of a rules change (a few hundred points fit in a few kB).
+const MAX_CHANGE_BYTES: usize = 64 * 1024;
+/// How long a change may wait for the supervisor (one change at a time; a model download
+/// can hold it) before the answer is "busy".
+const CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Shared = Arc<Console>;
 
@@ -109,6 +145,11 @@ pub fn router(console: Console) -> Router {
         .route("/api/cameras/{id}/events", get(events))
         .route("/api/cameras/{id}/counts", get(counts))
         .route("/api/cameras/{id}/snapshots/{snapshot}", get(snapshot))
+        .route("/api/session", get(session))
+        .route(
+            "/api/cameras/{id}/rules",
+            axum::routing::put(save_rules).layer(axum::extract::DefaultBodyLimit::max(MAX_CHANGE_BYTES)),
+        )
         .route_layer(middleware::from_fn_with_state(shared.clone(), check_access))
         .route_layer(middleware::from_fn(secure_headers))
         .with_state(shared)
@@ -307,6 +348,10 @@ struct CameraView<'a> {
     watched: bool,
     #[serde(flatten)]
     info: super::CameraInfo,
+    /// Its `zones` and `lines` as configured (class names, not ids): what the editor edits.
+    rules: serde_json::Value,
+    /// Its latest setting changes, newest first: who, when, whether it restarted.
+    changes: Vec<serde_json::Value>,
 }
 
 fn camera_view<'a>(ctx: &'a CameraCtx, cam: &'a CameraConsole) -> CameraView<'a> {
@@ -324,6 +369,8 @@ fn camera_view<'a>(ctx: &'a CameraCtx, cam: &'a CameraConsole) -> CameraView<'a>
         height,
         watched: ctx.watch.is_watched(),
         info: cam.info(),
+        rules: cam.rules_source(),
+        changes: cam.changes(),
     }
 }
 
@@ -456,9 +503,132 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// What the page may do: whether it can change settings, and the token a change must
+/// carry. Same-origin only: another site's page cannot read it (no CORS headers).
+async fn session(State(c): State<Shared>) -> Response {
+    let csrf = c.writer.as_ref().map(|w| w.csrf.as_str());
+    let access = match c.access {
+        Access::Open => "loopback",
+        _ => "token",
+    };
+    json_value(&json!({ "can_write": csrf.is_some(), "csrf": csrf, "access": access }))
+}
+
+/// Why a change request is refused, if it is: it must be JSON, from the console's own
+/// origin, and carry the session's anti-CSRF token. A form another site posts cannot
+/// set the header, and a script of another origin cannot send it without a CORS
+/// preflight, which the console never grants.
+fn change_refused(headers: &HeaderMap, csrf: &str) -> Option<Response> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.trim_start().to_ascii_lowercase().starts_with("application/json") {
+        return Some(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "a change is sent as application/json"));
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let same_origin = match (origin.to_str().ok(), host) {
+            (Some(o), Some(h)) => o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")) == Some(h),
+            _ => false,
+        };
+        if !same_origin {
+            return Some(error(StatusCode::FORBIDDEN, "refused: a change must come from the console's own page"));
+        }
+    }
+    let shown = headers.get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or(b"");
+    if !same(shown, csrf.as_bytes()) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "refused: a change needs this session's token in X-Lookout-Csrf (GET /api/session gives it)",
+        ));
+    }
+    None
+}
+
+/// `PUT /api/cameras/{id}/rules`: `{"zones": […], "lines": […]}` with the keys of
+/// `[[cameras.zones]]` / `[[cameras.lines]]`, replacing the camera's zones and lines; the
+/// rest of its settings stay. Answered with the supervisor's reply (`lookout.reply/1`).
+async fn save_rules(
+    State(c): State<Shared>,
+    Path(id): Path<String>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(w) = &c.writer else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "this console cannot change settings");
+    };
+    if let Some(refusal) = change_refused(&headers, &w.csrf) {
+        warn!(camera = %id, "console change refused (no session token or another origin)");
+        return refusal;
+    }
+    if c.hub.camera(&id).is_none() {
+        return no_camera(&id);
+    }
+    let rules = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object with \"zones\" and \"lines\""),
+    };
+    let how = if c.access == Access::Open { "loopback" } else { "token" };
+    let by = match peer {
+        Some(axum::Extension(Peer(p))) => format!("console ({how}) from {p}"),
+        None => format!("console ({how})"),
+    };
+    let n = w.next_id.fetch_add(1, Ordering::Relaxed);
+    let request_id = format!("console-{n}");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let request = CommandRequest { request_id, command: Command::CameraRules { id: id.clone(), rules, by } };
+    if w.requests.try_send(ControlRequest { request, reply: tx }).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "busy: other changes are waiting; try again shortly");
+    }
+    let reply = match tokio::time::timeout(CHANGE_WAIT, rx).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"),
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "busy: the change did not start within 30 s"),
+    };
+    let code = match reply.error.as_ref().map(|e| e.code) {
+        None => StatusCode::OK,
+        Some("not_found") => StatusCode::NOT_FOUND,
+        Some("invalid_camera" | "invalid_field") => StatusCode::UNPROCESSABLE_ENTITY,
+        Some("busy" | "shutting_down") => StatusCode::SERVICE_UNAVAILABLE,
+        Some(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    match serde_json::to_vec(&reply) {
+        Ok(b) => json_bytes(code, b),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot serialise: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).expect("header value"));
+        }
+        h
+    }
+
+    #[test]
+    fn a_change_needs_json_the_session_token_and_the_consoles_own_origin() {
+        let csrf = "c0ffee";
+        let ok = [("host", "127.0.0.1:9464"), ("content-type", "application/json"), (CSRF_HEADER, csrf)];
+        assert!(change_refused(&headers(&ok), csrf).is_none());
+        let same_origin = [&ok[..], &[("origin", "http://127.0.0.1:9464")]].concat();
+        assert!(change_refused(&headers(&same_origin), csrf).is_none());
+        let code = |h: &[(&'static str, &str)]| change_refused(&headers(h), csrf).map(|r| r.status());
+        // A plain form post from elsewhere: no JSON, no token.
+        assert_eq!(
+            code(&[("host", "127.0.0.1:9464"), ("content-type", "text/plain")]),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(code(&ok[..2]), Some(StatusCode::FORBIDDEN), "no token");
+        assert_eq!(code(&[ok[0], ok[1], (CSRF_HEADER, "c0ffef")]), Some(StatusCode::FORBIDDEN), "a wrong token");
+        let foreign = [&ok[..], &[("origin", "http://evil.example")]].concat();
+        assert_eq!(code(&foreign), Some(StatusCode::FORBIDDEN), "another origin, even with the token");
+        let null = [&ok[..], &[("origin", "null")]].concat();
+        assert_eq!(code(&null), Some(StatusCode::FORBIDDEN), "a sandboxed page");
+    }
 
     #[test]
     fn loopback_is_open_other_addresses_need_a_token() {

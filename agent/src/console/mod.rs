@@ -43,6 +43,8 @@ pub const MAX_SNAPSHOT_BYTES: usize = 512 << 10;
 /// Counts messages kept per camera (and none older than an hour): an hour at 10-s intervals.
 pub const MAX_COUNTS: usize = 360;
 pub const COUNTS_WINDOW: Duration = Duration::from_secs(3600);
+/// Setting changes kept per camera for its page.
+pub const MAX_CHANGES: usize = 20;
 /// Live frames are encoded no larger than this (longest side) at this quality.
 pub const FRAME_MAX_SIDE: u32 = 960;
 pub const FRAME_QUALITY: u8 = 75;
@@ -76,6 +78,8 @@ pub struct LineView {
 pub struct CameraInfo {
     pub model: ModelOut,
     pub labels: Vec<String>,
+    /// `bottom_center` or `center`: the point of a box that zones and lines test.
+    pub reference_point: &'static str,
     pub zones: Vec<ZoneView>,
     pub lines: Vec<LineView>,
 }
@@ -85,6 +89,10 @@ impl CameraInfo {
         Self {
             model,
             labels: labels.to_vec(),
+            reference_point: match rules.reference {
+                crate::rules::ReferencePoint::BottomCenter => "bottom_center",
+                crate::rules::ReferencePoint::Center => "center",
+            },
             zones: rules
                 .zones
                 .iter()
@@ -203,6 +211,10 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 pub struct CameraConsole {
     pub id: String,
     info: RwLock<CameraInfo>,
+    /// Its `zones` and `lines` as configured (the editor's starting point).
+    rules_source: RwLock<serde_json::Value>,
+    /// The latest changes of its settings, oldest first (at most [`MAX_CHANGES`]).
+    changes: Mutex<VecDeque<serde_json::Value>>,
     frames: Mutex<VecDeque<Arc<LiveFrame>>>,
     recent: Mutex<Recent>,
     rate: Mutex<Rate>,
@@ -217,6 +229,16 @@ impl CameraConsole {
     /// Its model, zones and lines as last set.
     pub fn info(&self) -> CameraInfo {
         self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Its `zones` and `lines` as configured: labels and group names, not class ids.
+    pub fn rules_source(&self) -> serde_json::Value {
+        self.rules_source.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Its latest setting changes, newest first.
+    pub fn changes(&self) -> Vec<serde_json::Value> {
+        lock(&self.changes).iter().rev().cloned().collect()
     }
 
     /// The latest frame, or the held one numbered `seq`.
@@ -325,12 +347,32 @@ impl ConsoleHub {
         let cam = CameraConsole {
             id: id.to_string(),
             info: RwLock::new(info),
+            rules_source: RwLock::new(serde_json::json!({ "zones": [], "lines": [] })),
+            changes: Mutex::new(VecDeque::new()),
             frames: Mutex::new(VecDeque::new()),
             recent: Mutex::new(Recent::default()),
             rate: Mutex::new(Rate { at: Instant::now(), encoded: 0, analysed: 0, fps: (0.0, 0.0) }),
             next_seq: AtomicU64::new(1),
         };
         cameras.insert(id.to_string(), Arc::new(cam));
+    }
+
+    /// The camera's `zones` and `lines` as configured (see [`CameraConsole::rules_source`]).
+    pub fn set_rules_source(&self, id: &str, rules: serde_json::Value) {
+        if let Some(cam) = self.camera(id) {
+            *cam.rules_source.write().unwrap_or_else(|e| e.into_inner()) = rules;
+        }
+    }
+
+    /// A change of the camera's settings (who, when, what happened), for its page.
+    pub fn record_change(&self, id: &str, change: serde_json::Value) {
+        if let Some(cam) = self.camera(id) {
+            let mut c = lock(&cam.changes);
+            c.push_back(change);
+            while c.len() > MAX_CHANGES {
+                c.pop_front();
+            }
+        }
     }
 
     /// A camera is gone: what the console kept of it is released.

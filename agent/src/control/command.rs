@@ -41,6 +41,14 @@ pub enum Command {
     CameraRemove {
         id: String,
     },
+    /// Replaces a camera's `zones` and `lines` (the keys of `[[cameras.zones]]` and
+    /// `[[cameras.lines]]`), keeping the rest of its settings; then as `camera.update`.
+    /// Sent by the console's editor, not accepted over MQTT. `by` says who, for the log.
+    CameraRules {
+        id: String,
+        rules: Map<String, Value>,
+        by: String,
+    },
     CameraList,
     ModelUpdate {
         manifest_url: String,
@@ -58,6 +66,7 @@ impl Command {
             Command::CameraAdd { .. } => "camera.add",
             Command::CameraUpdate { .. } => "camera.update",
             Command::CameraRemove { .. } => "camera.remove",
+            Command::CameraRules { .. } => "camera.rules",
             Command::CameraList => "camera.list",
             Command::ModelUpdate { .. } => "model.update",
             Command::ModelRollback { .. } => "model.rollback",

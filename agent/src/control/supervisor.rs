@@ -30,7 +30,7 @@ use crate::camera::CameraCtx;
 use crate::config::{CameraConfig, Config};
 use crate::event::ModelOut;
 use crate::event::Topics;
-use crate::event::stage::{CameraEvents, CameraSpec};
+use crate::event::stage::{CameraEvents, CameraSpec, LiveSettings};
 use crate::event::thread::EventsCtl;
 use crate::infer::manifest::ModelSpec;
 use crate::infer::queue::FrameQueue;
@@ -274,8 +274,9 @@ impl Supervisor {
         let id = req.request_id.as_str();
         match &req.command {
             Command::CameraAdd { camera } => self.camera_add(id, camera).await,
-            Command::CameraUpdate { camera } => self.camera_update(id, camera).await,
+            Command::CameraUpdate { camera } => self.camera_update(id, camera, "MQTT camera.update").await,
             Command::CameraRemove { id: cam } => self.camera_remove(id, cam).await,
+            Command::CameraRules { id: cam, rules, by } => self.camera_rules(id, cam, rules, by).await,
             // Started by `dispatch`, answered by `finish_update`.
             Command::ModelUpdate { .. } => Reply::error(id, "internal", "model.update is not run inline"),
             Command::ModelRollback { name } => self.model_rollback(id, name).await,
@@ -286,8 +287,41 @@ impl Supervisor {
     // ---- cameras ----
 
     fn parse_camera(&self, id: &str, camera: &Map<String, Value>) -> Result<CameraConfig, Reply> {
-        crate::config::camera_from_json(&Value::Object(camera.clone()), &self.config)
-            .map_err(|problems| Reply::error(id, "invalid_camera", problems.join("; ")))
+        crate::config::camera_from_json(&Value::Object(camera.clone()), &self.config).map_err(|problems| {
+            let mut r = Reply::error(id, "invalid_camera", problems.join("; "));
+            r.result.insert("problems".into(), json!(problems));
+            r
+        })
+    }
+
+    /// The camera's settings as its last source gave them: the runtime overlay, else the
+    /// config file.
+    fn camera_source(&self, cam: &str) -> Option<Map<String, Value>> {
+        let v = self.overlay.camera(cam).cloned().or_else(|| self.config.camera_sources.get(cam).cloned())?;
+        match v {
+            Value::Object(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    async fn camera_rules(&mut self, id: &str, cam: &str, rules: &Map<String, Value>, by: &str) -> Reply {
+        if let Some(k) = rules.keys().find(|k| !RULE_KEYS.contains(&k.as_str())) {
+            return Reply::error(id, "invalid_field", format!("{k}: only zones and lines can be changed here"));
+        }
+        let (Some(mut camera), true) = (self.camera_source(cam), self.cameras.contains_key(cam)) else {
+            return Reply::error(id, "not_found", format!("no camera {cam}"));
+        };
+        for k in RULE_KEYS {
+            camera.remove(k);
+            match rules.get(k) {
+                Some(Value::Array(a)) if a.is_empty() => {}
+                Some(v) => {
+                    camera.insert(k.to_string(), v.clone());
+                }
+                None => {}
+            }
+        }
+        self.camera_update(id, &camera, by).await
     }
 
     fn in_config(&self, cam: &str) -> bool {
@@ -319,7 +353,8 @@ impl Supervisor {
         camera_reply(id, &cam_id, origin, overrides, true)
     }
 
-    async fn camera_update(&mut self, id: &str, camera: &Map<String, Value>) -> Reply {
+    /// `by` says who asked, for the log and the console's record of changes.
+    async fn camera_update(&mut self, id: &str, camera: &Map<String, Value>, by: &str) -> Reply {
         let cam = match self.parse_camera(id, camera) {
             Ok(c) => c,
             Err(r) => return r,
@@ -337,16 +372,41 @@ impl Supervisor {
             self.overlay = before;
             return r;
         }
-        if changed {
+        let live = changed && running.config.same_pipeline(&cam);
+        if changed && !live {
             self.stop_camera(&cam_id).await;
             if let Err(e) = self.start_camera(cam, origin).await {
                 return Reply::error(id, "model_unavailable", format!("{e:#}"));
             }
         } else if let Some(r) = self.cameras.get_mut(&cam_id) {
+            if live {
+                // Only what the event stage holds changed: the pipeline and tracks go on.
+                let settings = LiveSettings {
+                    rules: cam.rules.clone(),
+                    count_interval: cam.count_interval,
+                    snapshots: cam.snapshots,
+                };
+                let _ = self.deps.events.send(EventsCtl::Apply(r.ctx.clone(), Box::new(settings)));
+                if let Some(spec) = self.active.get(&cam.model) {
+                    let info = crate::console::CameraInfo::new(ModelOut::of(spec), &spec.labels, &cam.rules);
+                    self.deps.console.add_camera(&cam_id, info);
+                    self.deps.console.set_rules_source(&cam_id, rules_source(camera));
+                }
+                r.config = cam;
+            }
             r.origin = origin;
             self.deps.inventory.set_camera(CameraEntry { ctx: r.ctx.clone(), config: r.config.clone(), origin });
         }
-        camera_reply(id, &cam_id, origin, overrides, changed)
+        let restarted = changed && !live;
+        if changed {
+            info!(camera = %cam_id, by, request_id = id, restarted, "camera settings changed");
+            let at = crate::event::rfc3339_millis(SystemTime::now());
+            let change = json!({ "ts": at, "by": by, "request_id": id, "restarted": restarted });
+            self.deps.console.record_change(&cam_id, change);
+        }
+        let mut reply = camera_reply(id, &cam_id, origin, overrides, changed);
+        reply.result.insert("restarted".into(), json!(restarted));
+        reply
     }
 
     async fn camera_remove(&mut self, id: &str, cam: &str) -> Reply {
@@ -397,6 +457,9 @@ impl Supervisor {
         self.deps
             .console
             .add_camera(&cam.id, crate::console::CameraInfo::new(spec_out.clone(), &spec.labels, &cam.rules));
+        if let Some(source) = self.camera_source(&cam.id) {
+            self.deps.console.set_rules_source(&cam.id, rules_source(&source));
+        }
         let stage = CameraEvents::new(
             CameraSpec {
                 id: cam.id.clone(),
@@ -623,6 +686,19 @@ fn model_keys(c: &Config) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// The camera's `zones` and `lines` as its source gave them (class names, groups and
+/// all), for the console's editor; nothing else of it (its URL may hold a password).
+fn rules_source(camera: &Map<String, Value>) -> Value {
+    let mut m = Map::new();
+    for k in RULE_KEYS {
+        m.insert(k.to_string(), camera.get(k).cloned().unwrap_or_else(|| json!([])));
+    }
+    Value::Object(m)
+}
+
+/// What `camera.rules` replaces.
+const RULE_KEYS: [&str; 2] = ["zones", "lines"];
 
 fn camera_reply(id: &str, cam: &str, origin: Origin, overrides: bool, changed: bool) -> Reply {
     let mut m = Map::new();

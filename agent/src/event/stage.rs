@@ -48,6 +48,15 @@ pub struct CameraSpec {
     pub model: ModelOut,
 }
 
+/// What can change on a running camera without restarting its pipeline: its rules,
+/// counting interval and snapshot settings (see [`CameraEvents::apply`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    pub rules: RulesConfig,
+    pub count_interval: Duration,
+    pub snapshots: SnapshotPolicy,
+}
+
 /// A message to append to the outbox.
 #[derive(Debug, Clone)]
 pub enum StageMessage {
@@ -222,6 +231,25 @@ impl CameraEvents {
                 self.next_count = n + interval;
             }
         }
+        out
+    }
+
+    /// Takes new rules, counting interval and snapshot settings while the camera runs:
+    /// tracks go on, zones and lines change as [`Rules::leave_changed_zones`] and
+    /// [`Rules::replace_config`] say, and the counting interval that runs keeps its start
+    /// (it ends `count_interval` after it, at the next tick if that is past).
+    pub fn apply(&mut self, live: LiveSettings, now: SystemTime) -> Vec<StageMessage> {
+        let t = self.last_frame.map_or(secs(now), |last| last.max(secs(now)));
+        let left = self.rules.leave_changed_zones(&live.rules, t);
+        let out = self.messages(left, None);
+        self.rules.replace_config(live.rules.clone());
+        self.next_count += live.count_interval.as_secs_f64() - self.spec.count_interval.as_secs_f64();
+        if !live.snapshots.enabled {
+            self.best.clear();
+        }
+        self.spec.rules = live.rules;
+        self.spec.count_interval = live.count_interval;
+        self.spec.snapshots = live.snapshots;
         out
     }
 

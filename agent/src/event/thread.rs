@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{error, warn};
 
-use super::stage::{CameraEvents, StageMessage};
+use super::stage::{CameraEvents, LiveSettings, StageMessage};
 use super::{Topics, detections_message, gap_message, snapshot};
 use crate::camera::CameraCtx;
 use crate::console::{self, ConsoleHub};
@@ -30,6 +30,9 @@ pub enum EventsCtl {
     /// Ends the camera's tracks and sends its partial counts; ignored if the stage now
     /// belongs to a newer context of the same id.
     Remove(Arc<CameraCtx>),
+    /// New rules, counting interval or snapshot settings for the running camera (no
+    /// restart); ignored like `Remove` for a stage of another context.
+    Apply(Arc<CameraCtx>, Box<LiveSettings>),
 }
 
 /// The event stage: analysed frames become messages appended to the outbox (per-frame
@@ -70,6 +73,13 @@ pub fn run(
                         && let Some((ctx, mut stage)) = stages.remove(&ctx.id)
                     {
                         append_outgoing(delivery, &ctx, topics, stage.finish(SystemTime::now()), console);
+                    }
+                }
+                EventsCtl::Apply(ctx, live) => {
+                    if let Some((c, stage)) = stages.get_mut(&ctx.id)
+                        && Arc::ptr_eq(c, &ctx)
+                    {
+                        append_outgoing(delivery, &ctx, topics, stage.apply(*live, SystemTime::now()), console);
                     }
                 }
             }

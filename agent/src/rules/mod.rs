@@ -223,6 +223,72 @@ impl Rules {
         &self.cfg
     }
 
+    /// The zone of `next` that zone `z` carries over to: same name and the same
+    /// definition (shape, limits, classes, reference point).
+    fn zone_kept(&self, z: usize, next: &RulesConfig) -> Option<usize> {
+        let zone = &self.cfg.zones[z];
+        next.zones.iter().position(|n| n == zone).filter(|_| next.reference == self.cfg.reference)
+    }
+
+    /// A live rules change, first half: everyone inside a zone that `next` removes or
+    /// changes leaves it (`zone.exit` at `t`) and a crowded one is cleared, so every
+    /// `zone.enter` the platform saw is paired with an exit under the definition it was
+    /// made with. The events name the current config's zones: turn them into messages,
+    /// then call [`Rules::replace_config`].
+    pub fn leave_changed_zones(&mut self, next: &RulesConfig, t: f64) -> Vec<RuleEvent> {
+        let mut out = Vec::new();
+        for z in 0..self.cfg.zones.len() {
+            if self.zone_kept(z, next).is_some() {
+                continue;
+            }
+            for o in &mut self.objects {
+                if o.inside[z].take().is_some() {
+                    out.push(RuleEvent { kind: EventKind::ZoneExit { zone: z }, t, object: Some(o.view()) });
+                }
+            }
+            if std::mem::take(&mut self.crowded[z]) {
+                out.push(RuleEvent { kind: EventKind::ZoneCrowdCleared { zone: z, count: 0 }, t, object: None });
+            }
+        }
+        out
+    }
+
+    /// A live rules change, second half: `next` becomes the rules; tracks go on. By name,
+    /// an unchanged zone keeps who is inside since when and its crowding state; a changed
+    /// or new zone starts empty (an object inside it enters at its next update). A line
+    /// keeps the interval's crossings (the counting interval goes on); an unchanged one
+    /// keeps each object's side, a changed or new one starts each object on the side its
+    /// last position is on, so a crossing counts from the next move.
+    pub fn replace_config(&mut self, next: RulesConfig) {
+        let zone_from: Vec<Option<usize>> = (0..self.cfg.zones.len()).map(|z| self.zone_kept(z, &next)).collect();
+        let old_zone = |nz: usize| zone_from.iter().position(|k| *k == Some(nz));
+        let line_from: Vec<Option<usize>> =
+            next.lines.iter().map(|l| self.cfg.lines.iter().position(|o| o.name == l.name)).collect();
+        let same_line = |nl: usize| {
+            line_from[nl].filter(|&ol| self.cfg.lines[ol] == next.lines[nl] && self.cfg.reference == next.reference)
+        };
+        for o in &mut self.objects {
+            let p = next.reference.of(&o.track.bbox);
+            o.inside = (0..next.zones.len()).map(|nz| old_zone(nz).and_then(|oz| o.inside[oz])).collect();
+            o.visited = o
+                .visited
+                .iter()
+                .filter_map(|&oz| next.zones.iter().position(|n| n.name == self.cfg.zones[oz].name))
+                .collect();
+            o.sides = (0..next.lines.len())
+                .map(|nl| match same_line(nl) {
+                    Some(ol) => o.sides[ol],
+                    None => (side(next.lines[nl].a, next.lines[nl].b, p), p),
+                })
+                .collect();
+        }
+        self.crowded = (0..next.zones.len()).map(|nz| old_zone(nz).is_some_and(|oz| self.crowded[oz])).collect();
+        self.crossings = line_from.iter().map(|ol| ol.map_or([0; 2], |ol| self.crossings[ol])).collect();
+        self.class_crossings =
+            line_from.iter().map(|ol| ol.map(|ol| self.class_crossings[ol].clone()).unwrap_or_default()).collect();
+        self.cfg = next;
+    }
+
     /// Live objects (confirmed tracks).
     pub fn objects(&self) -> impl Iterator<Item = &Track> {
         self.objects.iter().map(|o| &o.track)

@@ -264,3 +264,94 @@ fn paths_stay_short_and_keep_both_ends() {
     // Ordered along the walk.
     assert!(end.path.windows(2).all(|w| w[0].x < w[1].x));
 }
+
+impl World {
+    fn reconfigure(&mut self, t: f64, next: RulesConfig) -> Vec<RuleEvent> {
+        let left = self.rules.leave_changed_zones(&next, t);
+        self.rules.replace_config(next);
+        left
+    }
+}
+
+#[test]
+fn a_live_change_keeps_unchanged_zones_and_pairs_every_enter_of_a_changed_one_with_an_exit() {
+    let cfg = RulesConfig { zones: vec![zone("left", 0.0, 0.5), zone("right", 0.5, 1.0)], ..RulesConfig::default() };
+    let mut w = World::new(cfg);
+    w.frame(0.0, &[at(0.2, 0.8), at(0.8, 0.8)]);
+    w.frame(1.0, &[at(0.2, 0.8), at(0.8, 0.8)]);
+    assert_eq!(w.count("zone.enter"), 2);
+    let ids: Vec<u64> = w.rules.objects().map(|t| t.id).collect();
+    let right_one = w.rules.objects().find(|t| t.bbox.x > 0.5).map(|t| t.id).expect("the object on the right");
+    // "left" is unchanged; "right" moves; "new" is added.
+    let next = RulesConfig {
+        zones: vec![zone("left", 0.0, 0.5), zone("right", 0.6, 1.0), zone("new", 0.7, 0.9)],
+        ..RulesConfig::default()
+    };
+    let left = w.reconfigure(1.5, next);
+    let exits: Vec<(usize, u64)> = left
+        .iter()
+        .map(|e| match e.kind {
+            EventKind::ZoneExit { zone } => (zone, e.object.as_ref().map_or(0, |o| o.track.id)),
+            ref k => panic!("only exits of the changed zone, got {k:?}"),
+        })
+        .collect();
+    assert_eq!(exits, vec![(1, right_one)], "the one inside the changed zone leaves it, under its old index");
+    w.events.clear();
+    w.frame(2.0, &[at(0.2, 0.8), at(0.8, 0.8)]);
+    assert_eq!(w.rules.objects().map(|t| t.id).collect::<Vec<_>>(), ids, "tracks go on");
+    let entered: Vec<usize> = w
+        .events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::ZoneEnter { zone } => Some(zone),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(entered, vec![1, 2], "no second enter into the unchanged zone; the changed and the new one start fresh");
+    assert_eq!(w.rules.take_counts(3.0, 1).zones, vec![1, 1, 1]);
+}
+
+#[test]
+fn a_moved_line_counts_from_the_next_move_and_the_interval_keeps_its_crossings() {
+    let mut w = World::new(RulesConfig { lines: vec![gate()], ..RulesConfig::default() });
+    for (i, x) in [0.3, 0.45, 0.55, 0.6].into_iter().enumerate() {
+        w.frame(i as f64, &[at(x, 0.8)]);
+    }
+    assert_eq!(w.count("line.cross"), 1);
+    // The line moves to x = 0.7, ahead of the walker (at 0.6), and a second line comes.
+    let moved = LineRule { a: p(0.7, 0.0), b: p(0.7, 1.0), ..gate() };
+    let other = LineRule { name: "other".into(), ..gate() };
+    assert!(w.reconfigure(3.5, RulesConfig { lines: vec![moved, other], ..RulesConfig::default() }).is_empty());
+    for (i, x) in [0.65, 0.75, 0.8].into_iter().enumerate() {
+        w.frame(4.0 + i as f64, &[at(x, 0.8)]);
+    }
+    let crossed: Vec<usize> = w
+        .events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::LineCross { line, .. } => Some(line),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(crossed, vec![0, 0], "the moved line counts the walker once more; the new one (behind it) never");
+    assert_eq!(w.rules.take_counts(7.0, 1).lines, vec![[2, 0], [0, 0]], "the interval's first crossing is kept");
+}
+
+#[test]
+fn a_changed_crowded_zone_is_cleared_at_the_change() {
+    let plaza = ZoneRule { max_objects: Some(0), ..zone("plaza", 0.0, 1.0) };
+    let mut w = World::new(RulesConfig { zones: vec![plaza], ..RulesConfig::default() });
+    w.frame(0.0, &[at(0.2, 0.8)]);
+    w.frame(1.0, &[at(0.2, 0.8)]);
+    assert_eq!(w.count("zone.crowded"), 1);
+    let roomier = ZoneRule { max_objects: Some(3), ..zone("plaza", 0.0, 1.0) };
+    let types: Vec<&str> = w
+        .reconfigure(1.5, RulesConfig { zones: vec![roomier], ..RulesConfig::default() })
+        .iter()
+        .map(|e| e.kind.type_name())
+        .collect();
+    assert_eq!(types, vec!["zone.exit", "zone.crowd_cleared"]);
+    w.events.clear();
+    w.frame(2.0, &[at(0.2, 0.8)]);
+    assert_eq!(w.types(), vec!["zone.enter", "object.update"], "back in under the new definition, not crowded");
+}

@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 use super::health::{Health, ListenerStats};
 use crate::camera::{CameraCtx, CameraState};
 use crate::console::ConsoleHub;
-use crate::console::http::{Access, Console};
+use crate::console::http::{Access, Console, Peer, Writer};
 use crate::infer::{BATCH_BUCKETS, LATENCY_BUCKETS, ModelStats};
 
 /// Bounds of the telemetry listener. Hostile clients are ordinary clients here: each
@@ -79,6 +79,7 @@ pub async fn serve(
     health: Arc<Health>,
     console: Option<Arc<ConsoleHub>>,
     console_token: Option<String>,
+    writer: Option<Writer>,
     shutdown: CancellationToken,
 ) {
     let listener = match TcpListener::bind(addr).await {
@@ -104,7 +105,7 @@ pub async fn serve(
         .with_state(health.clone());
     if let Some(hub) = console {
         let access = Access::for_listener(addr, console_token.as_deref());
-        app = app.merge(crate::console::http::router(Console { hub, health, access, listen: addr }));
+        app = app.merge(crate::console::http::router(Console { hub, health, access, listen: addr, writer }));
     }
     serve_app(listener, app, Limits::default(), stats, shutdown).await;
 }
@@ -141,7 +142,7 @@ pub async fn serve_app(
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors and the like: pause, or the loop spins.
                     if due(&mut last_accept_log) {
@@ -156,6 +157,7 @@ pub async fn serve_app(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = shutdown.cancelled() => break,
         };
+        let (stream, peer) = stream;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refuse(&stream);
             stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -165,7 +167,8 @@ pub async fn serve_app(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers that log who asked (the console's editor) read the peer from here.
+        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(Peer(peer))));
         let stop = shutdown.clone();
         let open = Open::new(&stats, permit);
         conns.spawn(async move {
