@@ -121,6 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     }
     let listen = config.telemetry.listen;
     let console_token = config.telemetry.console_token.as_ref().map(|t| t.expose().to_string());
+    let viewer_token = config.telemetry.console_viewer_token.as_ref().map(|t| t.expose().to_string());
     let supervisor = Supervisor::start(
         config,
         Deps {
@@ -163,7 +164,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let health_task = tokio::spawn(telemetry::health::run(health.clone(), shutdown.clone()));
     let http = listen.map(|addr| {
         let (health, console, token) = (health.clone(), console.clone(), console_token.clone());
-        tokio::spawn(telemetry::http::serve(addr, health, Some(console), token, Some(writer), shutdown.clone()))
+        let viewer = viewer_token.clone();
+        tokio::spawn(telemetry::http::serve(addr, health, Some(console), token, viewer, Some(writer), shutdown.clone()))
     });
 
     shutdown.cancelled().await;

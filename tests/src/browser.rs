@@ -24,6 +24,16 @@ const FLAGS: [&str; 7] = [
     "--window-size=1280,860",
 ];
 
+/// How WebDriver names an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A pointer move to a point of an element, given as fractions of its box (WebDriver
+/// offsets are from the element's centre, in whole CSS pixels).
+fn move_to(id: &str, w: f64, h: f64, fx: f64, fy: f64, ms: u64) -> Value {
+    json!({ "type": "pointerMove", "duration": ms, "origin": { ELEMENT: id },
+            "x": (fx * w - w / 2.0).round() as i64, "y": (fy * h - h / 2.0).round() as i64 })
+}
+
 /// A chromedriver process with one browser session; both end when dropped.
 pub struct Browser {
     driver: Child,
@@ -78,6 +88,70 @@ impl Browser {
     /// Runs `script` (a function body) in the page and returns what it returns.
     pub fn eval(&self, script: &str) -> anyhow::Result<Value> {
         self.cmd("POST", "execute/sync", Some(&json!({ "script": script, "args": [] })))
+    }
+
+    /// The WebDriver id of the first element matching `css`.
+    pub fn find(&self, css: &str) -> anyhow::Result<String> {
+        let v = self.cmd("POST", "element", Some(&json!({ "using": "css selector", "value": css })))?;
+        v[ELEMENT].as_str().map(str::to_string).with_context(|| format!("no element {css}: {v}"))
+    }
+
+    /// A real click on the element matching `css`.
+    pub fn click(&self, css: &str) -> anyhow::Result<()> {
+        let id = self.find(css)?;
+        self.cmd("POST", &format!("element/{id}/click"), Some(&json!({}))).map(drop)
+    }
+
+    /// Clears the input matching `css` and types `text` into it, as a user would.
+    pub fn type_into(&self, css: &str, text: &str) -> anyhow::Result<()> {
+        let id = self.find(css)?;
+        self.cmd("POST", &format!("element/{id}/clear"), Some(&json!({})))?;
+        self.cmd("POST", &format!("element/{id}/value"), Some(&json!({ "text": text }))).map(drop)
+    }
+
+    /// Mouse clicks at points of the element matching `css`, given as fractions of its
+    /// box (0,0 top left), through WebDriver's input actions: real pointer events.
+    pub fn click_at(&self, css: &str, points: &[(f64, f64)]) -> anyhow::Result<()> {
+        let (id, w, h) = self.rect(css)?;
+        let mut acts = Vec::new();
+        for &(fx, fy) in points {
+            acts.push(move_to(&id, w, h, fx, fy, 0));
+            acts.push(json!({ "type": "pointerDown", "button": 0 }));
+            acts.push(json!({ "type": "pointerUp", "button": 0 }));
+            // Apart in time, so two clicks on one spot are not a double-click.
+            acts.push(json!({ "type": "pause", "duration": 600 }));
+        }
+        self.pointer(acts)
+    }
+
+    /// Presses at `from` and releases at `to` (fractions of the element's box).
+    pub fn drag(&self, css: &str, from: (f64, f64), to: (f64, f64)) -> anyhow::Result<()> {
+        let (id, w, h) = self.rect(css)?;
+        self.pointer(vec![
+            move_to(&id, w, h, from.0, from.1, 0),
+            json!({ "type": "pointerDown", "button": 0 }),
+            move_to(&id, w, h, (from.0 + to.0) / 2.0, (from.1 + to.1) / 2.0, 150),
+            move_to(&id, w, h, to.0, to.1, 150),
+            json!({ "type": "pointerUp", "button": 0 }),
+        ])
+    }
+
+    /// Scrolls the element into the middle of the viewport (offsets count from the centre
+    /// of its visible part) and gives its id and size.
+    fn rect(&self, css: &str) -> anyhow::Result<(String, f64, f64)> {
+        self.eval(&format!("document.querySelector({}).scrollIntoView({{block: 'center'}})", json!(css)))?;
+        let id = self.find(css)?;
+        let r = self.cmd("GET", &format!("element/{id}/rect"), None)?;
+        let (w, h) = (r["width"].as_f64().unwrap_or(0.0), r["height"].as_f64().unwrap_or(0.0));
+        anyhow::ensure!(w > 0.0 && h > 0.0, "{css} has no size: {r}");
+        Ok((id, w, h))
+    }
+
+    fn pointer(&self, actions: Vec<Value>) -> anyhow::Result<()> {
+        let body = json!({ "actions": [{
+            "type": "pointer", "id": "mouse", "parameters": { "pointerType": "mouse" }, "actions": actions,
+        }]});
+        self.cmd("POST", "actions", Some(&body)).map(drop)
     }
 
     /// A PNG of the viewport.

@@ -490,3 +490,213 @@ fn wait_browser(secs: u64, mut f: impl FnMut() -> Option<()>) -> Option<()> {
     }
     None
 }
+
+/// The editor's scene, 640×480 at 10 fps, 58 s (times from the agent's connection):
+/// - Messi stands at x 0.15 (bottom at y 0.5) from 1 s to 54 s: one track throughout;
+/// - Grace A walks east along y 0.92 from x 0.4 (22 s) to 0.9 (30 s): x 0.5 at 23.6 s,
+///   inside x 0.6–0.8 from 25.2 s to 28.4 s;
+/// - Grace B walks west along y 0.92 from x 0.92 (42 s) to 0.58 (48 s): x 0.7 at 45.9 s,
+///   never as far as x 0.5.
+fn editor_scene() -> Scene {
+    Scene {
+        width: 640,
+        height: 480,
+        fps: 10,
+        duration: 58.0,
+        actors: vec![
+            Actor { sprite: Sprite::Messi, height: 0.38, path: vec![(1.0, 0.15, 0.5), (54.0, 0.15, 0.5)] },
+            Actor { sprite: Sprite::Grace, height: 0.38, path: vec![(22.0, 0.4, 0.92), (30.0, 0.9, 0.92)] },
+            Actor { sprite: Sprite::Grace, height: 0.38, path: vec![(42.0, 0.92, 0.92), (48.0, 0.58, 0.92)] },
+        ],
+    }
+}
+
+const TOKEN: &str = "editor-token-0123456789";
+const VIEWER: &str = "viewer-token-0123456789";
+
+/// A PUT with a JSON body and extra headers; the whole answer.
+fn put(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    raw(
+        port,
+        &format!(
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{extra}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn events_of<'a>(msgs: &'a [Received], ty: &str) -> Vec<&'a Value> {
+    msgs.iter().filter(|m| m.json["schema"] == "lookout.event/1" && m.json["type"] == ty).map(|m| &m.json).collect()
+}
+
+/// Bottom-centre x of an event's object.
+fn foot_x(e: &Value) -> f64 {
+    let b = &e["object"]["bbox"];
+    b["x"].as_f64().unwrap_or(f64::NAN) + b["w"].as_f64().unwrap_or(f64::NAN) / 2.0
+}
+
+#[test]
+fn zones_and_lines_drawn_in_the_browser_apply_live_without_restarting_the_camera() {
+    // The browser first, so its start-up does not eat into the scene's quiet start.
+    let browser = Browser::start().expect("headless chromium");
+    let server =
+        RtspServer::start(0, vec![("/walk".into(), scene_media(&editor_scene()).expect("scene media"))]).expect("rtsp");
+    let broker = Mosquitto::start().expect("mosquitto");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let rec = rt.block_on(Recorder::start(broker.port(), "lookout/#")).expect("recorder");
+    let dir = scratch("console-editor");
+    let cams = [Cam { id: "walk", url: server.url("/walk"), fps: 5.0, min_score: 0.5 }];
+    let config = write_config(&dir, &broker.url(), &cams).expect("config");
+    let port = free_port().expect("port");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "[telemetry]\nlisten = \"off\"\n",
+        &format!(
+            "[telemetry]\nlisten = \"127.0.0.1:{port}\"\nconsole_token = \"{TOKEN}\"\nconsole_viewer_token = \"{VIEWER}\"\n"
+        ),
+    );
+    // Periodic object.update shows which tracks go on across a change.
+    std::fs::write(&config, text + "update_interval = 1\n").expect("config");
+    let agent = AgentProcess::start(&config).expect("agent");
+    let log = || agent.log();
+    let auth = format!("Bearer {TOKEN}");
+
+    wait(60, "the camera streaming", log, || {
+        let c = http_request(port, "GET", "/api/cameras/walk", &[("Authorization", &auth)]).ok()?.json().ok()?;
+        (c["state"] == "streaming").then_some(())
+    });
+    // The token opens the console (cookie), then the camera page, with a picture.
+    browser.goto(&format!("http://127.0.0.1:{port}/?token={TOKEN}")).expect("open the console");
+    browser.goto(&format!("http://127.0.0.1:{port}/camera/walk")).expect("open the camera page");
+    let picture = "return (document.querySelector('.camera img.frame') || {}).naturalWidth || 0";
+    let shown = wait_browser(40, || (browser.eval(picture).ok()?.as_u64()? > 0).then_some(()));
+    assert!(shown.is_some(), "the camera page should show a picture\n{}", log());
+
+    // Draw: a line across the walking path, a zone on it; name them; save.
+    let canvas = ".camera .view canvas";
+    browser.click("button.edit").expect("edit");
+    browser.click("button.add-line").expect("+ line");
+    browser.click_at(canvas, &[(0.5, 0.3), (0.5, 0.99)]).expect("place the line");
+    browser.click("button.add-zone").expect("+ zone");
+    browser.click_at(canvas, &[(0.6, 0.8), (0.8, 0.8), (0.8, 0.99), (0.6, 0.99)]).expect("place the zone");
+    browser.click("button.done").expect("done");
+    browser.type_into("[data-shape='lines:0'] input[data-field=name]", "door").expect("name the line");
+    browser.type_into("[data-shape='lines:0'] input[data-field=direction0]", "east").expect("direction");
+    browser.type_into("[data-shape='lines:0'] input[data-field=direction1]", "west").expect("direction");
+    browser.type_into("[data-shape='zones:0'] input[data-field=name]", "seat").expect("name the zone");
+    browser.eval("window.scrollTo(0, 0)").expect("scroll");
+    std::fs::write(artifacts().join("console-editor.png"), browser.screenshot().expect("screenshot")).expect("save");
+    browser.click("button.save").expect("save");
+    let status =
+        "return [...document.querySelectorAll('.editor-status, .problem')].map(e => e.textContent).join(' | ')";
+    let saved = wait_browser(20, || browser.eval(status).ok()?.as_str()?.starts_with("Saved").then_some(()));
+    assert!(saved.is_some(), "the editor should report the save: {:?}\n{}", browser.eval(status), log());
+    let cam = http_request(port, "GET", "/api/cameras/walk", &[("Authorization", &auth)])
+        .expect("camera")
+        .json()
+        .expect("json");
+    assert_eq!(cam["lines"][0]["name"], "door", "{cam}");
+    assert_eq!(cam["lines"][0]["directions"], serde_json::json!(["east", "west"]), "{cam}");
+    assert_eq!(cam["zones"][0]["name"], "seat", "{cam}");
+    let line_x = cam["lines"][0]["points"][0][0].as_f64().unwrap_or(0.0);
+    assert!((line_x - 0.5).abs() < 0.02, "the line lies where it was clicked: {cam}");
+    assert_eq!(cam["changes"][0]["restarted"], false, "{cam}");
+    assert!(cam["changes"][0]["by"].as_str().is_some_and(|b| b.starts_with("console (token)")), "{cam}");
+
+    // A walks east through both: the crossing and the visit match the drawn shapes.
+    let msgs = rt
+        .block_on(rec.wait_for(Duration::from_secs(60), "A crossing door and leaving seat", |m| {
+            !events_of(m, "line.cross").is_empty() && !events_of(m, "zone.exit").is_empty()
+        }))
+        .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+    let cross = events_of(&msgs, "line.cross")[0].clone();
+    assert_eq!((&cross["line"]["name"], &cross["line"]["direction"]), (&"door".into(), &"east".into()), "{cross}");
+    assert!((foot_x(&cross) - 0.5).abs() < 0.12, "crossed near x 0.5: {cross}");
+    let enter = events_of(&msgs, "zone.enter").first().cloned().cloned().expect("zone.enter before zone.exit");
+    assert_eq!(enter["zone"]["name"], "seat", "{enter}");
+    assert!((0.55..0.7).contains(&foot_x(&enter)), "entered at the zone's left edge (0.6): {enter}");
+    assert_eq!(enter["object"]["track_id"], cross["object"]["track_id"], "the same walker");
+    // Messi's track: the one standing on the left.
+    let standing = events_of(&msgs, "object.update")
+        .into_iter()
+        .find(|e| foot_x(e) < 0.3)
+        .map(|e| e["object"]["track_id"].clone())
+        .expect("object.update of the standing person");
+
+    // Move the line to x 0.7 by dragging its ends; save.
+    let moved_at = Instant::now();
+    browser.click("button.edit").expect("edit again");
+    browser.drag(canvas, (0.5, 0.3), (0.7, 0.3)).expect("drag A");
+    browser.drag(canvas, (0.5, 0.99), (0.7, 0.99)).expect("drag B");
+    browser.click("button.save").expect("save");
+    let saved =
+        wait_browser(20, || browser.eval(status).ok()?.as_str()?.contains("applied without a restart").then_some(()));
+    assert!(saved.is_some(), "the move should apply without a restart: {:?}\n{}", browser.eval(status), log());
+    let cam = http_request(port, "GET", "/api/cameras/walk", &[("Authorization", &auth)])
+        .expect("camera")
+        .json()
+        .expect("json");
+    let line_x = cam["lines"][0]["points"][0][0].as_f64().unwrap_or(0.0);
+    assert!((line_x - 0.7).abs() < 0.02, "the line moved where it was dragged: {cam}");
+
+    // B walks west across x 0.7 only: one crossing, of the moved line; Messi's track
+    // went on through the change and the camera never restarted.
+    let msgs = rt
+        .block_on(
+            rec.wait_for(Duration::from_secs(60), "B crossing the moved line", |m| {
+                events_of(m, "line.cross").len() >= 2
+            }),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+    let crosses = events_of(&msgs, "line.cross");
+    let second = crosses[1];
+    assert_eq!(second["line"]["direction"], "west", "{second}");
+    assert!((foot_x(second) - 0.7).abs() < 0.12, "crossed near x 0.7, where the line is now: {second}");
+    let after: Vec<&Received> = msgs.iter().filter(|m| m.at > moved_at).collect();
+    assert!(
+        after.iter().any(|m| m.json["type"] == "object.update" && m.json["object"]["track_id"] == standing),
+        "the standing person's track {standing} goes on after the change"
+    );
+    assert!(
+        !msgs.iter().any(|m| m.json["type"] == "object.end" && m.json["object"]["track_id"] == standing),
+        "the standing person's track never ended"
+    );
+    let restarts: Vec<&Value> = after
+        .iter()
+        .filter(|m| m.json["schema"] == "lookout.camera_status/1" && m.json["state"] != "streaming")
+        .map(|m| &m.json)
+        .collect();
+    assert!(restarts.is_empty(), "no camera status other than streaming after the change: {restarts:?}");
+    assert!(!log().contains("camera stopped and removed"), "the pipeline was not restarted\n{}", log());
+
+    // Without the token: refused; with it but without the page's session token: refused;
+    // with both, an invalid shape is refused with its problem, and nothing changes.
+    let body = r#"{"zones": [{"name": "bad", "polygon": [[0.1, 0.1], [0.2, 0.2]]}], "lines": []}"#;
+    assert_eq!(status_of(&put(port, "/api/cameras/walk/rules", &[], body)), 401);
+    assert_eq!(status_of(&put(port, "/api/cameras/walk/rules", &[("Authorization", &auth)], body)), 403);
+    let session =
+        http_request(port, "GET", "/api/session", &[("Authorization", &auth)]).expect("session").json().expect("json");
+    let csrf = session["csrf"].as_str().expect("csrf").to_string();
+    let foreign = [("Authorization", auth.as_str()), ("X-Lookout-Csrf", &csrf), ("Origin", "http://evil.example")];
+    assert_eq!(status_of(&put(port, "/api/cameras/walk/rules", &foreign, body)), 403);
+    // The viewer's token opens the console but gets no session token and cannot change.
+    let viewer = format!("Bearer {VIEWER}");
+    let view = http_request(port, "GET", "/api/session", &[("Authorization", &viewer)])
+        .expect("session")
+        .json()
+        .expect("json");
+    assert_eq!((&view["can_write"], &view["csrf"]), (&Value::Bool(false), &Value::Null), "{view}");
+    let as_viewer = [("Authorization", viewer.as_str()), ("X-Lookout-Csrf", &csrf)];
+    assert_eq!(status_of(&put(port, "/api/cameras/walk/rules", &as_viewer, body)), 403);
+    let answer = put(port, "/api/cameras/walk/rules", &[("Authorization", &auth), ("X-Lookout-Csrf", &csrf)], body);
+    assert_eq!(status_of(&answer), 422, "{answer}");
+    assert!(answer.contains("zones[0]"), "the problem names the shape: {answer}");
+    let cam = http_request(port, "GET", "/api/cameras/walk", &[("Authorization", &auth)])
+        .expect("camera")
+        .json()
+        .expect("json");
+    assert_eq!(cam["zones"][0]["name"], "seat", "a refused change changes nothing: {cam}");
+    assert_eq!(cam["changes"].as_array().map(Vec::len), Some(2), "two changes recorded: {cam}");
+    drop(rec);
+}

@@ -147,6 +147,10 @@ pub struct TelemetryConfig {
     /// `console_token` (default none): required by the console when set; without
     /// it the console is served only on a loopback `listen`. 16+ of `A-Z a-z 0-9 - . _ ~`.
     pub console_token: Option<Secret>,
+    /// `console_viewer_token` (default none): a second token that opens the console
+    /// read-only (pictures, events, counts; no editor). Same charset; needs
+    /// `console_token` and must differ from it.
+    pub console_viewer_token: Option<Secret>,
 }
 
 /// `[[models]]`
@@ -272,8 +276,11 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         t.finish(&mut issues);
     }
 
-    let mut telemetry =
-        TelemetryConfig { listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))), console_token: None };
+    let mut telemetry = TelemetryConfig {
+        listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+        console_token: None,
+        console_viewer_token: None,
+    };
     if let Some(mut t) = root.table(&mut issues, "telemetry", false) {
         if let Some(l) = t.opt::<String>(&mut issues, "listen") {
             telemetry.listen = match l.as_str() {
@@ -292,18 +299,35 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 },
             };
         }
-        // The token goes in a header and a cookie, so a plain charset.
-        if let Some(tok) = t.opt::<String>(&mut issues, "console_token") {
+        // A token goes in a header and a cookie, so a plain charset.
+        let token = |t: &mut TableReader<'_, '_>, issues: &mut Issues<'_>, key: &str| {
+            let tok = t.opt::<String>(issues, key)?;
             let plain = tok.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
             if tok.len() < 16 || !plain {
-                let s = t.raw("console_token").map(|v| v.span());
+                let s = t.raw(key).map(|v| v.span());
                 issues.push(
-                    &t.field_path("console_token"),
+                    &t.field_path(key),
                     s.as_ref(),
                     "must be at least 16 characters of A-Z a-z 0-9 - . _ ~ (e.g. from `openssl rand -hex 16`)",
                 );
-            } else {
-                telemetry.console_token = Some(Secret(tok));
+                return None;
+            }
+            Some(Secret(tok))
+        };
+        telemetry.console_token = token(&mut t, &mut issues, "console_token");
+        let viewer = token(&mut t, &mut issues, "console_viewer_token");
+        if let Some(v) = viewer {
+            let s = t.raw("console_viewer_token").map(|v| v.span());
+            match &telemetry.console_token {
+                None => issues.push(
+                    &t.field_path("console_viewer_token"),
+                    s.as_ref(),
+                    "needs console_token (the token that may change settings)",
+                ),
+                Some(full) if full.expose() == v.expose() => {
+                    issues.push(&t.field_path("console_viewer_token"), s.as_ref(), "must differ from console_token")
+                }
+                Some(_) => telemetry.console_viewer_token = Some(v),
             }
         }
         t.finish(&mut issues);

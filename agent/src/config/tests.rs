@@ -791,6 +791,24 @@ fn console_token_is_read_and_defaults_to_none() {
 }
 
 #[test]
+fn a_viewer_token_needs_the_console_token_and_must_differ_from_it() {
+    let base = minimal() + "[telemetry]\nconsole_token = \"0123456789abcdef-XYZ\"\n";
+    let c = parse_ok(&(base.clone() + "console_viewer_token = \"viewer-0123456789ab\"\n"));
+    assert_eq!(c.telemetry.console_viewer_token.as_ref().map(Secret::expose), Some("viewer-0123456789ab"));
+    assert!(!format!("{c:?}").contains("viewer-0123456789ab"), "the token leaked into Debug output");
+    let alone = minimal() + "[telemetry]\nconsole_viewer_token = \"viewer-0123456789ab\"\n";
+    assert_issue(
+        &issues(&alone),
+        &alone,
+        "telemetry.console_viewer_token",
+        "console_viewer_token",
+        "needs console_token",
+    );
+    let same = base + "console_viewer_token = \"0123456789abcdef-XYZ\"\n";
+    assert_issue(&issues(&same), &same, "telemetry.console_viewer_token", "console_viewer_token", "must differ");
+}
+
+#[test]
 fn short_or_unsafe_console_token_is_reported_on_its_line() {
     for bad in ["short", "has space and is long enough", "semi;colon-0123456789"] {
         let src = minimal() + &format!("[telemetry]\nconsole_token = \"{bad}\"\n");
@@ -1107,4 +1125,19 @@ fn class_groups_refuse_typos_clashes_and_groups_foreign_to_the_camera() {
         "group \"vehicle\" has no class of this camera's model (its members: car, bus",
     );
     assert_eq!(all.len(), 1, "{all:?}");
+}
+
+#[test]
+fn only_rules_counts_and_snapshots_count_as_the_same_pipeline() {
+    let cam = |extra: &str| {
+        let src = minimal() + extra;
+        parse_ok(&src).cameras.into_iter().next().expect("a camera")
+    };
+    let base = cam("");
+    let zoned = cam(
+        "count_interval = 5\nsnapshots = false\n[[cameras.zones]]\nname = \"z\"\npolygon = [[0, 0], [1, 0], [1, 1]]\n",
+    );
+    assert!(base.same_pipeline(&zoned) && zoned.same_pipeline(&base));
+    assert!(!base.same_pipeline(&cam("decode = \"all\"\n")), "another decoding mode restarts the pipeline");
+    assert!(!base.same_pipeline(&cam("lost_after = 9\n")), "so does the tracker's patience (it is the tracker's)");
 }

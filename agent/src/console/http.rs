@@ -86,6 +86,17 @@ pub struct Console {
     pub listen: SocketAddr,
     /// Where changes go; `None`: the console only reads.
     pub writer: Option<Writer>,
+    /// With [`Access::Token`]: a second token that opens the console read-only.
+    pub viewer: Option<String>,
+}
+
+/// What the request's credentials allow (set by the access check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Loopback without a token, or the console token: may also change settings.
+    Change,
+    /// `console_viewer_token`: pictures, events and counts only.
+    View,
 }
 
 /// The address a request came from (set per connection by the listener).
@@ -262,12 +273,15 @@ fn presented_tokens<'a>(headers: &'a HeaderMap, path: &str, query: Option<&'a st
     got
 }
 
-async fn check_access(State(c): State<Shared>, req: Request, next: Next) -> Response {
+async fn check_access(State(c): State<Shared>, mut req: Request, next: Next) -> Response {
     if let Some(refusal) = misdirected(&req, c.listen) {
         return refusal;
     }
-    let want = match &c.access {
-        Access::Open => return next.run(req).await,
+    let (full, viewer) = match &c.access {
+        Access::Open => {
+            req.extensions_mut().insert(Role::Change);
+            return next.run(req).await;
+        }
         Access::Refused => {
             return (
                 StatusCode::FORBIDDEN,
@@ -275,14 +289,17 @@ async fn check_access(State(c): State<Shared>, req: Request, next: Next) -> Resp
             )
                 .into_response();
         }
-        Access::Token(t) => t.clone(),
+        Access::Token(t) => (t.clone(), c.viewer.clone()),
     };
     let query = req.uri().query().map(str::to_string);
     let on_root = req.uri().path() == "/";
-    let ok = presented_tokens(req.headers(), req.uri().path(), query.as_deref())
-        .iter()
-        .any(|t| same(t.as_bytes(), want.as_bytes()));
-    if !ok {
+    let presented = presented_tokens(req.headers(), req.uri().path(), query.as_deref());
+    let shows = |want: &str| presented.iter().any(|t| same(t.as_bytes(), want.as_bytes()));
+    let (role, want) = if shows(&full) {
+        (Role::Change, full.clone())
+    } else if let Some(v) = viewer.as_deref().filter(|v| shows(v)) {
+        (Role::View, v.to_string())
+    } else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -290,9 +307,10 @@ async fn check_access(State(c): State<Shared>, req: Request, next: Next) -> Resp
              (?token= counts on / only)\n",
         )
             .into_response();
-    }
+    };
     let from_query =
         on_root && query_param(query.as_deref(), "token").is_some_and(|t| same(t.as_bytes(), want.as_bytes()));
+    req.extensions_mut().insert(role);
     let mut resp = next.run(req).await;
     if from_query && let Ok(v) = HeaderValue::from_str(&format!("{COOKIE}={want}; Path=/; HttpOnly; SameSite=Strict")) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -505,8 +523,9 @@ fn urlencode(s: &str) -> String {
 
 /// What the page may do: whether it can change settings, and the token a change must
 /// carry. Same-origin only: another site's page cannot read it (no CORS headers).
-async fn session(State(c): State<Shared>) -> Response {
-    let csrf = c.writer.as_ref().map(|w| w.csrf.as_str());
+async fn session(State(c): State<Shared>, role: Option<axum::Extension<Role>>) -> Response {
+    let may = role.is_some_and(|r| r.0 == Role::Change);
+    let csrf = c.writer.as_ref().filter(|_| may).map(|w| w.csrf.as_str());
     let access = match c.access {
         Access::Open => "loopback",
         _ => "token",
@@ -550,12 +569,17 @@ async fn save_rules(
     State(c): State<Shared>,
     Path(id): Path<String>,
     peer: Option<axum::Extension<Peer>>,
+    role: Option<axum::Extension<Role>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let Some(w) = &c.writer else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "this console cannot change settings");
     };
+    if role.is_none_or(|r| r.0 != Role::Change) {
+        warn!(camera = %id, "console change refused: read-only token");
+        return error(StatusCode::FORBIDDEN, "refused: this token opens the console read-only");
+    }
     if let Some(refusal) = change_refused(&headers, &w.csrf) {
         warn!(camera = %id, "console change refused (no session token or another origin)");
         return refusal;

@@ -79,6 +79,7 @@ pub async fn serve(
     health: Arc<Health>,
     console: Option<Arc<ConsoleHub>>,
     console_token: Option<String>,
+    viewer_token: Option<String>,
     writer: Option<Writer>,
     shutdown: CancellationToken,
 ) {
@@ -105,7 +106,14 @@ pub async fn serve(
         .with_state(health.clone());
     if let Some(hub) = console {
         let access = Access::for_listener(addr, console_token.as_deref());
-        app = app.merge(crate::console::http::router(Console { hub, health, access, listen: addr, writer }));
+        app = app.merge(crate::console::http::router(Console {
+            hub,
+            health,
+            access,
+            listen: addr,
+            writer,
+            viewer: viewer_token,
+        }));
     }
     serve_app(listener, app, Limits::default(), stats, shutdown).await;
 }

@@ -39,7 +39,16 @@ function stateBadge(state) {
 
 // ---- overlay: zones, lines, boxes on a canvas over the image -------------------------
 
-function drawOverlay(canvas, img, info, boxes) {
+// Where the picture lies inside its view (object-fit: contain letter-boxes it), in CSS px.
+function frameRect(img) {
+  const w = img.clientWidth, h = img.clientHeight;
+  if (!img.naturalWidth) return { ox: 0, oy: 0, iw: w, ih: h };
+  const s = Math.min(w / img.naturalWidth, h / img.naturalHeight);
+  const iw = img.naturalWidth * s, ih = img.naturalHeight * s;
+  return { ox: (w - iw) / 2, oy: (h - ih) / 2, iw, ih };
+}
+
+function drawOverlay(canvas, img, info, boxes, editor) {
   const w = img.clientWidth, h = img.clientHeight;
   const dpr = window.devicePixelRatio || 1;
   canvas.width = Math.max(1, Math.round(w * dpr));
@@ -49,10 +58,10 @@ function drawOverlay(canvas, img, info, boxes) {
   ctx.clearRect(0, 0, w, h);
   if (!img.naturalWidth) return;
   // The image is letter-boxed (object-fit: contain): map normalised coordinates into it.
-  const s = Math.min(w / img.naturalWidth, h / img.naturalHeight);
-  const iw = img.naturalWidth * s, ih = img.naturalHeight * s;
-  const ox = (w - iw) / 2, oy = (h - ih) / 2;
+  const { ox, oy, iw, ih } = frameRect(img);
   const X = (x) => ox + x * iw, Y = (y) => oy + y * ih;
+  // While editing, the editor's shapes are drawn instead of the running ones.
+  if (editor) info = editor.drawable();
   const small = w < 500;
   ctx.font = `${small ? 11 : 13}px system-ui, sans-serif`;
   ctx.lineWidth = small ? 1.5 : 2;
@@ -100,6 +109,7 @@ function drawOverlay(canvas, img, info, boxes) {
     ctx.fillStyle = color; ctx.fillRect(X(b.x), ty, tw, th);
     ctx.fillStyle = "#000"; ctx.fillText(label, X(b.x) + 3, ty + th - 4);
   }
+  if (editor) editor.decorate(ctx, X, Y, boxes || []);
 }
 
 // A live view: polls the camera's frame JSON and loads its JPEG when a new frame exists.
@@ -109,13 +119,13 @@ class LiveView {
     this.img = view.querySelector("img"); this.canvas = view.querySelector("canvas");
     this.placeholder = view.querySelector(".placeholder");
     this.info = { zones: [], lines: [] }; this.boxes = []; this.seq = null;
-    this.timer = null; this.busy = false;
+    this.timer = null; this.busy = false; this.editor = null;
     new ResizeObserver(() => this.redraw()).observe(view);
   }
   setInfo(info) { this.info = info; this.redraw(); }
   start() { if (!this.timer) { this.tick(); this.timer = setInterval(() => this.tick(), this.periodMs); } }
   stop() { clearInterval(this.timer); this.timer = null; }
-  redraw() { drawOverlay(this.canvas, this.img, this.info, this.boxes); }
+  redraw() { drawOverlay(this.canvas, this.img, this.info, this.boxes, this.editor); }
   async tick() {
     if (this.busy) return;
     this.busy = true;
@@ -205,21 +215,266 @@ async function gridPage() {
   setInterval(() => refresh().catch(showError), STATE_MS);
 }
 
+// ---- zone and line editor (camera page) -------------------------------------------------
+// Shapes are kept as the config writes them ([[cameras.zones]] / [[cameras.lines]] keys),
+// edited on the picture, and saved through PUT /api/cameras/{id}/rules, which validates,
+// persists and applies them like camera.update (see docs/CONSOLE.md).
+
+const HANDLE_PX = 10;                      // how near a click must be to grab a point
+const r4 = (v) => Math.round(Math.min(1, Math.max(0, v)) * 1e4) / 1e4;
+
+class Editor {
+  constructor(camera, live, panel, csrf, onSaved) {
+    this.camera = camera; this.live = live; this.panel = panel; this.csrf = csrf; this.onSaved = onSaved;
+    const rules = JSON.parse(JSON.stringify(camera.rules || { zones: [], lines: [] }));
+    this.zones = rules.zones || []; this.lines = rules.lines || [];
+    this.reference = camera.reference_point || "bottom_center";
+    this.adding = null;                    // { kind: "zones" | "lines", index } while placing points
+    this.drag = null;                      // { kind, index, point } while dragging
+    this.last = null;                      // the point last grabbed (Delete removes it)
+    this.problems = new Map();             // "zones:0" → [messages]
+    this.status = "";
+    const c = live.canvas;
+    c.classList.add("editing");
+    this.handlers = {
+      pointerdown: (e) => this.down(e), pointermove: (e) => this.move(e), pointerup: () => this.up(),
+      dblclick: (e) => this.remove(e),
+    };
+    for (const [k, f] of Object.entries(this.handlers)) c.addEventListener(k, f);
+    this.onKey = (e) => {
+      if ((e.key === "Delete" || e.key === "Backspace") && this.last && document.activeElement === document.body) this.deletePoint(this.last);
+    };
+    document.addEventListener("keydown", this.onKey);
+    live.editor = this;
+    this.render(); live.redraw();
+  }
+
+  close() {
+    const c = this.live.canvas;
+    for (const [k, f] of Object.entries(this.handlers)) c.removeEventListener(k, f);
+    document.removeEventListener("keydown", this.onKey);
+    c.classList.remove("editing");
+    this.live.editor = null; this.live.redraw();
+    this.panel.replaceChildren();
+  }
+
+  points(kind, i) { return kind === "zones" ? this.zones[i].polygon : this.lines[i].points; }
+
+  // What drawOverlay draws: complete shapes only.
+  drawable() {
+    return { zones: this.zones.filter((z) => z.polygon.length), lines: this.lines.filter((l) => l.points.length === 2) };
+  }
+
+  // Handles on every point, the line being placed, and the live boxes' reference points.
+  decorate(ctx, X, Y, boxes) {
+    for (const b of boxes) {
+      const py = this.reference === "center" ? b.y + b.h / 2 : b.y + b.h;
+      ctx.beginPath(); ctx.arc(X(b.x + b.w / 2), Y(py), 4, 0, 2 * Math.PI);
+      ctx.fillStyle = classColor(b.class_id); ctx.fill(); ctx.strokeStyle = "#000"; ctx.lineWidth = 1; ctx.stroke();
+    }
+    for (const kind of ["zones", "lines"]) {
+      this[kind].forEach((_, i) => {
+        const active = this.adding && this.adding.kind === kind && this.adding.index === i;
+        for (const [x, y] of this.points(kind, i)) {
+          ctx.beginPath(); ctx.arc(X(x), Y(y), 5, 0, 2 * Math.PI);
+          ctx.fillStyle = active ? "#ffe066" : "#fff"; ctx.fill();
+          ctx.strokeStyle = kind === "zones" ? "#2a7fff" : "#ff4d4d"; ctx.lineWidth = 2; ctx.stroke();
+        }
+      });
+    }
+  }
+
+  // Normalised picture coordinates of a pointer event on the canvas.
+  at(e) {
+    const { ox, oy, iw, ih } = frameRect(this.live.img);
+    return [r4((e.offsetX - ox) / iw), r4((e.offsetY - oy) / ih)];
+  }
+
+  // The point within HANDLE_PX of the event, if any.
+  hit(e) {
+    const { ox, oy, iw, ih } = frameRect(this.live.img);
+    let best = null, bestD = HANDLE_PX;
+    for (const kind of ["zones", "lines"]) {
+      this[kind].forEach((_, index) => this.points(kind, index).forEach(([x, y], point) => {
+        const d = Math.hypot(ox + x * iw - e.offsetX, oy + y * ih - e.offsetY);
+        if (d <= bestD) { bestD = d; best = { kind, index, point }; }
+      }));
+    }
+    return best;
+  }
+
+  down(e) {
+    if (e.button !== 0) return;
+    e.preventDefault();
+    const h = this.hit(e);
+    if (h) {
+      this.drag = h; this.last = h;
+      this.live.canvas.setPointerCapture(e.pointerId);
+      return;
+    }
+    if (!this.adding) return;
+    const pts = this.points(this.adding.kind, this.adding.index);
+    pts.push(this.at(e));
+    this.last = { ...this.adding, point: pts.length - 1 };
+    if (this.adding.kind === "lines" && pts.length === 2) this.adding = null;
+    this.changed();
+  }
+
+  move(e) {
+    if (!this.drag) return;
+    this.points(this.drag.kind, this.drag.index)[this.drag.point] = this.at(e);
+    this.live.redraw();
+  }
+
+  up() { if (this.drag) { this.drag = null; this.changed(); } }
+
+  remove(e) { const h = this.hit(e); if (h) this.deletePoint(h); }
+
+  deletePoint(h) {
+    const pts = this.points(h.kind, h.index);
+    if (!pts || h.point >= pts.length) return;
+    pts.splice(h.point, 1);
+    this.last = null;
+    this.changed();
+  }
+
+  changed() { this.render(); this.live.redraw(); }
+
+  add(kind) {
+    const n = this[kind].length + 1;
+    if (kind === "zones") this.zones.push({ name: `zone-${n}`, polygon: [] });
+    else this.lines.push({ name: `line-${n}`, points: [], directions: ["in", "out"] });
+    this.adding = { kind, index: this[kind].length - 1 };
+    this.status = kind === "zones" ? "Click on the picture to place the zone's corners, then Done." : "Click the line's two ends on the picture.";
+    this.changed();
+  }
+
+  // The body of the PUT: config keys, optional ones only when set.
+  body() {
+    const classes = (v) => (Array.isArray(v) ? v : String(v || "").split(",")).map((c) => c.trim()).filter(Boolean);
+    const zones = this.zones.map((z) => {
+      const o = { name: z.name, polygon: z.polygon };
+      if (z.loiter_seconds !== undefined && z.loiter_seconds !== "") o.loiter_seconds = Number(z.loiter_seconds);
+      if (z.max_objects !== undefined && z.max_objects !== "") o.max_objects = Number(z.max_objects);
+      const c = classes(z.classes); if (c.length) o.classes = c;
+      return o;
+    });
+    const lines = this.lines.map((l) => {
+      const o = { name: l.name, points: l.points, directions: l.directions };
+      const c = classes(l.classes); if (c.length) o.classes = c;
+      return o;
+    });
+    return { zones, lines };
+  }
+
+  async save() {
+    this.adding = null; this.problems = new Map(); this.status = "Saving…"; this.render();
+    let reply;
+    try {
+      const r = await fetch(`/api/cameras/${enc(this.camera.id)}/rules`, {
+        method: "PUT", cache: "no-store",
+        headers: { "Content-Type": "application/json", "X-Lookout-Csrf": this.csrf },
+        body: JSON.stringify(this.body()),
+      });
+      reply = await r.json().catch(() => ({ ok: false, error: { message: `HTTP ${r.status}` } }));
+    } catch (e) {
+      reply = { ok: false, error: { message: String(e.message || e) } };
+    }
+    if (reply.ok) {
+      this.status = reply.changed === false ? "Saved: nothing changed." :
+        reply.restarted ? "Saved: the camera restarted with the new settings." : "Saved: applied without a restart.";
+      this.render();
+      this.onSaved(this.status);
+      return;
+    }
+    // Each problem goes next to the shape it names (camera.zones[0]…), the rest on top.
+    const general = [];
+    for (const p of reply.problems || [(reply.error && reply.error.message) || "refused"]) {
+      const m = /\b(zones|lines)\[(\d+)\]/.exec(p);
+      const key = m ? `${m[1]}:${m[2]}` : null;
+      if (key) { if (!this.problems.has(key)) this.problems.set(key, []); this.problems.get(key).push(p); }
+      else general.push(p);
+    }
+    this.status = "Not saved: " + (general.join("; ") || "see the shapes below");
+    this.render();
+  }
+
+  render() {
+    const field = (obj, key, label, attrs) => el("label", {}, label + " ",
+      el("input", { ...attrs, "data-field": key, value: obj[key] == null ? "" : Array.isArray(obj[key]) ? obj[key].join(", ") : obj[key],
+        oninput: (e) => { obj[key] = e.target.value; this.live.redraw(); } }));
+    const rows = [];
+    for (const kind of ["zones", "lines"]) {
+      this[kind].forEach((shape, i) => {
+        const key = `${kind}:${i}`;
+        const parts = [el("strong", { textContent: kind === "zones" ? "Zone" : "Line" }), field(shape, "name", "name", { size: 12 })];
+        if (kind === "zones") {
+          parts.push(field(shape, "loiter_seconds", "loiter s", { type: "number", min: 0, step: "any", style: "width:5em" }),
+            field(shape, "max_objects", "max objects", { type: "number", min: 0, style: "width:4em" }));
+        } else {
+          const dirs = shape.directions;
+          parts.push(el("label", {}, "→ arrow ", el("input", { "data-field": "direction0", size: 8, value: dirs[0], oninput: (e) => { dirs[0] = e.target.value; this.live.redraw(); } })),
+            el("label", {}, "other way ", el("input", { "data-field": "direction1", size: 8, value: dirs[1], oninput: (e) => { dirs[1] = e.target.value; this.live.redraw(); } })),
+            el("button", { type: "button", textContent: "⇄", title: "swap the line's ends (the arrow turns round)",
+              onclick: () => { shape.points.reverse(); this.changed(); } }));
+        }
+        parts.push(field(shape, "classes", "classes", { size: 14, placeholder: "all" }));
+        const done = this.adding && this.adding.kind === kind && this.adding.index === i;
+        if (done && kind === "zones") parts.push(el("button", { type: "button", class: "done", textContent: "Done", onclick: () => { this.adding = null; this.status = ""; this.changed(); } }));
+        parts.push(el("button", { type: "button", class: "delete", textContent: "Delete", onclick: () => { this[kind].splice(i, 1); this.adding = null; this.changed(); } }));
+        const probs = this.problems.get(key) || [];
+        rows.push(el("div", { class: "shape" + (done ? " active" : ""), "data-shape": key }, ...parts,
+          ...probs.map((p) => el("div", { class: "problem", textContent: p }))));
+      });
+    }
+    this.panel.replaceChildren(
+      el("div", { class: "tools" },
+        el("button", { type: "button", class: "add-zone", textContent: "+ zone", onclick: () => this.add("zones") }),
+        el("button", { type: "button", class: "add-line", textContent: "+ line", onclick: () => this.add("lines") }),
+        el("button", { type: "button", class: "save", textContent: "Save", onclick: () => this.save() }),
+        el("button", { type: "button", class: "cancel", textContent: "Cancel", onclick: () => this.onSaved(null) })),
+      el("p", { class: "muted", textContent: "Click to place points, drag a point to move it, double-click a point (or Delete) to remove it. Dots mark the point of each detection that zones and lines test." }),
+      el("div", { class: "editor-status", textContent: this.status }),
+      ...rows);
+  }
+}
+
 // ---- camera page -----------------------------------------------------------------------
 
 async function cameraPage(id) {
   const view = liveViewElement("view large");
+  const editPanel = el("div", { class: "editor" });
+  const editButton = el("button", { type: "button", class: "edit", textContent: "Edit zones and lines", hidden: true });
   const infoPanel = el("div", { class: "panel" });
   const chartPanel = el("div", { class: "panel chart" }, el("h2", { textContent: "Counts, last hour" }));
   const eventsList = el("div", { class: "events" });
   const eventsPanel = el("div", { class: "panel" }, el("h2", { textContent: "Recent events" }), eventsList);
-  main.replaceChildren(el("div", { class: "camera" }, el("div", {}, view, chartPanel), el("div", {}, infoPanel, eventsPanel)));
+  const changesList = el("div", { class: "changes" });
+  eventsPanel.insertBefore(changesList, eventsList);
+  main.replaceChildren(el("div", { class: "camera" }, el("div", {}, el("div", { class: "toolbar" }, editButton), view, editPanel, chartPanel),
+    el("div", {}, infoPanel, eventsPanel)));
   const live = new LiveView(id, view, CAMERA_FRAME_MS);
   live.start();
+  let editor = null, current = null;
+  const session = await getJSON("/api/session").catch(() => ({ can_write: false }));
+  editButton.hidden = !session.can_write;
+  editButton.onclick = () => {
+    if (editor || !current) return;
+    editButton.disabled = true;
+    editor = new Editor(current, live, editPanel, session.csrf, (status) => {
+      editor.close(); editor = null; editButton.disabled = false;
+      if (status) editPanel.replaceChildren(el("div", { class: "editor-status", textContent: status }));
+      info().catch(showError);
+    });
+  };
 
   async function info() {
     const c = await getJSON(`/api/cameras/${enc(id)}`);
+    current = c;
     live.setInfo(c);
+    changesList.replaceChildren(...(c.changes || []).map((ch) => el("div", { class: "event change" },
+      el("div", {}, el("div", { textContent: "settings changed" + (ch.restarted ? " (camera restarted)" : " (no restart)") }),
+        el("div", { class: "muted", textContent: `by ${ch.by}` }), el("div", { class: "muted", textContent: ch.ts })))));
     summary.textContent = c.id;
     const rows = [
       ["state", stateBadge(c.state)],
