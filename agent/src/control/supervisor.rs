@@ -5,6 +5,10 @@
 //! change stops and starts that camera's task alone; a model change swaps the session
 //! under its running worker (see `infer::ModelSwap`), so cameras keep streaming.
 //!
+//! Longer than most files (~700 lines before its tests) because every camera command's
+//! handler sits next to the state it changes and the start/stop steps they share; the
+//! model half lives in `supervisor::models`. The camera half is the next to move out when it grows.
+//!
 //! Runtime camera changes persist in the state folder ([`super::overlay`]); installed
 //! model versions and the active one too ([`crate::model::store`]).
 
