@@ -5,7 +5,9 @@
 #
 #   - Debian packages: GStreamer 1.22 dev files + plugins, gst-rtsp-server, mosquitto,
 #     and headless Chromium + chromedriver for the console's browser test (Debian's own
-#     pair, always the same version; the test speaks WebDriver over HTTP: no Node needed)
+#     pair, always the same version; the test speaks WebDriver over HTTP: no Node needed),
+#     etcd 3.4 for the site tests (nothing runs it as a service: the tests start their own
+#     cluster) and protoc, which the etcd-client crate needs at build time
 #   - ONNX Runtime 1.31 (ort 2.0.0-rc.15's API level) from the PyPI wheel `onnxruntime`
 #   - test media: vtest.avi and messi5.jpg (Debian's opencv-doc), grace_hopper.jpg (matplotlib's wheel)
 #
@@ -28,6 +30,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools
   mosquitto mosquitto-clients openssl
   chromium chromium-driver
+  etcd-server etcd-client protobuf-compiler
 )
 
 missing=()

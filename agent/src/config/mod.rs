@@ -12,6 +12,7 @@ mod mqtt;
 mod reader;
 
 mod redact;
+mod site;
 mod updates;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -28,6 +29,7 @@ pub use camera::{
 pub use classes::{ClassGroup, MAX_CLASS_GROUPS};
 pub use mqtt::{MqttConfig, MqttTls, Secret, parse_mqtt_url};
 pub use reader::Issue;
+pub use site::{CoordinatorLoss, SiteConfig, SiteTls};
 pub use updates::{ControlConfig, ModelUpdatesConfig, read_ca_file};
 
 use camera::{check_segment, read_camera};
@@ -70,6 +72,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub model_updates: ModelUpdatesConfig,
     pub control: ControlConfig,
+    /// `[site]` (optional): membership of a site coordinated through etcd.
+    pub site: Option<SiteConfig>,
     pub models: Vec<ModelConfig>,
     /// `[class_groups]`, sorted by name.
     pub class_groups: Vec<ClassGroup>,
@@ -343,6 +347,9 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         None => ControlConfig::default(),
     };
 
+    let site = root.table(&mut issues, "site", false).and_then(|t| site::read_site(t, &mut issues, &base_dir, cwd));
+    let site_declared = doc.get_ref().iter().any(|(k, _)| k.get_ref() == "site");
+
     let mut models = Vec::new();
     let before = issues.list.len();
     let model_tables = root.tables(&mut issues, "models");
@@ -400,8 +407,9 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     let mut cameras: Vec<CameraConfig> = Vec::new();
     let before = issues.list.len();
     let camera_tables = root.tables(&mut issues, "cameras");
-    if camera_tables.is_empty() && issues.list.len() == before {
-        issues.push("cameras", None, "at least one [[cameras]] entry is required");
+    // A site member may run only the site's cameras.
+    if camera_tables.is_empty() && issues.list.len() == before && !site_declared {
+        issues.push("cameras", None, "at least one [[cameras]] entry is required (or a [site] to take cameras from)");
     }
     // Every id seen, including those of cameras with other problems.
     let mut camera_ids: Vec<String> = Vec::new();
@@ -427,6 +435,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
                 telemetry,
                 model_updates,
                 control,
+                site,
                 models,
                 class_groups,
                 cameras,

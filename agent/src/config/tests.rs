@@ -174,7 +174,7 @@ fn unknown_keys_are_reported_with_their_line_and_the_accepted_keys() {
     assert_issue(&all, &src, "debug", "debug = true", "unknown field");
     assert!(
         only(&all, "debug").message.contains(
-            "agent, mqtt, outbox, inference, telemetry, model_updates, control, models, class_groups, cameras"
+            "agent, mqtt, outbox, inference, telemetry, model_updates, control, site, models, class_groups, cameras"
         ),
         "{all:#?}"
     );
@@ -524,7 +524,7 @@ min_score = true
         (
             2,
             "lookout",
-            "unknown field, expected one of: agent, mqtt, outbox, inference, telemetry, model_updates, control, models, class_groups, cameras",
+            "unknown field, expected one of: agent, mqtt, outbox, inference, telemetry, model_updates, control, site, models, class_groups, cameras",
         ),
     ];
     assert_eq!(err.issues.len(), expected.len(), "{err}");
@@ -1140,4 +1140,55 @@ fn only_rules_counts_and_snapshots_count_as_the_same_pipeline() {
     assert!(base.same_pipeline(&zoned) && zoned.same_pipeline(&base));
     assert!(!base.same_pipeline(&cam("decode = \"all\"\n")), "another decoding mode restarts the pipeline");
     assert!(!base.same_pipeline(&cam("lost_after = 9\n")), "so does the tracker's patience (it is the tracker's)");
+}
+
+#[test]
+fn a_site_section_is_read_with_its_defaults_and_a_site_member_needs_no_cameras_of_its_own() {
+    assert!(parse_ok(&minimal()).site.is_none(), "no [site]: a gateway on its own, as before");
+    let no_cameras = minimal().split("[[cameras]]").next().expect("head").to_string();
+    let src = no_cameras.clone()
+        + "[site]\nendpoints = [\"http://127.0.0.1:2379\", \"http://127.0.0.1:22379\"]\ncapacity = 48\n";
+    let c = parse_ok(&src);
+    let site = c.site.expect("[site] read");
+    assert_eq!(site.endpoints.len(), 2);
+    assert!(site.tls.is_none() && site.username.is_none() && site.password.is_none());
+    assert_eq!(site.lease_ttl, Duration::from_secs(10));
+    assert_eq!(site.capacity, 48.0);
+    assert_eq!(site.on_coordinator_loss, CoordinatorLoss::Keep);
+    assert_eq!(site.settle, Duration::from_secs(30));
+    assert!(c.cameras.is_empty());
+    let refused = issues(&no_cameras);
+    assert!(refused.iter().any(|i| i.field == "cameras" && i.message.contains("[site]")), "{refused:?}");
+}
+
+#[test]
+fn every_problem_of_a_site_section_is_listed_at_once_and_its_password_never_shows() {
+    let src = minimal()
+        + "[site]\nendpoints = [\"http://127.0.0.1:2379\", \"https://10.0.0.2:2379\", \"etcd.local\", \
+           \"http://u:hunter2-secret@10.0.0.3:2379\"]\n\
+           password = \"hunter2-secret\"\nlease_ttl_secs = 1\ncapacity = -3\non_coordinator_loss = \"panic\"\n\
+           settle_secs = 99999\nclient_cert = \"/nonexistent/cert.pem\"\nspeed = 3\n";
+    let all = issues(&src);
+    let text = format!("{all:?}");
+    for (field, says) in [
+        ("site.endpoints", "one scheme"),
+        ("site.endpoints", "not a URL"),
+        ("site.endpoints", "not in the URL"),
+        ("site.username", "needs a username"),
+        ("site.lease_ttl_secs", "from 3 to 60"),
+        ("site.capacity", "from 0 to 10000"),
+        ("site.on_coordinator_loss", "keep"),
+        ("site.settle_secs", "from 0 to 3600"),
+        ("site.client_cert", "not a readable file"),
+        ("site.client_key", "go together"),
+        ("site.speed", ""),
+    ] {
+        assert!(all.iter().any(|i| i.field == field && i.message.contains(says)), "{field}: {says:?} in {text}");
+    }
+    assert!(!text.contains("hunter2"), "the password never appears in a problem: {text}");
+    let no_capacity = minimal() + "[site]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+    assert!(issues(&no_capacity).iter().any(|i| i.field == "site.capacity"), "capacity is required");
+    let stop =
+        minimal() + "[site]\nendpoints = [\"http://127.0.0.1:2379\"]\ncapacity = 0\non_coordinator_loss = \"stop\"\n";
+    assert_eq!(parse_ok(&stop).site.expect("site").on_coordinator_loss, CoordinatorLoss::Stop);
 }
