@@ -14,6 +14,7 @@ pub mod model;
 pub mod probe;
 pub mod publish;
 pub mod rules;
+pub mod site;
 pub mod source;
 pub mod telemetry;
 pub mod track;
