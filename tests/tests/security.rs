@@ -278,11 +278,19 @@ async fn signed_commands_are_required_checked_and_never_replayed() {
     // And after a restart (the agent remembers the nonces on disk).
     let (status, _) = agent.stop().expect("stop");
     assert!(status.success());
+    // Counted after the stop: the removal itself re-announced "online" (a new birth),
+    // and a command sent before the new process subscribes would be lost.
     let online = |m: &[(String, Vec<u8>)]| {
         m.iter().filter(|(t, p)| t == &format!("{ROOT}/status") && p.windows(8).any(|w| w == b"\"online\"")).count()
     };
+    // Its "offline" comes after every "online" the old process sent.
+    peer.wait_for("the agent offline", |m| {
+        m.iter().any(|(t, p)| t == &format!("{ROOT}/status") && p.windows(9).any(|w| w == b"\"offline\""))
+    })
+    .await;
+    let before = online(&peer.received());
     let agent = AgentProcess::start(&config).expect("agent again");
-    peer.wait_for("the agent online again", |m| online(m) >= 2).await;
+    peer.wait_for("the agent online again", |m| online(m) > before).await;
     send("camera.remove", remove).await;
     assert_eq!(code(&reply("rm-1", 3).await), "replayed");
 

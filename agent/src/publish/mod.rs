@@ -354,17 +354,18 @@ impl<'a> Connection<'a> {
                 self.delivery.stats.connects.fetch_add(1, Ordering::Relaxed);
                 let pending = self.delivery.outbox().stats().pending_records;
                 info!(pending, "connected to MQTT broker");
+                // A fresh session each connection: subscribe again, before the birth, so
+                // that whoever sees "online" can send a command the broker will route
+                // (it handles one connection's packets in order). Subscribe requests are
+                // not publish requests, so the pkid → seq FIFO is unaffected.
+                if let Err(e) = self.client.try_subscribe(self.topics.commands(), QoS::AtLeastOnce) {
+                    warn!(error = %e, "cannot subscribe to commands");
+                }
                 self.fleet_generation = self.presence.inventory.generation();
                 self.publish_state(
                     self.topics.status(),
                     status_message(&self.presence.inventory.agent_info(), "online", None),
                 );
-                // A fresh session each connection: subscribe again, before the camera
-                // statuses fill the request queue. Subscribe requests are not publish
-                // requests, so the pkid → seq FIFO is unaffected.
-                if let Err(e) = self.client.try_subscribe(self.topics.commands(), QoS::AtLeastOnce) {
-                    warn!(error = %e, "cannot subscribe to commands");
-                }
                 self.report_cameras(true);
             }
             Event::Incoming(Packet::Publish(p)) => self.on_command(&p.topic, &p.payload, p.retain),
