@@ -2,4 +2,5 @@
 //! rule a gateway applies to its own lease ([`lease`]). Membership, the camera inventory,
 //! assignment and failover build on it.
 
+pub mod assign;
 pub mod lease;
