@@ -52,6 +52,8 @@ t_start=$(date +%s)
 HOST_PACKAGES=(
   rustc-web cargo-web gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross
   qemu-user-static pkg-config file ca-certificates
+  # etcd-client compiles its gRPC protos at build time (protoc + the well-known types).
+  protobuf-compiler libprotobuf-dev
 )
 # Target (arm64) libraries that are Multi-Arch: same, so they sit beside their amd64 twins
 # in /usr/lib/aarch64-linux-gnu. libgstreamer1.0-dev:arm64 brings libglib2.0-dev:arm64 and

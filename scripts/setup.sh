@@ -30,7 +30,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools
   mosquitto mosquitto-clients openssl
   chromium chromium-driver
-  etcd-server etcd-client protobuf-compiler
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev
 )
 
 missing=()

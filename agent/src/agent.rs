@@ -122,6 +122,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let listen = config.telemetry.listen;
     let console_token = config.telemetry.console_token.as_ref().map(|t| t.expose().to_string());
     let viewer_token = config.telemetry.console_viewer_token.as_ref().map(|t| t.expose().to_string());
+    // `[site]`: the site task joins the site and hands the supervisor its site cameras.
+    let (site, site_task) = match config.site.clone() {
+        Some(s) => {
+            let models = config.models.iter().map(|m| m.name.clone()).collect();
+            let (h, t) = crate::site::coordinator::spawn(s, &site, &agent_id, models, shutdown.clone());
+            (Some(h), Some(t))
+        }
+        None => (None, None),
+    };
     let supervisor = Supervisor::start(
         config,
         Deps {
@@ -134,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
             topics: topics.clone(),
             shutdown: shutdown.clone(),
             console: console.clone(),
+            site,
         },
     )
     .await?;
@@ -178,6 +188,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     // Cameras stop, inference workers finish their batch; then the event thread sees
     // its inputs close, ends every track and syncs the outbox.
     let _ = supervisor_task.await;
+    // With the site cameras stopped, the lease is revoked: others take them at once.
+    if let Some(t) = site_task {
+        let _ = t.await;
+    }
     let _ = tokio::task::spawn_blocking(move || {
         let _ = events.join();
     })

@@ -57,6 +57,10 @@ pub enum Command {
     /// Signed commands: sign a command for one agent (see docs/EVENTS.md, "Signed commands").
     #[command(subcommand)]
     Command(CommandCommand),
+    /// A site of many gateways (the config's `[site]` section): its camera inventory and
+    /// status, read from and written to etcd (see docs/INSTALL.md).
+    #[command(subcommand)]
+    Site(SiteCommand),
     /// Run everything locally: the bundled clip served over RTSP, a local broker, the
     /// default model; prints one line per published message.
     Demo {
@@ -118,5 +122,51 @@ pub enum CommandCommand {
         /// Seconds until it expires (1 to 600).
         #[arg(long, default_value_t = 300)]
         expires_in: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// The site's camera inventory: one list for every gateway of the site.
+    #[command(subcommand)]
+    Camera(SiteCameraCommand),
+    /// Members, capacity, load, the leader, which gateway runs each camera, and the
+    /// cameras that fit nowhere.
+    Status {
+        /// A config file with a `[site]` section (its `[agent] site` names the site).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCameraCommand {
+    /// Add a camera: the same JSON as `camera.add`, from a file or `-` for stdin.
+    Add {
+        #[arg(long, short)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+    /// Replace a camera's settings (same JSON as `add`; the id names the camera).
+    Update {
+        #[arg(long, short)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+    /// Remove a camera from the site.
+    Remove {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
+    },
+    /// List the cameras and where each runs (URLs without credentials).
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use lookout::cli::{Cli, Command, CommandCommand, ModelCommand};
+use lookout::cli::{Cli, Command, CommandCommand, ModelCommand, SiteCameraCommand, SiteCommand};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -80,6 +80,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Site(cmd) => site(cmd),
         Command::Demo { cameras, mqtt, fps, seconds } => block_on(async move {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -92,6 +93,66 @@ fn main() -> ExitCode {
             }
             lookout::demo::run(lookout::demo::DemoOptions { cameras, mqtt, fps }, shutdown).await
         }),
+    }
+}
+
+/// `lookout site …`: exit status 2 when the input or the config is refused, 1 when etcd
+/// cannot be reached.
+fn site(cmd: SiteCommand) -> ExitCode {
+    use lookout::site::admin::{self, Outcome};
+    let config_path = match &cmd {
+        SiteCommand::Status { config, .. } => config,
+        SiteCommand::Camera(
+            SiteCameraCommand::Add { config, .. }
+            | SiteCameraCommand::Update { config, .. }
+            | SiteCameraCommand::Remove { config, .. }
+            | SiteCameraCommand::List { config, .. },
+        ) => config,
+    };
+    let config = match lookout::config::load(config_path) {
+        Ok(c) if c.site.is_some() => c,
+        Ok(_) => {
+            eprintln!("error: {} has no [site] section", config_path.display());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cmd {
+            SiteCommand::Status { json, .. } => admin::status(&config, json).await,
+            SiteCommand::Camera(SiteCameraCommand::Add { file, .. }) => {
+                admin::camera_put(&config, &admin::read_input(&file)?, false).await
+            }
+            SiteCommand::Camera(SiteCameraCommand::Update { file, .. }) => {
+                admin::camera_put(&config, &admin::read_input(&file)?, true).await
+            }
+            SiteCommand::Camera(SiteCameraCommand::Remove { id, .. }) => admin::camera_remove(&config, &id).await,
+            SiteCommand::Camera(SiteCameraCommand::List { json, .. }) => admin::camera_list(&config, json).await,
+        }
+    });
+    match result {
+        Ok(Outcome::Done(out)) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Refused(why)) => {
+            eprintln!("refused: {why}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

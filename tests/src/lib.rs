@@ -13,6 +13,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 pub mod browser;
+pub mod etcd;
 
 pub use lookout::demo::broker::{Mosquitto, free_port};
 pub use lookout::demo::media::{AccessUnit, Codec, clip, media_file};

@@ -27,6 +27,9 @@ pub enum Origin {
     /// A config file camera replaced at runtime (`camera.update`): the runtime settings
     /// win until the camera is removed.
     RuntimeOverride,
+    /// A site camera (`[site]`): assigned to this gateway by the site's leader, kept in
+    /// etcd, never persisted here.
+    Site,
 }
 
 #[derive(Clone)]

@@ -12,7 +12,7 @@
 //! Runtime camera changes persist in the state folder ([`super::overlay`]); installed
 //! model versions and the active one too ([`crate::model::store`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,6 +59,8 @@ pub struct Deps {
     pub shutdown: CancellationToken,
     /// The installers' console: told of every camera and model change.
     pub console: Arc<crate::console::ConsoleHub>,
+    /// `[site]`: the site cameras assigned here, and where to say what runs.
+    pub site: Option<crate::site::SiteHandle>,
 }
 
 /// A `model.update` downloaded, verified and loaded off the command loop, coming back
@@ -104,6 +106,12 @@ pub struct Supervisor {
     cameras: HashMap<String, RunningCamera>,
     /// The `model.update` in progress (one at a time), cancelled at shutdown.
     updating: Option<CancellationToken>,
+    /// Every site camera id (local cameras may not take one) and the JSON of those
+    /// running here.
+    site_ids: BTreeSet<String>,
+    site_sources: HashMap<String, Value>,
+    /// Site cameras assigned here that cannot run, with why.
+    site_refused: BTreeMap<String, String>,
 }
 
 impl Supervisor {
@@ -128,6 +136,9 @@ impl Supervisor {
             models: HashMap::new(),
             cameras: HashMap::new(),
             updating: None,
+            site_ids: BTreeSet::new(),
+            site_sources: HashMap::new(),
+            site_refused: BTreeMap::new(),
         };
         for m in sup.config.models.clone() {
             let (spec, previous) = sup.restore_model(&m.name, &m.spec);
@@ -236,10 +247,26 @@ impl Supervisor {
         let shutdown = self.deps.shutdown.clone();
         let (done_tx, mut done) = mpsc::unbounded_channel::<UpdateDone>();
         let mut open = true;
+        let mut site = self.deps.site.as_ref().map(|h| h.wanted.clone());
+        self.report_site();
         loop {
             tokio::select! {
+                changed = async { match site.as_mut() { Some(w) => w.changed().await, None => std::future::pending().await } } => {
+                    match (changed, site.as_mut()) {
+                        (Ok(()), Some(w)) => {
+                            let wanted = w.borrow_and_update().clone();
+                            if AssertUnwindSafe(self.apply_site(wanted)).catch_unwind().await.is_err() {
+                                error!("applying the site assignment failed inside the agent; the supervisor carries on");
+                            }
+                        }
+                        _ => site = None,
+                    }
+                }
                 r = requests.recv(), if open => match r {
-                    Some(r) => self.dispatch(r, &done_tx).await,
+                    Some(r) => {
+                        self.dispatch(r, &done_tx).await;
+                        self.report_site();
+                    }
                     None => open = false,
                 },
                 Some(UpdateDone { request_id, url, reply, result }) = done.recv() => {
@@ -250,6 +277,7 @@ impl Supervisor {
                     if AssertUnwindSafe(self.reload()).catch_unwind().await.is_err() {
                         error!("the reload failed inside the agent; the supervisor carries on");
                     }
+                    self.report_site();
                 }
                 _ = shutdown.cancelled() => break,
             }
@@ -257,7 +285,98 @@ impl Supervisor {
         if let Some(t) = self.updating.take() {
             t.cancel();
         }
+        let report = self.deps.site.as_ref().map(|h| h.report.clone());
+        let local = self.local_ids();
         self.stop_all().await;
+        // The site task revokes the lease once nothing runs here any more.
+        if let Some(r) = report {
+            r.set(crate::site::Reported { local, ..Default::default() });
+        }
+    }
+
+    // ---- site cameras ----
+
+    fn local_ids(&self) -> BTreeSet<String> {
+        self.cameras.iter().filter(|(_, c)| c.origin != Origin::Site).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Tells the site task which site cameras run here, which are refused, and this
+    /// gateway's own camera ids.
+    fn report_site(&self) {
+        let Some(h) = &self.deps.site else { return };
+        let running = self
+            .cameras
+            .iter()
+            .filter(|(_, c)| c.origin == Origin::Site)
+            .map(|(id, c)| (id.clone(), c.config.fps))
+            .collect();
+        h.report.set(crate::site::Reported { running, refused: self.site_refused.clone(), local: self.local_ids() });
+    }
+
+    /// Starts, restarts and stops site cameras to match the leader's table (already fenced
+    /// by the site task: empty when this gateway must stop them).
+    async fn apply_site(&mut self, wanted: crate::site::Wanted) {
+        self.site_ids = wanted.site_ids;
+        let running: Vec<String> =
+            self.cameras.iter().filter(|(_, c)| c.origin == Origin::Site).map(|(id, _)| id.clone()).collect();
+        for id in running {
+            if wanted.cameras.get(&id) != self.site_sources.get(&id) {
+                // Its tracks end here; the gateway that takes it over starts new ones.
+                self.stop_camera(&id).await;
+                self.site_sources.remove(&id);
+                info!(camera = %id, "site camera stopped here");
+            }
+        }
+        self.site_refused.retain(|id, _| wanted.cameras.contains_key(id));
+        for (id, v) in wanted.cameras {
+            if self.cameras.get(&id).is_some_and(|c| c.origin == Origin::Site) {
+                continue;
+            }
+            if self.cameras.contains_key(&id) || self.in_config(&id) || self.overlay.camera(&id).is_some() {
+                let why = "a local camera of this gateway has this id";
+                if self.site_refused.insert(id.clone(), why.into()).is_none() {
+                    warn!(camera = %id, "site camera refused: {why}");
+                }
+                continue;
+            }
+            let cam = match crate::config::camera_from_json(&v, &self.config) {
+                Ok(c) => c,
+                Err(problems) => {
+                    let why = problems.join("; ");
+                    if self.site_refused.insert(id.clone(), why.clone()).is_none() {
+                        warn!(camera = %id, problems = %why, "site camera refused: invalid for this gateway");
+                    }
+                    continue;
+                }
+            };
+            self.site_sources.insert(id.clone(), v);
+            match self.start_camera(cam, Origin::Site).await {
+                Ok(()) => {
+                    self.site_refused.remove(&id);
+                }
+                Err(e) => {
+                    self.site_sources.remove(&id);
+                    let why = format!("{e:#}");
+                    warn!(camera = %id, error = %why, "site camera refused: cannot start");
+                    self.site_refused.insert(id, why);
+                }
+            }
+        }
+        self.report_site();
+    }
+
+    /// A local change may not touch a site camera or take its id.
+    fn refuse_site_id(&self, id: &str, cam: &str) -> Option<Reply> {
+        let site = self.site_ids.contains(cam) || self.cameras.get(cam).is_some_and(|c| c.origin == Origin::Site);
+        site.then(|| {
+            Reply::error(
+                id,
+                "site_camera",
+                format!(
+                    "{cam} is a site camera: change it with `lookout site camera`, or give a local camera another id"
+                ),
+            )
+        })
     }
 
     async fn dispatch(&mut self, r: ControlRequest, done: &mpsc::UnboundedSender<UpdateDone>) {
@@ -301,7 +420,12 @@ impl Supervisor {
     /// The camera's settings as its last source gave them: the runtime overlay, else the
     /// config file.
     fn camera_source(&self, cam: &str) -> Option<Map<String, Value>> {
-        let v = self.overlay.camera(cam).cloned().or_else(|| self.config.camera_sources.get(cam).cloned())?;
+        let v = self
+            .site_sources
+            .get(cam)
+            .or_else(|| self.overlay.camera(cam))
+            .cloned()
+            .or_else(|| self.config.camera_sources.get(cam).cloned())?;
         match v {
             Value::Object(m) => Some(m),
             _ => None,
@@ -337,6 +461,9 @@ impl Supervisor {
             Ok(c) => c,
             Err(r) => return r,
         };
+        if let Some(r) = self.refuse_site_id(id, &cam.id) {
+            return r;
+        }
         if self.cameras.contains_key(&cam.id) {
             return Reply::error(id, "already_exists", format!("camera {} exists; use camera.update", cam.id));
         }
@@ -363,6 +490,9 @@ impl Supervisor {
             Ok(c) => c,
             Err(r) => return r,
         };
+        if let Some(r) = self.refuse_site_id(id, &cam.id) {
+            return r;
+        }
         let Some(running) = self.cameras.get(&cam.id) else {
             return Reply::error(id, "not_found", format!("no camera {}; use camera.add", cam.id));
         };
@@ -414,6 +544,9 @@ impl Supervisor {
     }
 
     async fn camera_remove(&mut self, id: &str, cam: &str) -> Reply {
+        if let Some(r) = self.refuse_site_id(id, cam) {
+            return r;
+        }
         if !self.cameras.contains_key(cam) {
             return Reply::error(id, "not_found", format!("no camera {cam}"));
         }
@@ -602,14 +735,23 @@ impl Supervisor {
         self.deps.inventory.set_config_sha256(crate::infer::manifest::sha256_file(&file).unwrap_or_default());
         let wanted = self.effective_cameras();
         let (mut added, mut removed, mut restarted, mut unchanged) = (0, 0, 0, 0);
-        let gone: Vec<String> =
-            self.cameras.keys().filter(|id| !wanted.iter().any(|(c, _)| &c.id == *id)).cloned().collect();
+        // Site cameras are the site task's, not the config file's.
+        let gone: Vec<String> = self
+            .cameras
+            .iter()
+            .filter(|(id, c)| c.origin != Origin::Site && !wanted.iter().any(|(w, _)| &w.id == *id))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in gone {
             self.stop_camera(&id).await;
             removed += 1;
         }
         for (cam, origin) in wanted {
             let id = cam.id.clone();
+            if self.cameras.get(&id).is_some_and(|c| c.origin == Origin::Site) {
+                error!(camera = %id, "the config file names a site camera's id; not started (give it another id)");
+                continue;
+            }
             match self.cameras.get(&id) {
                 Some(r) if r.config == cam => unchanged += 1,
                 Some(_) => {

@@ -7,8 +7,15 @@
 //! rest of the TTL for the stop itself, and nobody else is given the cameras before the
 //! lease expires. While a reachable member confirms the cluster has no leader, no lease
 //! can expire and nothing can move, which is when `on_coordinator_loss = "keep"` holds on.
-//! etcd gives every lease a full TTL again when a new leader is elected, so a gateway that
-//! then sees a leader but still cannot renew stops at once, well inside that TTL.
+//! etcd gives every lease a full TTL again when a new leader is elected: a leader seen after
+//! a probe (sent at `t`) found none was elected after `t`, so the lease lives until at least
+//! `t + ttl`, and the gateway holds on while it renews, until `t + STOP_FRACTION × ttl`;
+//! then, still unable to renew, it stops.
+//!
+//! "No leader" is what the members this gateway reaches say. Members it cannot reach may
+//! still form a quorum with a leader (this gateway cut off together with a minority of
+//! etcd): then its lease expires there, its cameras are given to others and run twice
+//! until it reconnects. That is the price of `keep`; `stop` never pays it.
 
 use std::time::{Duration, Instant};
 
@@ -40,17 +47,25 @@ pub struct LeaseGuard {
     policy: CoordinatorLoss,
     /// When the last renewal etcd confirmed was sent, and the TTL it granted.
     renewed: Option<(Instant, Duration)>,
+    /// When the last probe that found no leader was sent.
+    no_leader: Option<Instant>,
 }
 
 impl LeaseGuard {
     pub fn new(policy: CoordinatorLoss) -> Self {
-        Self { policy, renewed: None }
+        Self { policy, renewed: None, no_leader: None }
     }
 
     /// etcd confirmed a grant or renewal sent at `sent` with `ttl` left (a TTL of 0 means
     /// the lease is gone).
     pub fn renewed(&mut self, sent: Instant, ttl: Duration) {
         self.renewed = (!ttl.is_zero()).then_some((sent, ttl));
+        self.no_leader = None;
+    }
+
+    /// A probe sent at `sent` found no leader on the members that answered.
+    pub fn saw_no_leader(&mut self, sent: Instant) {
+        self.no_leader = Some(sent);
     }
 
     /// The lease is gone (expired or revoked): nothing runs until a new one is granted.
@@ -69,8 +84,14 @@ impl LeaseGuard {
         match self.stop_at() {
             None => Verdict::Stop,
             Some(at) if now < at => Verdict::Run,
-            Some(_) => match (self.policy, probe()) {
-                (CoordinatorLoss::Keep, Probe::NoLeader) => Verdict::Hold,
+            Some(_) => match (self.policy, probe(), self.renewed, self.no_leader) {
+                (CoordinatorLoss::Keep, Probe::NoLeader, ..) => Verdict::Hold,
+                // Quorum is back: the new leader's full TTL covers one renewal attempt.
+                (CoordinatorLoss::Keep, Probe::HasLeader, Some((_, ttl)), Some(seen))
+                    if now < seen + ttl.mul_f64(SiteConfig::STOP_FRACTION) =>
+                {
+                    Verdict::Hold
+                }
                 _ => Verdict::Stop,
             },
         }
@@ -119,9 +140,23 @@ mod tests {
         let (g, t0) = guard(CoordinatorLoss::Keep);
         let late = t0 + Duration::from_secs(30);
         assert_eq!(g.verdict(late, || Probe::NoLeader), Verdict::Hold);
-        assert_eq!(g.verdict(late, || Probe::HasLeader), Verdict::Stop, "a leader is back and we still cannot renew");
+        assert_eq!(g.verdict(late, || Probe::HasLeader), Verdict::Stop, "a leader and no renewal, nothing seen since");
         let (g, t0) = guard(CoordinatorLoss::Stop);
         assert_eq!(g.verdict(t0 + Duration::from_secs(30), || Probe::NoLeader), Verdict::Stop);
+    }
+
+    #[test]
+    fn when_quorum_returns_a_holding_gateway_has_until_the_new_leaders_ttl_to_renew() {
+        let (mut g, t0) = guard(CoordinatorLoss::Keep);
+        let seen = t0 + Duration::from_secs(30);
+        g.saw_no_leader(seen);
+        assert_eq!(g.verdict(seen + Duration::from_secs(1), || Probe::HasLeader), Verdict::Hold, "renewing now");
+        let limit = seen + TTL.mul_f64(SiteConfig::STOP_FRACTION);
+        assert_eq!(g.verdict(limit, || Probe::HasLeader), Verdict::Stop, "still no renewal: stop inside that TTL");
+        g.renewed(limit, TTL);
+        g.lost();
+        g.saw_no_leader(limit);
+        assert_eq!(g.verdict(limit, || Probe::HasLeader), Verdict::Stop, "a lost lease is never held");
     }
 
     #[test]

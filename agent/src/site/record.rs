@@ -1,0 +1,200 @@
+//! What a site keeps in etcd, and the layout of its keys. Everything lives under
+//! `lookout/v1/{site}/`:
+//!
+//! | key | written by | bound to | value |
+//! |---|---|---|---|
+//! | `agents/{agent}` | that agent | its lease | [`MemberRecord`] |
+//! | `cameras/{id}` | `lookout site camera add/update/remove` | — | the camera's `camera.add` JSON |
+//! | `leader` | the elected agent (create-if-absent transaction) | its lease | the agent id |
+//! | `assignment` | the leader (transaction: only while it holds `leader`) | — | [`Assignment`] |
+//!
+//! Values are JSON and read as hostile input: an unreadable one is skipped and counted,
+//! never trusted, so one bad write cannot stop a site.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::assign;
+
+/// The largest value read from etcd (etcd's own default request limit is 1.5 MiB).
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// The most site cameras a site inventory holds.
+pub const MAX_CAMERAS: usize = 10_000;
+
+/// Key names for one site.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(site: &str) -> Self {
+        Self { prefix: format!("lookout/v1/{site}/") }
+    }
+    /// Everything of the site (what an agent lists and watches).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn agents(&self) -> String {
+        format!("{}agents/", self.prefix)
+    }
+    pub fn agent(&self, id: &str) -> String {
+        format!("{}agents/{id}", self.prefix)
+    }
+    pub fn cameras(&self) -> String {
+        format!("{}cameras/", self.prefix)
+    }
+    pub fn camera(&self, id: &str) -> String {
+        format!("{}cameras/{id}", self.prefix)
+    }
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+    pub fn assignment(&self) -> String {
+        format!("{}assignment", self.prefix)
+    }
+
+    /// What a key of this site is.
+    pub fn classify<'k>(&self, key: &'k str) -> Option<Key<'k>> {
+        let rest = key.strip_prefix(self.prefix.as_str())?;
+        if let Some(id) = rest.strip_prefix("agents/") {
+            return Some(Key::Agent(id));
+        }
+        if let Some(id) = rest.strip_prefix("cameras/") {
+            return Some(Key::Camera(id));
+        }
+        match rest {
+            "leader" => Some(Key::Leader),
+            "assignment" => Some(Key::Assignment),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'k> {
+    Agent(&'k str),
+    Camera(&'k str),
+    Leader,
+    Assignment,
+}
+
+/// What an agent says of itself under `agents/{agent}` (bound to its lease, so it vanishes
+/// when the agent stops renewing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRecord {
+    pub agent: String,
+    pub version: String,
+    /// Analysed fps it takes on for site cameras.
+    pub capacity: f64,
+    /// The `[[models]]` names it can run.
+    pub models: BTreeSet<String>,
+    /// Its own cameras (config file and `camera.add`): a site camera may not reuse an id.
+    pub local_cameras: BTreeSet<String>,
+    /// The analysed fps of the site cameras it runs now.
+    pub load: f64,
+    /// The site cameras it runs now.
+    pub running: BTreeSet<String>,
+    /// Site cameras assigned to it that it cannot run, with why.
+    pub refused: BTreeMap<String, String>,
+}
+
+/// The leader's table under `assignment`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    /// The agent that wrote it.
+    pub leader: String,
+    /// Camera id → agent id.
+    pub cameras: BTreeMap<String, String>,
+    /// Cameras that fit nowhere, with why (`no_model`, `no_room`).
+    pub unassigned: BTreeMap<String, String>,
+    /// Cameras moved between live gateways since the leader took over.
+    pub moves: u64,
+    /// When it was written (RFC 3339, UTC).
+    pub ts: String,
+}
+
+/// Reads a value from etcd as `T`, bounded in size.
+pub fn parse<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(format!("{} bytes, more than {MAX_VALUE_BYTES}", value.len()));
+    }
+    serde_json::from_slice(value).map_err(|e| format!("not a valid record: {e}"))
+}
+
+/// A site camera as the planner weighs it: its `model` and `fps` (default 1). Full
+/// validation happens where it runs, against that gateway's config.
+pub fn planner_camera(id: &str, camera: &Value) -> Result<assign::Camera, String> {
+    let model = camera.get("model").and_then(Value::as_str).ok_or("model: missing or not a string")?;
+    let weight = match camera.get("fps") {
+        None => 1.0,
+        Some(v) => v.as_f64().filter(|f| (0.01..=60.0).contains(f)).ok_or("fps: must be a number from 0.01 to 60")?,
+    };
+    match camera.get("id").and_then(Value::as_str) {
+        Some(inner) if inner == id => Ok(assign::Camera { id: id.to_string(), model: model.to_string(), weight }),
+        _ => Err("id: must equal the key's camera id".into()),
+    }
+}
+
+/// A camera or agent id as used in a key: the same rule as topic segments.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !id.starts_with('.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_round_trip_through_classify() {
+        let k = Keys::new("city");
+        assert_eq!(k.classify(&k.agent("gw-1")), Some(Key::Agent("gw-1")));
+        assert_eq!(k.classify(&k.camera("cam-7")), Some(Key::Camera("cam-7")));
+        assert_eq!(k.classify(&k.leader()), Some(Key::Leader));
+        assert_eq!(k.classify(&k.assignment()), Some(Key::Assignment));
+        assert_eq!(k.classify("lookout/v1/other/leader"), None, "another site's key");
+        assert_eq!(k.classify("lookout/v1/city/unknown"), None);
+    }
+
+    #[test]
+    fn a_camera_is_weighed_by_its_fps_and_must_name_its_own_id() {
+        let c = planner_camera("cam-1", &json!({"id": "cam-1", "model": "person", "fps": 2})).expect("camera");
+        assert_eq!((c.model.as_str(), c.weight), ("person", 2.0));
+        let c = planner_camera("cam-1", &json!({"id": "cam-1", "model": "person"})).expect("default fps");
+        assert_eq!(c.weight, 1.0);
+        assert!(planner_camera("cam-1", &json!({"id": "cam-2", "model": "person"})).is_err());
+        assert!(planner_camera("cam-1", &json!({"id": "cam-1", "model": "person", "fps": 0})).is_err());
+        assert!(planner_camera("cam-1", &json!({"id": "cam-1"})).is_err());
+    }
+
+    #[test]
+    fn records_refuse_oversized_and_unknown_input() {
+        assert!(parse::<Assignment>(&vec![b' '; MAX_VALUE_BYTES + 1]).is_err());
+        assert!(
+            parse::<Assignment>(br#"{"leader":"a","cameras":{},"unassigned":{},"moves":0,"ts":"","x":1}"#).is_err()
+        );
+        let a = Assignment { leader: "gw-1".into(), ..Default::default() };
+        let bytes = serde_json::to_vec(&a).expect("json");
+        assert_eq!(parse::<Assignment>(&bytes), Ok(a));
+    }
+
+    proptest! {
+        #[test]
+        fn no_etcd_value_panics_the_readers(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse::<MemberRecord>(&bytes);
+            let _ = parse::<Assignment>(&bytes);
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                let _ = planner_camera("x", &v);
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! A site of three gateways against real peers: a 3-member etcd cluster on loopback, three
+//! real `lookout` agents, one RTSP server with 13 cameras, mosquitto, and the real
+//! `lookout site` CLI. One test, in phases that share the set-up (each phase starts from
+//! what the previous one left):
+//!
+//! 1. cameras added through the CLI spread within capacity, each analysed by exactly one
+//!    gateway (from the MQTT messages), the CLI refusing duplicates, invalid cameras and
+//!    local ids;
+//! 2. SIGKILL one agent: its cameras publish from the others within TTL + 10 s;
+//! 3. restart it: it rejoins, and only cameras moving to it move, at most its share + one;
+//! 4. one etcd member killed: nothing moves; quorum lost: `keep` holds every camera where
+//!    it runs;
+//! 5. one agent cut off from etcd alone (through TCP proxies the test closes): it stops
+//!    its site cameras before anyone else starts them (capture times from MQTT);
+//! 6. a camera removed through the CLI stops everywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use lookout_e2e::etcd::{EtcdCluster, TcpProxy};
+use lookout_e2e::*;
+use serde_json::{Value, json};
+
+const SITE: &str = "test-site";
+const TTL: u64 = 5;
+const CAPACITY: f64 = 6.0;
+const CAMERAS: usize = 12;
+const WAIT: Duration = Duration::from_secs(90);
+
+fn agent_config(dir: &Path, id: &str, broker: &str, endpoints: &[String], local: Option<&str>) -> PathBuf {
+    let d = dir.join(id);
+    std::fs::create_dir_all(&d).expect("agent dir");
+    let eps = endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+    let mut s = format!(
+        "[agent]\nsite = \"{SITE}\"\nid = \"{id}\"\nstate_dir = \"{}\"\n\n[mqtt]\nurl = \"{broker}\"\n\n\
+         [inference]\nthreads = 1\n\n[telemetry]\nlisten = \"off\"\n\n[[models]]\nname = \"person\"\nmanifest = \"{}\"\n\n\
+         [site]\nendpoints = [{eps}]\ncapacity = {CAPACITY}\nlease_ttl_secs = {TTL}\nsettle_secs = 2\n",
+        d.join("state").display(),
+        person_manifest().display()
+    );
+    if let Some(cam) = local {
+        // A local camera whose id the site may not take (it never connects: nothing listens there).
+        s.push_str(&format!(
+            "\n[[cameras]]\nid = \"{cam}\"\nurl = \"rtsp://127.0.0.1:9/none\"\nmodel = \"person\"\nreconnect_max_secs = 30\n"
+        ));
+    }
+    let path = d.join("lookout.toml");
+    std::fs::write(&path, s).expect("write config");
+    path
+}
+
+/// `lookout site …` with its exit code, stdout and stderr.
+fn site_cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(lookout_bin()).arg("site").args(args).output().expect("lookout site");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn add_camera(config: &Path, dir: &Path, camera: &Value) -> (i32, String) {
+    let f = dir.join(format!("{}.json", camera["id"].as_str().unwrap_or("camera")));
+    std::fs::write(&f, camera.to_string()).expect("camera json");
+    let (code, out, err) = site_cli(&["camera", "add", "-c", path(config), path(&f)]);
+    (code, format!("{out}{err}"))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn status(config: &Path) -> Value {
+    let (code, out, err) = site_cli(&["status", "--json", "-c", path(config)]);
+    assert_eq!(code, 0, "site status failed: {err}");
+    serde_json::from_str(&out).expect("status JSON")
+}
+
+/// Camera → agent, as the leader assigned them.
+fn assignment(s: &Value) -> BTreeMap<String, String> {
+    s["assignment"]
+        .as_object()
+        .map(|m| m.iter().map(|(c, a)| (c.clone(), a.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// Every member runs exactly what it is assigned, and the table covers `n` cameras.
+fn settled(s: &Value, members: usize, n: usize) -> bool {
+    let a = assignment(s);
+    let Some(ms) = s["members"].as_array() else { return false };
+    a.len() == n
+        && ms.len() == members
+        && ms.iter().all(|m| {
+            let agent = m["agent"].as_str().unwrap_or_default();
+            let mine: BTreeSet<&str> = a.iter().filter(|(_, x)| *x == agent).map(|(c, _)| c.as_str()).collect();
+            let running: BTreeSet<&str> =
+                m["running"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            mine == running
+        })
+}
+
+/// Waits until `cond` holds over `lookout site status`.
+async fn wait_status(config: &Path, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = status(config);
+        if cond(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last status:\n{s:#}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A detections message's (agent, camera, capture time).
+fn detection(m: &Received) -> Option<(String, String, SystemTime)> {
+    let rest = m.topic.strip_prefix(&format!("lookout/v1/{SITE}/"))?;
+    let mut parts = rest.split('/');
+    let (agent, kind, camera, what) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if kind != "cameras" || what != "detections" {
+        return None;
+    }
+    let ts = m.json["ts"].as_str()?;
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(t.unix_timestamp_nanos()).ok()?);
+    Some((agent.to_string(), camera.to_string(), t))
+}
+
+/// Camera → agents that analysed frames it captured at or after `since`.
+fn analysed_by(msgs: &[Received], since: SystemTime) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (agent, camera, ts) in msgs.iter().filter_map(detection) {
+        if ts >= since {
+            out.entry(camera).or_default().insert(agent);
+        }
+    }
+    out
+}
+
+fn cameras_of(a: &BTreeMap<String, String>, agent: &str) -> Vec<String> {
+    a.iter().filter(|(_, x)| *x == agent).map(|(c, _)| c.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etcd() {
+    let dir = scratch("site");
+    let mut etcd = EtcdCluster::start(&dir, 3).expect("etcd cluster");
+    let broker = Mosquitto::start().expect("mosquitto");
+    let serve = PathBuf::from(env!("CARGO_BIN_EXE_rtsp-serve"));
+    let mounts: Vec<String> = (1..=CAMERAS + 1).map(|i| format!("/cam{i}=h264")).collect();
+    let mounts: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let rtsp = RtspProcess::start(&serve, free_port().expect("port"), &mounts).expect("rtsp server");
+    let rec = Recorder::start(broker.port(), &format!("lookout/v1/{SITE}/#")).await.expect("recorder");
+
+    // gw-c reaches etcd only through proxies the test can cut.
+    let mut proxies = Vec::new();
+    for i in 0..3 {
+        proxies.push(TcpProxy::start(etcd.client_port(i)).await.expect("proxy"));
+    }
+    let via_proxies: Vec<String> = proxies.iter().map(|p| format!("http://127.0.0.1:{}", p.port)).collect();
+    let direct = etcd.endpoints();
+    let cfg_a = agent_config(&dir, "gw-a", &broker.url(), &direct, None);
+    let cfg_b = agent_config(&dir, "gw-b", &broker.url(), &direct, Some("local-1"));
+    let cfg_c = agent_config(&dir, "gw-c", &broker.url(), &via_proxies, None);
+    let mut agents: BTreeMap<&str, AgentProcess> = BTreeMap::new();
+    for (id, cfg) in [("gw-a", &cfg_a), ("gw-b", &cfg_b), ("gw-c", &cfg_c)] {
+        agents.insert(id, AgentProcess::start(cfg).expect("agent"));
+    }
+    wait_status(&cfg_a, "three members", |s| s["members"].as_array().is_some_and(|m| m.len() == 3)).await;
+
+    // 1. The inventory, through the CLI, while the agents run.
+    let cam = |i: usize| {
+        json!({"id": format!("cam{i}"), "url": rtsp.url(&format!("/cam{i}")), "model": "person", "fps": 1.0,
+               "min_score": 0.3, "reconnect_max_secs": 2})
+    };
+    for i in 1..=CAMERAS {
+        let (code, out) = add_camera(&cfg_a, &dir, &cam(i));
+        assert_eq!(code, 0, "adding cam{i}: {out}");
+    }
+    let (code, out) = add_camera(&cfg_a, &dir, &cam(1));
+    assert!(code == 2 && out.contains("exists"), "a duplicate is refused: {code} {out}");
+    let (code, out) = add_camera(&cfg_a, &dir, &json!({"id": "bad", "url": "http://x", "model": "nope", "fps": 0}));
+    assert!(code == 2 && out.contains("model") && out.contains("fps"), "every problem listed: {out}");
+    let (code, out) = add_camera(&cfg_a, &dir, &json!({"id": "local-1", "url": rtsp.url("/cam1"), "model": "person"}));
+    assert!(code == 2 && out.contains("gw-b"), "a local camera's id is refused: {out}");
+
+    let s = wait_status(&cfg_a, "12 cameras spread over 3 gateways", |s| {
+        settled(s, 3, CAMERAS)
+            && s["members"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().all(|m| m["assigned"].as_array().map_or(0, Vec::len) >= 3))
+    })
+    .await;
+    let table = assignment(&s);
+    for m in s["members"].as_array().expect("members") {
+        assert!(m["load"].as_f64().expect("load") <= CAPACITY, "within capacity: {m}");
+    }
+    let since = SystemTime::now();
+    let seen = rec
+        .wait_for(WAIT, "every camera analysed", |msgs| analysed_by(msgs, since).len() == CAMERAS)
+        .await
+        .expect("detections");
+    for (camera, by) in analysed_by(&seen, since) {
+        assert_eq!(by.len(), 1, "{camera} analysed by exactly one gateway, got {by:?}");
+        assert_eq!(by.first(), table.get(&camera), "{camera} analysed where it is assigned");
+    }
+    println!(
+        "spread: {:?}",
+        s["members"]
+            .as_array()
+            .map(|ms| ms.iter().map(|m| (m["agent"].clone(), m["load"].clone())).collect::<Vec<_>>())
+    );
+
+    // 2. SIGKILL gw-a: its cameras come back from the others.
+    let orphans = cameras_of(&table, "gw-a");
+    drop(agents.remove("gw-a"));
+    let (killed, killed_wall) = (Instant::now(), SystemTime::now());
+    let msgs = rec
+        .wait_for(WAIT, "gw-a's cameras analysed elsewhere", |msgs| {
+            let by = analysed_by(msgs, killed_wall);
+            orphans.iter().all(|c| by.get(c).is_some_and(|a| a.iter().any(|x| x != "gw-a")))
+        })
+        .await
+        .expect("failover");
+    let failover = orphans
+        .iter()
+        .map(|c| {
+            msgs.iter()
+                .filter(|m| m.at >= killed && detection(m).is_some_and(|(a, cam, _)| &cam == c && a != "gw-a"))
+                .map(|m| m.at - killed)
+                .min()
+                .expect("a message after the kill")
+        })
+        .max()
+        .expect("gw-a had cameras");
+    println!("failover after SIGKILL: {failover:?} (TTL {TTL} s, {} cameras)", orphans.len());
+    assert!(failover <= Duration::from_secs(TTL + 10), "failover took {failover:?}");
+
+    // 3. gw-a rejoins: only cameras moving to it move, at most its share plus one.
+    let before = wait_status(&cfg_b, "two members running everything", |s| settled(s, 2, CAMERAS)).await;
+    agents.insert("gw-a", AgentProcess::start(&cfg_a).expect("gw-a again"));
+    let after = wait_status(&cfg_b, "gw-a given cameras again", |s| {
+        settled(s, 3, CAMERAS) && cameras_of(&assignment(s), "gw-a").len() >= 3
+    })
+    .await;
+    let (old, new) = (assignment(&before), assignment(&after));
+    let moved: Vec<&String> = new.keys().filter(|c| old.get(*c) != new.get(*c)).collect();
+    assert!(moved.iter().all(|c| new[*c] == "gw-a"), "only moves towards the rejoined gateway: {moved:?}");
+    assert!(moved.len() <= CAMERAS / 3 + 1, "at most its share plus one camera moved: {moved:?}");
+    println!("rejoin moved {} cameras", moved.len());
+
+    // 4. One etcd member down: nothing moves. Quorum lost: `keep` holds everything.
+    etcd.kill(0);
+    let t0 = SystemTime::now();
+    let window = |from: SystemTime| {
+        let rec = &rec;
+        async move {
+            let until = from + Duration::from_secs(2 * TTL);
+            rec.wait_for(WAIT, "a window of detections", |msgs| {
+                msgs.iter().filter_map(detection).any(|(_, _, ts)| ts > until)
+                    && analysed_by(msgs, until - Duration::from_secs(TTL)).len() == CAMERAS
+            })
+            .await
+            .expect("detections")
+        }
+    };
+    let msgs = window(t0).await;
+    let by = analysed_by(&msgs, t0 + Duration::from_secs(TTL));
+    for (c, a) in &new {
+        assert_eq!(
+            by.get(c).map(|s| s.iter().collect::<Vec<_>>()),
+            Some(vec![a]),
+            "{c} stays on {a} with one etcd member down"
+        );
+    }
+    assert_eq!(assignment(&status(&cfg_b)), new, "nothing moved with one member down");
+    etcd.kill(1);
+    let t1 = SystemTime::now();
+    let msgs = window(t1).await;
+    let by = analysed_by(&msgs, t1 + Duration::from_secs(TTL));
+    for (c, a) in &new {
+        assert_eq!(by.get(c).map(|s| s.iter().collect::<Vec<_>>()), Some(vec![a]), "{c} kept on {a} without quorum");
+    }
+    etcd.restart(0).expect("etcd n1");
+    etcd.restart(1).expect("etcd n2");
+    etcd.wait_for_leader(WAIT).expect("quorum back");
+    let back = wait_status(&cfg_b, "the site after quorum returns", |s| settled(s, 3, CAMERAS)).await;
+    assert_eq!(assignment(&back), new, "nothing moved when quorum came back");
+    for (id, a) in &agents {
+        assert!(
+            !a.log().contains("stopping the site cameras"),
+            "{id} never stopped its cameras: etcd was never lost alone"
+        );
+    }
+
+    // 5. gw-c cut off from etcd: it stops its cameras before anyone else starts them.
+    let cut_cams = cameras_of(&new, "gw-c");
+    for p in &proxies {
+        p.cut();
+    }
+    let cut_wall = SystemTime::now();
+    let msgs = rec
+        .wait_for(WAIT, "gw-c's cameras analysed elsewhere", |msgs| {
+            let by = analysed_by(msgs, cut_wall);
+            cut_cams.iter().all(|c| by.get(c).is_some_and(|a| a.iter().any(|x| x != "gw-c")))
+        })
+        .await
+        .expect("gw-c's cameras moved");
+    for c in &cut_cams {
+        let of = |pred: &dyn Fn(&str) -> bool| {
+            msgs.iter()
+                .filter_map(detection)
+                .filter(|(a, cam, _)| cam == c && pred(a))
+                .map(|(_, _, ts)| ts)
+                .collect::<Vec<_>>()
+        };
+        let last_c = of(&|a| a == "gw-c").into_iter().max().expect("gw-c ran it");
+        let first_other = of(&|a| a != "gw-c").into_iter().filter(|ts| *ts >= cut_wall).min().expect("another runs it");
+        let gap = first_other.duration_since(last_c).unwrap_or_else(|e| panic!("{c}: overlap of {:?}", e.duration()));
+        println!("{c}: gw-c's last frame {gap:?} before the new gateway's first");
+    }
+    assert!(agents["gw-c"].log().contains("stopping the site cameras"), "gw-c says why it stopped");
+
+    // 6. A camera removed through the CLI stops everywhere.
+    let (code, out, err) = site_cli(&["camera", "remove", "-c", path(&cfg_a), "cam1"]);
+    assert_eq!(code, 0, "remove: {out}{err}");
+    wait_status(&cfg_a, "cam1 gone", |s| {
+        settled(s, 2, CAMERAS - 1)
+            && s["members"].as_array().is_some_and(|ms| {
+                ms.iter().all(|m| !m["running"].as_array().is_some_and(|r| r.iter().any(|x| x == "cam1")))
+            })
+    })
+    .await;
+    let (code, _, _) = site_cli(&["camera", "remove", "-c", path(&cfg_a), "cam1"]);
+    assert_eq!(code, 2, "removing it again is refused");
+    drop(agents);
+    assert!(rec.violations().is_empty(), "every message matched its schema: {:?}", rec.violations());
+}
