@@ -131,6 +131,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         }
         None => (None, None),
     };
+    let site_state = site.as_ref().map(|h| h.state.clone());
+    let site_handle = site.clone();
     let supervisor = Supervisor::start(
         config,
         Deps {
@@ -153,8 +155,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
     let mqtt_stop = CancellationToken::new();
     // The console's editor queues its changes where MQTT commands go.
     let writer = crate::console::http::Writer::new(requests_tx.clone())?;
-    let presence =
-        ControlPlane { inventory: inventory.clone(), requests: requests_tx, guard: std::sync::Mutex::new(guard) };
+    let presence = ControlPlane {
+        inventory: inventory.clone(),
+        requests: requests_tx,
+        guard: std::sync::Mutex::new(guard),
+        site: site_state,
+    };
     let mqtt_task = publish::spawn(mqtt_config, delivery.clone(), presence, mqtt_stop.clone(), grace);
     // The MQTT task and the supervisor count as workers too: if either ends early (a
     // panic), the watchdog ping is withheld and /healthz fails, as for a dead thread.
@@ -170,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, grace: Duration) -
         liveness: liveness.clone(),
         ready: std::sync::atomic::AtomicBool::new(false),
         listener: Default::default(),
+        site: site_handle,
     });
     let health_task = tokio::spawn(telemetry::health::run(health.clone(), shutdown.clone()));
     let http = listen.map(|addr| {

@@ -54,6 +54,9 @@ impl EtcdCluster {
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial, "--initial-cluster-token", "lookout-e2e"])
             .args(["--initial-cluster-state", "new", "--log-level", "warn"])
+            // Half of etcd's default timings, as the tests run half the default lease TTL:
+            // a new etcd leader is elected in the same share of a lease as in production.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

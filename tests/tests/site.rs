@@ -5,7 +5,7 @@
 //!
 //! 1. cameras added through the CLI spread within capacity, each analysed by exactly one
 //!    gateway (from the MQTT messages), the CLI refusing duplicates, invalid cameras and
-//!    local ids;
+//!    local ids; the leader's retained `lookout.site/1` carries the same table;
 //! 2. SIGKILL one agent: its cameras publish from the others within TTL + 10 s;
 //! 3. restart it: it rejoins, and only cameras moving to it move, at most its share + one;
 //! 4. one etcd member killed: nothing moves; quorum lost: `keep` holds every camera where
@@ -28,7 +28,14 @@ const CAPACITY: f64 = 6.0;
 const CAMERAS: usize = 12;
 const WAIT: Duration = Duration::from_secs(90);
 
-fn agent_config(dir: &Path, id: &str, broker: &str, endpoints: &[String], local: Option<&str>) -> PathBuf {
+fn agent_config(
+    dir: &Path,
+    id: &str,
+    broker: &str,
+    endpoints: &[String],
+    local: Option<&str>,
+    listen: Option<u16>,
+) -> PathBuf {
     let d = dir.join(id);
     std::fs::create_dir_all(&d).expect("agent dir");
     let eps = endpoints.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
@@ -44,6 +51,9 @@ fn agent_config(dir: &Path, id: &str, broker: &str, endpoints: &[String], local:
         s.push_str(&format!(
             "\n[[cameras]]\nid = \"{cam}\"\nurl = \"rtsp://127.0.0.1:9/none\"\nmodel = \"person\"\nreconnect_max_secs = 30\n"
         ));
+    }
+    if let Some(port) = listen {
+        s = s.replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""));
     }
     let path = d.join("lookout.toml");
     std::fs::write(&path, s).expect("write config");
@@ -160,9 +170,10 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
     }
     let via_proxies: Vec<String> = proxies.iter().map(|p| format!("http://127.0.0.1:{}", p.port)).collect();
     let direct = etcd.endpoints();
-    let cfg_a = agent_config(&dir, "gw-a", &broker.url(), &direct, None);
-    let cfg_b = agent_config(&dir, "gw-b", &broker.url(), &direct, Some("local-1"));
-    let cfg_c = agent_config(&dir, "gw-c", &broker.url(), &via_proxies, None);
+    let console = free_port().expect("port");
+    let cfg_a = agent_config(&dir, "gw-a", &broker.url(), &direct, None, None);
+    let cfg_b = agent_config(&dir, "gw-b", &broker.url(), &direct, Some("local-1"), Some(console));
+    let cfg_c = agent_config(&dir, "gw-c", &broker.url(), &via_proxies, None, None);
     let mut agents: BTreeMap<&str, AgentProcess> = BTreeMap::new();
     for (id, cfg) in [("gw-a", &cfg_a), ("gw-b", &cfg_b), ("gw-c", &cfg_c)] {
         agents.insert(id, AgentProcess::start(cfg).expect("agent"));
@@ -205,6 +216,32 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
         assert_eq!(by.len(), 1, "{camera} analysed by exactly one gateway, got {by:?}");
         assert_eq!(by.first(), table.get(&camera), "{camera} analysed where it is assigned");
     }
+    // gw-b's console and metrics show the same site.
+    let api = http_request(console, "GET", "/api/status", &[]).expect("console").json().expect("json");
+    assert_eq!(api["site"]["members"].as_array().map(Vec::len), Some(3), "{api}");
+    assert_eq!(api["site"]["assignment"], serde_json::to_value(&table).expect("table"), "{api}");
+    let metrics = http_request(console, "GET", "/metrics", &[]).expect("metrics").text();
+    let metric = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).expect(name)
+    };
+    let mine = cameras_of(&table, "gw-b").len() as f64;
+    assert_eq!(metric("lookout_site_members"), 3.0);
+    assert_eq!(metric("lookout_site_assigned_cameras"), mine);
+    assert_eq!(metric("lookout_site_running_cameras"), mine);
+    assert_eq!(metric("lookout_site_unassigned_cameras"), 0.0);
+    assert!(metric("lookout_site_lease_renewals_total") >= 1.0 && metric("lookout_site_member") == 1.0, "{metrics}");
+
+    // The platform sees the same table in the leader's retained `lookout.site/1`.
+    let site_topic = format!("lookout/v1/{SITE}/site");
+    let want: Value = serde_json::to_value(&table).expect("table");
+    rec.wait_for(WAIT, "lookout.site/1 with the table", |msgs| {
+        msgs.iter()
+            .rev()
+            .find(|m| m.topic == site_topic)
+            .is_some_and(|m| m.json["assignment"] == want && m.json["members"].as_array().is_some_and(|a| a.len() == 3))
+    })
+    .await
+    .expect("the site message");
     println!(
         "spread: {:?}",
         s["members"]

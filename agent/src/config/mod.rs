@@ -349,6 +349,14 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
 
     let site = root.table(&mut issues, "site", false).and_then(|t| site::read_site(t, &mut issues, &base_dir, cwd));
     let site_declared = doc.get_ref().iter().any(|(k, _)| k.get_ref() == "site");
+    // `lookout/v1/{site}/site` is the site's own retained message.
+    if site_declared && agent.as_ref().is_some_and(|a| a.id == "site") {
+        issues.push(
+            "agent.id",
+            None,
+            "\"site\" is reserved with a [site] section (the site's own topic); choose another id",
+        );
+    }
 
     let mut models = Vec::new();
     let before = issues.list.len();

@@ -1191,4 +1191,10 @@ fn every_problem_of_a_site_section_is_listed_at_once_and_its_password_never_show
     let stop =
         minimal() + "[site]\nendpoints = [\"http://127.0.0.1:2379\"]\ncapacity = 0\non_coordinator_loss = \"stop\"\n";
     assert_eq!(parse_ok(&stop).site.expect("site").on_coordinator_loss, CoordinatorLoss::Stop);
+    let reserved = stop.replacen("id = \"gw-1\"", "id = \"site\"", 1);
+    assert!(reserved.contains("id = \"site\""), "the fixture's agent id");
+    assert!(
+        issues(&reserved).iter().any(|i| i.field == "agent.id" && i.message.contains("reserved")),
+        "the site topic's id"
+    );
 }

@@ -511,6 +511,7 @@ async fn status(State(c): State<Shared>) -> Response {
         },
         "cameras": { "total": cams.len(), "streaming": streaming },
         "console": { "frames_encoded": c.hub.frames_encoded.load(Ordering::Relaxed) },
+        "site": h.site.as_ref().map(|s| crate::site::metrics::summary(s, &h.inventory.agent)),
     }))
 }
 

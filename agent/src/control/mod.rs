@@ -39,6 +39,8 @@ pub struct ControlPlane {
     /// Signature checks and the nonces seen: shared by every connection, so a command
     /// captured on one cannot be replayed on the next.
     pub guard: Mutex<CommandGuard>,
+    /// `[site]`: the site task's state (the leader's retained `lookout.site/1`).
+    pub site: Option<Arc<crate::site::coordinator::SiteState>>,
 }
 
 impl ControlPlane {

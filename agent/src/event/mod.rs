@@ -74,6 +74,13 @@ impl Topics {
         format!("{}/cameras/{camera}/events", self.root)
     }
 
+    /// The site's retained `lookout.site/1` (published by its leader): one level above
+    /// every agent's root.
+    pub fn site(&self) -> String {
+        let site = self.root.rsplit_once('/').map_or(self.root.as_str(), |(s, _)| s);
+        format!("{site}/site")
+    }
+
     pub fn counts(&self, camera: &str) -> String {
         format!("{}/cameras/{camera}/counts", self.root)
     }

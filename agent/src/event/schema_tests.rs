@@ -65,8 +65,16 @@ fn validator(name: &str) -> jsonschema::Validator {
 }
 
 /// Every message schema the agent publishes, with the constant the code uses.
-const SCHEMAS: [&str; 6] =
-    [DETECTIONS_SCHEMA, EVENT_SCHEMA, COUNTS_SCHEMA, DELIVERY_SCHEMA, STATUS_SCHEMA, CAMERA_STATUS_SCHEMA];
+/// (`lookout.site/1` is the site task's, checked against real messages in `site::record`.)
+const SCHEMAS: [&str; 7] = [
+    DETECTIONS_SCHEMA,
+    EVENT_SCHEMA,
+    COUNTS_SCHEMA,
+    DELIVERY_SCHEMA,
+    STATUS_SCHEMA,
+    CAMERA_STATUS_SCHEMA,
+    "lookout.site/1",
+];
 
 /// (instance path, schema path, message) of every error of `msg` against schema `name`.
 fn errors(name: &str, msg: &Value) -> Vec<(String, String, String)> {

@@ -276,6 +276,8 @@ struct Connection<'a> {
     camera_reports: HashMap<String, (String, Instant, u64, u64)>,
     /// The inventory generation the birth message described.
     fleet_generation: u64,
+    /// The last `lookout.site/1` generation published (`[site]` leaders only).
+    site_generation: u64,
     reply_tx: tokio::sync::mpsc::UnboundedSender<Reply>,
     /// Presence messages and replies not yet accepted by rumqttc's request queue, oldest
     /// first; topped up into it as it drains. At most one retained state per topic (a newer
@@ -317,6 +319,7 @@ impl<'a> Connection<'a> {
             cursor: 0,
             camera_reports: HashMap::new(),
             fleet_generation: 0,
+            site_generation: 0,
             reply_tx,
             pending: VecDeque::new(),
         })
@@ -480,6 +483,17 @@ impl<'a> Connection<'a> {
         let now = Instant::now();
         // Cameras added or removed, or a model swapped: the birth message says again
         // what runs, and a removed camera's retained status is cleared (empty payload).
+        if let Some(site) = &self.presence.site {
+            let g = site.message_generation();
+            if all || g != self.site_generation {
+                self.site_generation = g;
+                // Only the leader has one; a gateway that stops leading leaves the
+                // retained message to its successor.
+                if let Some(m) = site.message() {
+                    self.publish_state(self.topics.site(), m);
+                }
+            }
+        }
         let generation = self.presence.inventory.generation();
         if generation != self.fleet_generation {
             self.fleet_generation = generation;

@@ -24,7 +24,8 @@ const MAX_CAMERA_BYTES: usize = 64 * 1024;
 
 async fn client(config: &Config) -> anyhow::Result<(Client, Keys)> {
     let site = config.site.as_ref().context("the config has no [site] section")?;
-    Ok((super::etcd::connect_any(site).await?, Keys::new(&config.agent.site)))
+    let limit = super::etcd::request_timeout(site) * 6;
+    Ok((super::etcd::connect(site, 0, limit).await?.0, Keys::new(&config.agent.site)))
 }
 
 /// The site's keys: members, cameras and the assignment.

@@ -97,11 +97,37 @@ pub struct SiteStats {
 pub struct SiteState {
     pub stats: SiteStats,
     view: Mutex<SiteView>,
+    /// The leader's `lookout.site/1` body (without `id` and `ts`) and a counter bumped
+    /// when it changes, for the MQTT task to publish retained.
+    message: Mutex<Option<Value>>,
+    message_generation: AtomicU64,
 }
 
 impl SiteState {
     pub fn view(&self) -> SiteView {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn message_generation(&self) -> u64 {
+        self.message_generation.load(Ordering::Relaxed)
+    }
+
+    /// The `lookout.site/1` message to publish now, while this gateway leads.
+    pub fn message(&self) -> Option<Vec<u8>> {
+        let mut body = self.message.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        if let Some(m) = body.as_object_mut() {
+            m.insert("id".into(), Value::String(crate::event::new_id()));
+            m.insert("ts".into(), Value::String(crate::event::rfc3339_millis(SystemTime::now())));
+        }
+        serde_json::to_vec(&body).ok()
+    }
+
+    fn set_message(&self, body: Option<Value>) {
+        let mut m = self.message.lock().unwrap_or_else(|e| e.into_inner());
+        if *m != body {
+            *m = body;
+            self.message_generation.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -132,6 +158,7 @@ pub fn spawn(
         guard: LeaseGuard::new(site.on_coordinator_loss),
         site,
         lease: None,
+        endpoint: 0,
         verdict: Verdict::Stop,
         mirror: Mirror::default(),
         wanted: tx,
@@ -153,6 +180,9 @@ struct Mirror {
     /// The leader's agent id and lease.
     leader: Option<(String, i64)>,
     assignment: Option<Assignment>,
+    /// The revision of the last assignment this agent wrote: older ones still coming
+    /// through the watch are ignored.
+    assignment_rev: i64,
 }
 
 struct Coordinator {
@@ -162,6 +192,8 @@ struct Coordinator {
     models: BTreeSet<String>,
     guard: LeaseGuard,
     lease: Option<i64>,
+    /// The endpoint to try first.
+    endpoint: usize,
     verdict: Verdict,
     mirror: Mirror,
     wanted: watch::Sender<Wanted>,
@@ -214,7 +246,7 @@ impl Coordinator {
             Some(at) if now >= at && self.site.on_coordinator_loss == crate::config::CoordinatorLoss::Keep => {
                 // Bounded so that, with the stop itself, it ends well inside the TTL.
                 let limit = self.site.lease_ttl.mul_f64(0.15);
-                let p = tokio::time::timeout(limit, etcd::probe(&self.site)).await.unwrap_or(Probe::Unreachable);
+                let p = etcd::probe(&self.site, limit).await;
                 if p == Probe::NoLeader {
                     self.guard.saw_no_leader(now);
                 }
@@ -271,7 +303,17 @@ impl Coordinator {
             Verdict::Hold => "hold",
             Verdict::Stop => "stop",
         };
-        self.state.stats.leader.store(self.is_leader(), Ordering::Relaxed);
+        drop(v);
+        let leader = self.is_leader();
+        self.state.stats.leader.store(leader, Ordering::Relaxed);
+        let body = match (&self.mirror.assignment, leader) {
+            (Some(a), true) => {
+                let members: Vec<&MemberRecord> = self.mirror.members.values().map(|(r, _, _)| r).collect();
+                Some(record::site_body(self.keys.site(), &self.me, &members, a, self.mirror.cameras.len()))
+            }
+            _ => None,
+        };
+        self.state.set_message(body);
     }
 
     fn renewed(&mut self, sent: Instant, ttl_secs: i64) {
@@ -286,23 +328,39 @@ impl Coordinator {
         self.guard.lost();
     }
 
+    /// How long one etcd request may take now: the request timeout, but never past the
+    /// fence while the cameras run, so no await in a session can hold them past it (a
+    /// request cut short ends the session, and the reconnect loop applies the fence).
+    fn limit(&self) -> Duration {
+        let t = request_timeout(&self.site);
+        match (self.verdict, self.guard.stop_at()) {
+            (Verdict::Run, Some(at)) => {
+                at.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(20), t)
+            }
+            _ => t,
+        }
+    }
+
     fn is_leader(&self) -> bool {
         matches!((&self.mirror.leader, self.lease), (Some((id, l)), Some(mine)) if *id == self.me && *l == mine)
     }
 
     async fn session(&mut self) -> anyhow::Result<()> {
         let t = request_timeout(&self.site);
-        let mut client = etcd::connect(&self.site).await?;
+        let (mut client, at) = etcd::connect(&self.site, self.endpoint, self.limit()).await?;
+        // Next time, start with the member that answered.
+        self.endpoint = at;
         let (mut keeper, mut renewals) = self.open_lease(&mut client).await?;
         self.fence().await;
         let lease = self.lease.context("no lease")?;
         self.put_member(&mut client, lease).await?;
 
         let prefix = self.keys.prefix().to_string();
-        let listed = tokio::time::timeout(t, client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
-            .await
-            .context("listing the site timed out")?
-            .context("listing the site")?;
+        let listed =
+            tokio::time::timeout(self.limit(), client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))
+                .await
+                .context("listing the site timed out")?
+                .context("listing the site")?;
         let revision = listed.header().map_or(0, |h| h.revision());
         self.mirror.cameras.clear();
         self.mirror.leader = None;
@@ -318,7 +376,7 @@ impl Coordinator {
         }
         self.mirror.members.retain(|id, _| seen.contains(id));
         let mut changes = tokio::time::timeout(
-            t,
+            self.limit(),
             client.watch(prefix.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1))),
         )
         .await
@@ -399,11 +457,10 @@ impl Coordinator {
         &mut self,
         client: &mut Client,
     ) -> anyhow::Result<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> {
-        let t = request_timeout(&self.site);
         if let Some(id) = self.lease {
             // Opening the stream renews once and waits for the answer.
             let sent = Instant::now();
-            match tokio::time::timeout(t, client.lease_keep_alive(id)).await.context("renewing timed out")? {
+            match tokio::time::timeout(self.limit(), client.lease_keep_alive(id)).await.context("renewing timed out")? {
                 Ok(pair) => {
                     self.renewed(sent, self.site.lease_ttl.as_secs().try_into().unwrap_or(10));
                     return Ok(pair);
@@ -418,12 +475,15 @@ impl Coordinator {
         }
         let ttl = i64::try_from(self.site.lease_ttl.as_secs()).unwrap_or(10);
         let sent = Instant::now();
-        let g = tokio::time::timeout(t, client.lease_grant(ttl, None)).await.context("lease grant timed out")??;
+        let g = tokio::time::timeout(self.limit(), client.lease_grant(ttl, None))
+            .await
+            .context("lease grant timed out")??;
         self.lease = Some(g.id());
         self.renewed(sent, g.ttl());
         info!(lease = g.id(), ttl = g.ttl(), "lease granted");
-        let (keeper, stream) =
-            tokio::time::timeout(t, client.lease_keep_alive(g.id())).await.context("renewing timed out")??;
+        let (keeper, stream) = tokio::time::timeout(self.limit(), client.lease_keep_alive(g.id()))
+            .await
+            .context("renewing timed out")??;
         Ok((keeper, stream))
     }
 
@@ -440,9 +500,8 @@ impl Coordinator {
             refused: r.refused,
         };
         let value = serde_json::to_vec(&rec)?;
-        let t = request_timeout(&self.site);
         tokio::time::timeout(
-            t,
+            self.limit(),
             client.put(self.keys.agent(&self.me), value, Some(PutOptions::new().with_lease(lease))),
         )
         .await
@@ -460,8 +519,7 @@ impl Coordinator {
             Some(_) => return Ok(()),
         };
         let put = TxnOp::put(key.as_str(), self.me.as_str(), Some(PutOptions::new().with_lease(lease)));
-        let t = request_timeout(&self.site);
-        let r = tokio::time::timeout(t, client.txn(Txn::new().when([when]).and_then([put])))
+        let r = tokio::time::timeout(self.limit(), client.txn(Txn::new().when([when]).and_then([put])))
             .await
             .context("campaign timed out")?
             .context("campaign")?;
@@ -522,8 +580,7 @@ impl Coordinator {
             serde_json::to_vec(&next)?,
             None,
         )]);
-        let t = request_timeout(&self.site);
-        let r = tokio::time::timeout(t, client.txn(txn))
+        let r = tokio::time::timeout(self.limit(), client.txn(txn))
             .await
             .context("writing the assignment timed out")?
             .context("writing the assignment")?;
@@ -532,6 +589,7 @@ impl Coordinator {
             self.mirror.leader = None;
             return Ok(());
         }
+        self.mirror.assignment_rev = r.header().map_or(0, |h| h.revision());
         self.state.stats.moves.fetch_add(moved as u64, Ordering::Relaxed);
         info!(
             assigned = next.cameras.len(),
@@ -594,6 +652,7 @@ impl Coordinator {
                 Ok(id) => self.mirror.leader = Some((id.to_string(), kv.lease())),
                 Err(_) => self.mirror.leader = Some((String::new(), kv.lease())),
             },
+            Some(Key::Assignment) if kv.mod_revision() < self.mirror.assignment_rev => {}
             Some(Key::Assignment) => match record::parse::<Assignment>(kv.value()) {
                 Ok(a) => self.mirror.assignment = Some(a),
                 Err(e) => {
@@ -632,7 +691,7 @@ impl Coordinator {
         }
         let Some(lease) = self.lease.take() else { return };
         let revoke = async {
-            let mut c = etcd::connect(&self.site).await?;
+            let (mut c, _) = etcd::connect(&self.site, self.endpoint, Duration::from_secs(2)).await?;
             c.lease_revoke(lease).await?;
             anyhow::Ok(())
         };

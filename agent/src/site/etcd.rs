@@ -41,56 +41,60 @@ fn options(site: &SiteConfig, timeout: Duration, require_leader: bool) -> anyhow
     Ok(o)
 }
 
-/// A client over every endpoint; requests fail rather than wait when the cluster has no
-/// leader, so a partition shows as errors, not as hangs.
-pub async fn connect(site: &SiteConfig) -> anyhow::Result<Client> {
+/// A client on one member: the first, from `start` on, that answers. Requests fail rather
+/// than wait when that member knows no leader, so a partition shows as errors, not hangs.
+/// One member at a time, not tonic's balanced channel: a fresh balanced client sends
+/// requests to a member that is down as readily as to one that is up.
+pub async fn connect(site: &SiteConfig, start: usize, limit: Duration) -> anyhow::Result<(Client, usize)> {
     let timeout = request_timeout(site);
-    let o = options(site, timeout, true)?;
-    // etcd-client's own errors name the endpoint, never the credentials.
-    tokio::time::timeout(timeout * 2, Client::connect(&site.endpoints, Some(o)))
-        .await
-        .context("connecting to etcd timed out")?
-        .context("connecting to etcd")
-}
-
-/// A client on the first endpoint that answers, for one-shot commands: a fresh balanced
-/// client may send its first request to a member that is down.
-pub async fn connect_any(site: &SiteConfig) -> anyhow::Result<Client> {
-    let timeout = request_timeout(site);
+    let deadline = tokio::time::Instant::now() + limit;
+    let n = site.endpoints.len();
     let mut last = None;
-    for ep in &site.endpoints {
+    for k in 0..n {
+        let i = (start + k) % n;
+        let ep = &site.endpoints[i];
         let o = options(site, timeout, true)?;
+        // etcd-client's errors name the endpoint, never the credentials.
         let attempt = async {
             let mut c = Client::connect([ep.as_str()], Some(o)).await?;
             c.status().await?;
             anyhow::Ok(c)
         };
-        match tokio::time::timeout(timeout * 2, attempt).await {
-            Ok(Ok(c)) => return Ok(c),
+        let each = deadline.min(tokio::time::Instant::now() + timeout);
+        match tokio::time::timeout_at(each, attempt).await {
+            Ok(Ok(c)) => return Ok((c, i)),
             Ok(Err(e)) => last = Some(e.context(format!("etcd at {ep}"))),
-            Err(_) => last = Some(anyhow::anyhow!("etcd at {ep}: no answer within {:?}", timeout * 2)),
+            Err(_) => last = Some(anyhow::anyhow!("etcd at {ep}: no answer in time")),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no etcd endpoint configured")))
 }
 
-/// Asks every endpoint, each on its own connection, whether it knows a leader.
-pub async fn probe(site: &SiteConfig) -> Probe {
-    let timeout = Duration::from_secs(1);
-    let asks = site.endpoints.iter().map(|ep| async move {
-        let o = options(site, timeout, false).ok()?;
-        let ask = async {
+/// Asks every endpoint, each on its own connection, whether it knows a leader, within
+/// `limit`: one that knows a leader decides at once; otherwise what answered by then.
+pub async fn probe(site: &SiteConfig, limit: Duration) -> Probe {
+    use futures_util::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut asks: futures_util::stream::FuturesUnordered<_> = site
+        .endpoints
+        .iter()
+        .map(|ep| async move {
+            let o = options(site, limit, false).ok()?;
             let mut c = Client::connect([ep.as_str()], Some(o)).await.ok()?;
             c.status().await.ok().map(|s| s.leader())
-        };
-        tokio::time::timeout(timeout * 2, ask).await.ok().flatten()
-    });
-    let answers = futures_util::future::join_all(asks).await;
-    if answers.iter().flatten().any(|&leader| leader != 0) {
-        Probe::HasLeader
-    } else if answers.iter().any(Option::is_some) {
-        Probe::NoLeader
-    } else {
-        Probe::Unreachable
+        })
+        .collect();
+    let mut no_leader = false;
+    loop {
+        match tokio::time::timeout_at(deadline, asks.next()).await {
+            Ok(Some(Some(0))) => no_leader = true,
+            Ok(Some(Some(_))) => return Probe::HasLeader,
+            Ok(Some(None)) => {}
+            Ok(None) | Err(_) => break,
+        }
     }
+    if no_leader { Probe::NoLeader } else { Probe::Unreachable }
 }

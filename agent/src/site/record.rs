@@ -26,12 +26,16 @@ pub const MAX_CAMERAS: usize = 10_000;
 /// Key names for one site.
 #[derive(Debug, Clone)]
 pub struct Keys {
+    site: String,
     prefix: String,
 }
 
 impl Keys {
     pub fn new(site: &str) -> Self {
-        Self { prefix: format!("lookout/v1/{site}/") }
+        Self { site: site.to_string(), prefix: format!("lookout/v1/{site}/") }
+    }
+    pub fn site(&self) -> &str {
+        &self.site
     }
     /// Everything of the site (what an agent lists and watches).
     pub fn prefix(&self) -> &str {
@@ -118,6 +122,43 @@ pub struct Assignment {
     pub ts: String,
 }
 
+/// `schema` of the site's retained message.
+pub const SITE_SCHEMA: &str = "lookout.site/1";
+
+/// The body of `lookout.site/1` (the leader adds `id` and `ts` when it publishes): the
+/// members, the assignment table and the cameras that fit nowhere.
+pub fn site_body(site: &str, leader: &str, members: &[&MemberRecord], a: &Assignment, cameras: usize) -> Value {
+    let mut assigned: BTreeMap<&str, usize> = BTreeMap::new();
+    for agent in a.cameras.values() {
+        *assigned.entry(agent.as_str()).or_default() += 1;
+    }
+    let members: Vec<Value> = members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "agent": m.agent,
+                "version": m.version,
+                "capacity": m.capacity,
+                "load": m.load,
+                "models": m.models,
+                "assigned": assigned.get(m.agent.as_str()).copied().unwrap_or(0),
+                "running": m.running.len(),
+                "refused": m.refused,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "schema": SITE_SCHEMA,
+        "site": site,
+        "agent": leader,
+        "members": members,
+        "cameras": cameras,
+        "assignment": a.cameras,
+        "unassigned": a.unassigned,
+        "moves": a.moves,
+    })
+}
+
 /// Reads a value from etcd as `T`, bounded in size.
 pub fn parse<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, String> {
     if value.len() > MAX_VALUE_BYTES {
@@ -185,6 +226,39 @@ mod tests {
         let a = Assignment { leader: "gw-1".into(), ..Default::default() };
         let bytes = serde_json::to_vec(&a).expect("json");
         assert_eq!(parse::<Assignment>(&bytes), Ok(a));
+    }
+
+    #[test]
+    fn the_site_message_matches_its_published_schema() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas/lookout.site.1.json");
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("schema")).expect("json");
+        let v = jsonschema::options().should_validate_formats(true).build(&schema).expect("compiles");
+        let m = MemberRecord {
+            agent: "gw-1".into(),
+            version: "0.1.0".into(),
+            capacity: 6.0,
+            models: ["person".to_string()].into(),
+            local_cameras: BTreeSet::new(),
+            load: 2.0,
+            running: ["cam-1".to_string(), "cam-2".to_string()].into(),
+            refused: [("cam-3".to_string(), "a local camera of this gateway has this id".to_string())].into(),
+        };
+        let a = Assignment {
+            leader: "gw-1".into(),
+            cameras: [("cam-1".to_string(), "gw-1".to_string()), ("cam-2".to_string(), "gw-1".to_string())].into(),
+            unassigned: [("cam-9".to_string(), "no_room".to_string())].into(),
+            moves: 3,
+            ts: String::new(),
+        };
+        let mut body = site_body("city", "gw-1", &[&m], &a, 4);
+        body["id"] = json!(crate::event::new_id());
+        body["ts"] = json!(crate::event::rfc3339_millis(std::time::SystemTime::now()));
+        let errors: Vec<String> = v.iter_errors(&body).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        assert!(errors.is_empty(), "{errors:?}\n{body:#}");
+        assert_eq!(body["members"][0]["assigned"], 2);
+        let mut bad = body.clone();
+        bad["assignment"]["cam-1"] = json!("not an id!");
+        assert!(!v.is_valid(&bad), "the schema constrains what it describes");
     }
 
     proptest! {

@@ -26,6 +26,8 @@ pub struct Health {
     pub ready: AtomicBool,
     /// The listener's connections (for /metrics).
     pub listener: Arc<ListenerStats>,
+    /// `[site]`: the site task's state (for /metrics and the console).
+    pub site: Option<crate::site::SiteHandle>,
 }
 
 /// Counters of the telemetry listener.

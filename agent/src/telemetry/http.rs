@@ -246,6 +246,9 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
 
 fn metrics(h: &Health, console: Option<&ConsoleHub>) -> impl IntoResponse + use<> {
     let mut out = render(h);
+    if let Some(site) = &h.site {
+        crate::site::metrics::render(site, &h.inventory.agent, &mut out);
+    }
     if let Some(hub) = console {
         crate::console::http::render_metrics(hub, &mut out);
     }

@@ -576,10 +576,27 @@ async function agentPage() {
         ["MQTT", s.mqtt.connected ? "connected" : "not connected"], ["messages acknowledged", s.mqtt.acked],
         ["awaiting the broker", `${s.outbox.pending_messages} messages, ${(s.outbox.pending_bytes / 1024).toFixed(1)} KiB`],
         ["dropped (announced as delivery.gap)", s.outbox.dropped]])),
+      ...(s.site ? [sitePanel(s.site)] : []),
     );
   }
   await render();
   setInterval(() => render().catch(showError), STATE_MS);
+}
+
+// The site of many gateways ([site]): its members and which gateway runs each site camera.
+function sitePanel(site) {
+  const th = (...names) => el("tr", {}, ...names.map((n) => el("th", { textContent: n })));
+  const td = (...cells) => el("tr", {}, ...cells.map((c) => el("td", { textContent: String(c) })));
+  const fence = { run: "running its site cameras", hold: "holding them (etcd has no leader)", stop: "stopped (lease not confirmed)" };
+  const cams = Object.entries(site.assignment);
+  const unassigned = Object.entries(site.unassigned);
+  return el("div", { class: "panel", id: "site" }, el("h2", { textContent: "Site" }),
+    el("p", { textContent: `leader ${site.leader || "none"}; this gateway (${site.agent}) is ${fence[site.fence] || site.fence}; ${site.moves} moves` }),
+    el("table", { class: "site-members" }, th("gateway", "capacity", "load", "assigned", "running", "refused"),
+      ...site.members.map((m) => td(m.agent + (m.agent === site.leader ? " (leader)" : ""), m.capacity, m.load, m.assigned, m.running,
+        Object.entries(m.refused).map(([c, why]) => `${c}: ${why}`).join("; ") || "—"))),
+    el("table", { class: "site-cameras" }, th("site camera", "runs on"),
+      ...cams.map(([c, a]) => td(c, a)), ...unassigned.map(([c, why]) => td(c, `nowhere (${why})`))));
 }
 
 function showError(e) {
