@@ -5,7 +5,8 @@
 //!
 //! 1. cameras added through the CLI spread within capacity, each analysed by exactly one
 //!    gateway (from the MQTT messages), the CLI refusing duplicates, invalid cameras and
-//!    local ids; the leader's retained `lookout.site/1` carries the same table;
+//!    local ids; the leader's retained `lookout.site/1`, a gateway's metrics and its
+//!    console page (in Chromium) show the same table;
 //! 2. SIGKILL one agent: its cameras publish from the others within TTL + 10 s;
 //! 3. restart it: it rejoins, and only cameras moving to it move, at most its share + one;
 //! 4. one etcd member killed: nothing moves; quorum lost: `keep` holds every camera where
@@ -230,6 +231,23 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
     assert_eq!(metric("lookout_site_running_cameras"), mine);
     assert_eq!(metric("lookout_site_unassigned_cameras"), 0.0);
     assert!(metric("lookout_site_lease_renewals_total") >= 1.0 && metric("lookout_site_member") == 1.0, "{metrics}");
+
+    // And the agent page draws it: a row per member and per site camera.
+    let browser = lookout_e2e::browser::Browser::start().expect("headless chromium");
+    browser.goto(&format!("http://127.0.0.1:{console}/agent")).expect("open the console");
+    let script = "return [document.querySelectorAll('#site .site-members tr').length, \
+                  document.querySelectorAll('#site .site-cameras tr').length, document.body.innerText]";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let drawn = loop {
+        let v = browser.eval(script).unwrap_or_default();
+        if v[0] == 4 && v[1] == CAMERAS + 1 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the site panel: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(drawn[2].as_str().is_some_and(|t| t.contains("(leader)")), "the leader is marked: {drawn}");
+    drop(browser);
 
     // The platform sees the same table in the leader's retained `lookout.site/1`.
     let site_topic = format!("lookout/v1/{SITE}/site");

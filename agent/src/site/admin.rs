@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde_json::{Value, json};
 
-use super::record::{self, Assignment, Key, Keys, MemberRecord};
+use super::record::{self, Assignment, Key, Keys, MAX_CAMERA_BYTES, MemberRecord};
 use crate::config::Config;
 
 /// What a command did: printed on stdout, or refused (exit status 2) with why.
@@ -18,9 +18,6 @@ pub enum Outcome {
     Done(String),
     Refused(String),
 }
-
-/// The most bytes a camera's JSON may have.
-const MAX_CAMERA_BYTES: usize = 64 * 1024;
 
 async fn client(config: &Config) -> anyhow::Result<(Client, Keys)> {
     let site = config.site.as_ref().context("the config has no [site] section")?;
@@ -49,6 +46,8 @@ async fn snapshot(c: &mut Client, keys: &Keys) -> anyhow::Result<Snapshot> {
     for kv in r.kvs() {
         let Ok(k) = kv.key_str() else { continue };
         let ok = match keys.classify(k) {
+            // Never printed as they are: a hostile key could carry terminal escapes.
+            Some(Key::Agent(id) | Key::Camera(id)) if !record::valid_id(id) => Err(String::new()),
             Some(Key::Agent(id)) => record::parse::<MemberRecord>(kv.value()).map(|m| {
                 s.members.insert(id.to_string(), m);
             }),
@@ -63,7 +62,7 @@ async fn snapshot(c: &mut Client, keys: &Keys) -> anyhow::Result<Snapshot> {
             None => Ok(()),
         };
         if ok.is_err() {
-            s.unreadable.push(k.to_string());
+            s.unreadable.push(format!("{k:?}"));
         }
     }
     Ok(s)

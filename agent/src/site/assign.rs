@@ -29,6 +29,9 @@ pub struct Member {
     pub models: BTreeSet<String>,
     /// A member long enough (`settle`) to be given cameras by rebalancing.
     pub settled: bool,
+    /// Cameras it said it cannot run (an id local to it, invalid for its config): never
+    /// placed there.
+    pub refused: BTreeSet<String>,
 }
 
 /// A site camera as the planner sees it.
@@ -112,12 +115,11 @@ struct State<'a> {
 
 impl<'a> State<'a> {
     fn fits_model(&self, m: usize, cam: &Camera) -> bool {
-        self.members[m].models.contains(&cam.model)
+        self.members[m].models.contains(&cam.model) && !self.members[m].refused.contains(&cam.id)
     }
 
     fn fits(&self, m: usize, cam: &Camera) -> bool {
-        let member = &self.members[m];
-        member.models.contains(&cam.model) && self.load[m] + cam.weight <= member.capacity + EPS
+        self.fits_model(m, cam) && self.load[m] + cam.weight <= self.members[m].capacity + EPS
     }
 
     fn utilisation(&self, m: usize, extra: f64) -> f64 {
@@ -310,7 +312,28 @@ mod tests {
     use super::*;
 
     fn member(id: &str, capacity: f64) -> Member {
-        Member { id: id.into(), capacity, models: ["person".to_string()].into(), settled: true }
+        Member {
+            id: id.into(),
+            capacity,
+            models: ["person".to_string()].into(),
+            settled: true,
+            refused: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn a_camera_a_gateway_refuses_is_placed_elsewhere() {
+        let mut a = member("a", 10.0);
+        a.refused.insert("cam-0000".into());
+        let members = vec![a, member("b", 10.0)];
+        let cameras = cams(2, 1.0);
+        let current: BTreeMap<String, String> = [("cam-0000".to_string(), "a".to_string())].into();
+        let plan = plan(&members, &cameras, &current, &Policy::default());
+        assert_eq!(plan.assignments["cam-0000"], "b", "moved off the gateway that refuses it");
+        let mut only = member("a", 10.0);
+        only.refused.insert("cam-0000".into());
+        let plan = super::plan(&[only], &cameras, &BTreeMap::new(), &Policy::default());
+        assert!(plan.unassigned.contains_key("cam-0000"), "reported, not placed where it is refused");
     }
 
     fn cams(n: usize, weight: f64) -> Vec<Camera> {

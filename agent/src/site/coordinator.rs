@@ -547,6 +547,7 @@ impl Coordinator {
                 capacity: r.capacity,
                 models: r.models.clone(),
                 settled: now.duration_since(*seen) >= self.site.settle,
+                refused: r.refused.keys().cloned().collect(),
             })
             .collect();
         let mut unassigned = BTreeMap::new();
@@ -611,6 +612,12 @@ impl Coordinator {
             warn!(key = what, error = %e, "unreadable site value; skipped");
         };
         match self.keys.classify(key) {
+            Some(Key::Agent(id))
+                if self.mirror.members.len() >= record::MAX_MEMBERS && !self.mirror.members.contains_key(id) =>
+            {
+                self.state.stats.bad_values.fetch_add(1, Ordering::Relaxed);
+                error!(agent = id, limit = record::MAX_MEMBERS, "too many site members; this one is ignored");
+            }
             Some(Key::Agent(id)) => match record::parse::<MemberRecord>(kv.value()) {
                 Ok(r) if r.agent == id && record::valid_id(id) => {
                     let created = kv.create_revision();
@@ -637,7 +644,12 @@ impl Coordinator {
                     error!(camera = id, limit = record::MAX_CAMERAS, "too many site cameras; this one is ignored");
                     return;
                 }
-                match record::parse::<Value>(kv.value()) {
+                let v = if kv.value().len() > record::MAX_CAMERA_BYTES {
+                    Err(format!("{} bytes, more than {}", kv.value().len(), record::MAX_CAMERA_BYTES))
+                } else {
+                    record::parse::<Value>(kv.value())
+                };
+                match v {
                     Ok(v) if record::valid_id(id) && v.is_object() => {
                         self.mirror.cameras.insert(id.to_string(), v);
                     }

@@ -22,6 +22,10 @@ use super::assign;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 /// The most site cameras a site inventory holds.
 pub const MAX_CAMERAS: usize = 10_000;
+/// The largest camera JSON (zones and lines included) a site camera may have.
+pub const MAX_CAMERA_BYTES: usize = 64 * 1024;
+/// The most members a gateway keeps track of.
+pub const MAX_MEMBERS: usize = 1_000;
 
 /// Key names for one site.
 #[derive(Debug, Clone)]
