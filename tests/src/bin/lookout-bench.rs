@@ -6,6 +6,7 @@
 //! lookout-bench snapshot              cost of one snapshot (decoded I420 frame → scaled JPEG)
 //! lookout-bench ingest --streams 64   where a stream's ingest cost goes, stage by stage
 //! lookout-bench console --streams 8   agent CPU with the console closed, open on one camera, and a grid
+//! lookout-bench site                  a site on a 3-member etcd: failover times, etcd traffic, standby memory
 //!
 //! `scripts/bench.sh` runs the set recorded in docs/BENCHMARKS.md.
 
@@ -18,6 +19,9 @@ use lookout::config::InferenceConfig;
 use lookout::infer::Detector;
 use lookout::infer::manifest::ModelSpec;
 use lookout_e2e::*;
+
+#[path = "../bench/site.rs"]
+mod site;
 
 #[derive(Parser)]
 struct Args {
@@ -117,6 +121,20 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         rounds: usize,
     },
+    /// A site of real agents on a real 3-member etcd: failover time over `kills` SIGKILLs at
+    /// the default lease TTL; etcd traffic per member and standby memory per site camera
+    /// with `cameras` site cameras on `gateways` gateways.
+    Site {
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        #[arg(long, default_value_t = 12)]
+        gateways: usize,
+        #[arg(long, default_value_t = 750)]
+        cameras: usize,
+        /// Seconds of steady state measured.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -136,6 +154,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Snapshot { max_side, iterations } => bench_snapshot(&max_side, iterations),
         Cmd::Ingest { streams, warmup, seconds } => bench_ingest(streams, warmup, seconds),
         Cmd::Console { streams, fps, warmup, seconds, rounds } => bench_console(streams, fps, warmup, seconds, rounds),
+        Cmd::Site { kills, gateways, cameras, seconds } => {
+            tokio::runtime::Runtime::new()?.block_on(site::bench_site(kills, gateways, cameras, seconds))
+        }
     }
 }
 
