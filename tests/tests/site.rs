@@ -14,6 +14,9 @@
 //! 5. one agent cut off from etcd alone (through TCP proxies the test closes): it stops
 //!    its site cameras before anyone else starts them (capture times from MQTT);
 //! 6. a camera removed through the CLI stops everywhere.
+//!
+//! A second, small test joins a gateway and the CLI to a single etcd member over mutual
+//! TLS as an etcd user limited to the site's prefix.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -391,4 +394,97 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
     assert_eq!(code, 2, "removing it again is refused");
     drop(agents);
     assert!(rec.violations().is_empty(), "every message matched its schema: {:?}", rec.violations());
+}
+
+/// A gateway and the CLI reach etcd over mutual TLS as an etcd user limited to the site's
+/// prefix; `site camera update` changes a running camera; the password never shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_joins_over_mutual_tls_as_an_etcd_user_limited_to_its_site() {
+    let dir = scratch("site-tls");
+    make_pki(&dir, "etcd");
+    let (client_port, peer_port) = (free_port().expect("port"), free_port().expect("port"));
+    let url = format!("https://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let f = |name: &str| dir.join(name).display().to_string();
+    let mut etcd = std::process::Command::new("etcd")
+        .args(["--name", "t1", "--data-dir", &f("etcd-data"), "--log-level", "warn"])
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("t1={peer}")])
+        .args(["--cert-file", &f("etcd-server.pem"), "--key-file", &f("etcd-server.key")])
+        .args(["--trusted-ca-file", &f("etcd-ca.pem"), "--client-cert-auth"])
+        .stderr(std::fs::File::create(dir.join("etcd.log")).expect("log"))
+        .spawn()
+        .expect("etcd");
+    let ctl = |args: &[&str]| {
+        std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &url, "--cacert", &f("etcd-ca.pem"), "--cert", &f("etcd-client.pem")])
+            .args(["--key", &f("etcd-client.key"), "--command-timeout=3s"])
+            .args(args)
+            .output()
+            .expect("etcdctl")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctl(&["endpoint", "health"]).status.success() {
+        assert!(Instant::now() < deadline, "etcd over TLS never became healthy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for args in [
+        &["user", "add", "root:root-pw-1"][..],
+        &["role", "add", "lookout"],
+        &["role", "grant-permission", "lookout", "--prefix=true", "readwrite", &format!("lookout/v1/{SITE}/")],
+        &["user", "add", "lookout:s3cret-etcd-pw"],
+        &["user", "grant-role", "lookout", "lookout"],
+        &["auth", "enable"],
+    ] {
+        let out = ctl(args);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let d = dir.join("gw-tls");
+    std::fs::create_dir_all(&d).expect("dir");
+    std::fs::write(d.join("etcd-password"), "s3cret-etcd-pw\n").expect("password");
+    let text = format!(
+        "[agent]\nsite = \"{SITE}\"\nid = \"gw-tls\"\nstate_dir = \"{}\"\n\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n\n\
+         [inference]\nthreads = 1\n\n[telemetry]\nlisten = \"off\"\n\n[[models]]\nname = \"person\"\nmanifest = \"{}\"\n\n\
+         [site]\nendpoints = [\"{url}\"]\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n\
+         username = \"lookout\"\npassword_file = \"{}\"\ncapacity = 4\n",
+        d.join("state").display(),
+        free_port().expect("port"),
+        person_manifest().display(),
+        f("etcd-ca.pem"),
+        f("etcd-client.pem"),
+        f("etcd-client.key"),
+        d.join("etcd-password").display()
+    );
+    let cfg = d.join("lookout.toml");
+    std::fs::write(&cfg, &text).expect("config");
+    let agent = AgentProcess::start(&cfg).expect("agent");
+    wait_status(&cfg, "the gateway a member over TLS", |s| s["members"].as_array().is_some_and(|m| m.len() == 1)).await;
+
+    let camera = json!({"id": "cam-t", "url": "rtsp://127.0.0.1:9/none", "model": "person", "fps": 1.0});
+    let (code, out) = add_camera(&cfg, &d, &camera);
+    assert_eq!(code, 0, "{out}");
+    wait_status(&cfg, "cam-t running on gw-tls", |s| settled(s, 1, 1) && assignment(s)["cam-t"] == "gw-tls").await;
+    let updated = json!({"id": "cam-t", "url": "rtsp://127.0.0.1:9/none", "model": "person", "fps": 2.0});
+    let file = d.join("cam-t-2.json");
+    std::fs::write(&file, updated.to_string()).expect("json");
+    let (code, out, err) = site_cli(&["camera", "update", "-c", path(&cfg), path(&file)]);
+    assert_eq!(code, 0, "update: {out}{err}");
+    wait_status(&cfg, "the update running", |s| s["members"][0]["load"].as_f64() == Some(2.0)).await;
+    let (code, out, err) = site_cli(&["camera", "update", "-c", path(&cfg), path(&dir.join("missing.json"))]);
+    assert_ne!(code, 0, "updating from a missing file fails: {out}{err}");
+
+    // A wrong password is refused by etcd, and no password is ever shown.
+    std::fs::write(d.join("etcd-password"), "wrong-pw-9\n").expect("password");
+    let (code, out, err) = site_cli(&["status", "-c", path(&cfg)]);
+    assert_eq!(code, 1, "a refused login is an etcd failure: {out}{err}");
+    let (_, log) = agent.stop().expect("stop");
+    let log = format!("{log}{}", std::fs::read_to_string(d.join("lookout.log")).unwrap_or_default());
+    for secret in ["s3cret-etcd-pw", "wrong-pw-9"] {
+        assert!(!log.contains(secret) && !out.contains(secret) && !err.contains(secret), "{secret} leaked");
+    }
+    let _ = etcd.kill();
+    let _ = etcd.wait();
 }

@@ -91,14 +91,22 @@ pub async fn camera_put(config: &Config, text: &[u8], update: bool) -> anyhow::R
         Err(why) => return Ok(Outcome::Refused(why)),
     };
     let (mut c, keys) = client(config).await?;
-    let s = snapshot(&mut c, &keys).await?;
-    if let Some(m) = s.members.values().find(|m| m.local_cameras.contains(&id)) {
+    // The members (their local ids) and how many cameras: not the whole inventory, which
+    // adding cameras one by one would read again for each.
+    let r = c.get(keys.agents(), Some(GetOptions::new().with_prefix())).await.context("reading the members")?;
+    let members: Vec<MemberRecord> = r.kvs().iter().filter_map(|kv| record::parse(kv.value()).ok()).collect();
+    let count = c
+        .get(keys.cameras(), Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .context("counting the cameras")?
+        .count();
+    if let Some(m) = members.iter().find(|m| m.local_cameras.contains(&id)) {
         return Ok(Outcome::Refused(format!(
             "camera {id} is a local camera of gateway {}; a site camera needs an id of its own",
             m.agent
         )));
     }
-    if !update && s.cameras.len() >= record::MAX_CAMERAS {
+    if !update && usize::try_from(count).unwrap_or(usize::MAX) >= record::MAX_CAMERAS {
         return Ok(Outcome::Refused(format!("the site already has {} cameras", record::MAX_CAMERAS)));
     }
     let key = keys.camera(&id);

@@ -29,6 +29,9 @@ use super::lease::{LeaseGuard, Probe, Verdict};
 use super::record::{self, Assignment, Key, Keys, MemberRecord};
 use crate::config::SiteConfig;
 
+/// How long the site task gathers changes before it acts on them.
+const BATCH: Duration = Duration::from_millis(200);
+
 /// What the supervisor should run now.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Wanted {
@@ -386,20 +389,25 @@ impl Coordinator {
 
         let report = self.report.clone();
         let shutdown = self.shutdown.clone();
-        let mut tick = tokio::time::interval(self.site.lease_ttl / 3);
+        // Renewals every TTL/5: after the last confirmed one, at least 40 % of the TTL is
+        // left before the fence, room to reconnect through an etcd leader election.
+        let mut tick = tokio::time::interval(self.site.lease_ttl / 5);
         // The first tick is at once: the renewal that opened the session may have been
         // sent a while ago (a slow connect).
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sent: VecDeque<Instant> = VecDeque::new();
-        let mut dirty = true;
+        // When to look at the site again (campaign, replan): changes that arrive within
+        // BATCH of the first are taken together, so a burst (cameras added one by one, a
+        // gateway's cameras all moving) writes the table once, not once per key.
+        let mut due = Some(Instant::now());
         let mut report_dirty = false;
         loop {
-            if dirty {
+            if due.is_some_and(|d| Instant::now() >= d) {
                 self.campaign(&mut client, lease).await?;
                 if self.is_leader() {
                     self.replan(&mut client, lease).await?;
                 }
-                dirty = false;
+                due = None;
             }
             if report_dirty {
                 self.put_member(&mut client, lease).await?;
@@ -414,6 +422,9 @@ impl Coordinator {
                 && let Some(s) = self.next_settle()
             {
                 wake = wake.min(s);
+            }
+            if let Some(d) = due {
+                wake = wake.min(d);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -443,10 +454,14 @@ impl Coordinator {
                             EventType::Delete => self.apply_delete(kv),
                         }
                     }
-                    dirty = true;
+                    due.get_or_insert(Instant::now() + BATCH);
                 }
                 _ = report.changed.notified() => report_dirty = true,
-                _ = tokio::time::sleep_until(wake.into()) => dirty = self.is_leader(),
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    if self.is_leader() {
+                        due.get_or_insert(Instant::now());
+                    }
+                }
             }
             self.fence().await;
         }
