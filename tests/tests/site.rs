@@ -12,7 +12,8 @@
 //! 4. one etcd member killed: nothing moves; quorum lost: `keep` holds every camera where
 //!    it runs;
 //! 5. one agent cut off from etcd alone (through TCP proxies the test closes): it stops
-//!    its site cameras before anyone else starts them (capture times from MQTT);
+//!    its site cameras before anyone else starts them (capture times from MQTT) and ends
+//!    every track it had on them;
 //! 6. a camera removed through the CLI stops everywhere.
 //!
 //! A second, small test joins a gateway and the CLI to a single etcd member over mutual
@@ -379,6 +380,24 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
         println!("{c}: gw-c's last frame {gap:?} before the new gateway's first");
     }
     assert!(agents["gw-c"].log().contains("stopping the site cameras"), "gw-c says why it stopped");
+    // Alive, gw-c ends every track it had on the cameras it gave up (the new gateway starts
+    // its own).
+    let events = format!("lookout/v1/{SITE}/gw-c/cameras/");
+    rec.wait_for(WAIT, "gw-c's tracks on its old cameras ended", |msgs| {
+        let of = |kind: &str| -> BTreeSet<(String, u64)> {
+            msgs.iter()
+                .filter(|m| m.topic.starts_with(&events) && m.topic.ends_with("/events") && m.json["type"] == kind)
+                .filter_map(|m| {
+                    let cam = m.json["camera"].as_str()?.to_string();
+                    cut_cams.contains(&cam).then_some((cam, m.json["object"]["track_id"].as_u64()?))
+                })
+                .collect()
+        };
+        let (new, end) = (of("object.new"), of("object.end"));
+        !new.is_empty() && new.is_subset(&end)
+    })
+    .await
+    .expect("every track gw-c started on them ended");
 
     // 6. A camera removed through the CLI stops everywhere.
     let (code, out, err) = site_cli(&["camera", "remove", "-c", path(&cfg_a), "cam1"]);
