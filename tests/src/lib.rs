@@ -255,6 +255,10 @@ impl Schemas {
         if payload.is_empty() && topic.contains("/cameras/") && topic.ends_with("/status") {
             return None;
         }
+        // Commands go to agents (a recorder on `#` sees an operator's too): not messages.
+        if topic.contains("/commands/") {
+            return None;
+        }
         if topic.contains("/snapshots/") {
             let jpeg = payload.starts_with(&[0xFF, 0xD8]) && payload.ends_with(&[0xFF, 0xD9]);
             return (!jpeg).then(|| format!("{topic}: snapshot is not a JPEG ({} bytes)", payload.len()));

@@ -5,8 +5,9 @@
 //!
 //! 1. cameras added through the CLI spread within capacity, each analysed by exactly one
 //!    gateway (from the MQTT messages), the CLI refusing duplicates, invalid cameras and
-//!    local ids; the leader's retained `lookout.site/1`, a gateway's metrics and its
-//!    console page (in Chromium) show the same table;
+//!    local ids, a gateway refusing `camera.add/remove` of a site camera; the leader's
+//!    retained `lookout.site/1`, a gateway's metrics and its console page (in Chromium)
+//!    show the same table;
 //! 2. SIGKILL one agent: its cameras publish from the others within TTL + 10 s;
 //! 3. restart it: it rejoins, and only cameras moving to it move, at most its share + one;
 //! 4. one etcd member killed: nothing moves; quorum lost: `keep` holds every camera where
@@ -221,6 +222,18 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
         assert_eq!(by.len(), 1, "{camera} analysed by exactly one gateway, got {by:?}");
         assert_eq!(by.first(), table.get(&camera), "{camera} analysed where it is assigned");
     }
+    // A gateway refuses local commands that name a site camera, with why.
+    let op = Operator::connect(broker.port(), &format!("lookout/v1/{SITE}/gw-b")).await.expect("operator");
+    let mine = cameras_of(&table, "gw-b");
+    for (name, payload) in [
+        ("camera.add", json!({"request_id": "site-1", "camera": cam(1)})),
+        ("camera.remove", json!({"request_id": "site-2", "id": mine[0]})),
+    ] {
+        let reply = op.call(name, payload, WAIT).await.expect("reply");
+        assert_eq!(reply["error"]["code"], "site_camera", "{name}: {reply}");
+    }
+    drop(op);
+
     // gw-b's console and metrics show the same site.
     let api = http_request(console, "GET", "/api/status", &[]).expect("console").json().expect("json");
     assert_eq!(api["site"]["members"].as_array().map(Vec::len), Some(3), "{api}");
