@@ -1,5 +1,6 @@
 //! A real etcd cluster on loopback (Debian's `etcd-server`, installed by scripts/setup.sh),
-//! and a TCP proxy a test can cut to isolate one agent from it.
+//! a TCP proxy a test can cut to isolate one agent from it, and readers of `lookout site
+//! status --json`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -171,4 +172,31 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.cut();
     }
+}
+
+/// Camera → agent in `lookout site status --json` output.
+pub fn site_assignment(status: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    status["assignment"]
+        .as_object()
+        .map(|m| m.iter().map(|(c, a)| (c.clone(), a.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// In `lookout site status --json` output: `members` members, the table covers `n`
+/// cameras, and every member runs exactly what it is assigned.
+pub fn site_settled(status: &serde_json::Value, members: usize, n: usize) -> bool {
+    use std::collections::BTreeSet;
+    let a = site_assignment(status);
+    let Some(ms) = status["members"].as_array() else { return false };
+    a.len() == n
+        && ms.len() == members
+        && ms.iter().all(|m| {
+            let agent = m["agent"].as_str().unwrap_or_default();
+            let mine: BTreeSet<&str> = a.iter().filter(|(_, x)| *x == agent).map(|(c, _)| c.as_str()).collect();
+            let running: BTreeSet<&str> = m["running"]
+                .as_array()
+                .map(|r| r.iter().filter_map(serde_json::Value::as_str).collect())
+                .unwrap_or_default();
+            mine == running
+        })
 }

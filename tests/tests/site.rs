@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use lookout_e2e::etcd::{EtcdCluster, TcpProxy};
+use lookout_e2e::etcd::{EtcdCluster, TcpProxy, site_assignment, site_settled};
 use lookout_e2e::*;
 use serde_json::{Value, json};
 
@@ -91,29 +91,6 @@ fn status(config: &Path) -> Value {
     let (code, out, err) = site_cli(&["status", "--json", "-c", path(config)]);
     assert_eq!(code, 0, "site status failed: {err}");
     serde_json::from_str(&out).expect("status JSON")
-}
-
-/// Camera → agent, as the leader assigned them.
-fn assignment(s: &Value) -> BTreeMap<String, String> {
-    s["assignment"]
-        .as_object()
-        .map(|m| m.iter().map(|(c, a)| (c.clone(), a.as_str().unwrap_or_default().to_string())).collect())
-        .unwrap_or_default()
-}
-
-/// Every member runs exactly what it is assigned, and the table covers `n` cameras.
-fn settled(s: &Value, members: usize, n: usize) -> bool {
-    let a = assignment(s);
-    let Some(ms) = s["members"].as_array() else { return false };
-    a.len() == n
-        && ms.len() == members
-        && ms.iter().all(|m| {
-            let agent = m["agent"].as_str().unwrap_or_default();
-            let mine: BTreeSet<&str> = a.iter().filter(|(_, x)| *x == agent).map(|(c, _)| c.as_str()).collect();
-            let running: BTreeSet<&str> =
-                m["running"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            mine == running
-        })
 }
 
 /// Waits until `cond` holds over `lookout site status`.
@@ -203,13 +180,13 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
     assert!(code == 2 && out.contains("gw-b"), "a local camera's id is refused: {out}");
 
     let s = wait_status(&cfg_a, "12 cameras spread over 3 gateways", |s| {
-        settled(s, 3, CAMERAS)
+        site_settled(s, 3, CAMERAS)
             && s["members"]
                 .as_array()
                 .is_some_and(|ms| ms.iter().all(|m| m["assigned"].as_array().map_or(0, Vec::len) >= 3))
     })
     .await;
-    let table = assignment(&s);
+    let table = site_assignment(&s);
     for m in s["members"].as_array().expect("members") {
         assert!(m["load"].as_f64().expect("load") <= CAPACITY, "within capacity: {m}");
     }
@@ -310,13 +287,13 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
     assert!(failover <= Duration::from_secs(TTL + 10), "failover took {failover:?}");
 
     // 3. gw-a rejoins: only cameras moving to it move, at most its share plus one.
-    let before = wait_status(&cfg_b, "two members running everything", |s| settled(s, 2, CAMERAS)).await;
+    let before = wait_status(&cfg_b, "two members running everything", |s| site_settled(s, 2, CAMERAS)).await;
     agents.insert("gw-a", AgentProcess::start(&cfg_a).expect("gw-a again"));
     let after = wait_status(&cfg_b, "gw-a given cameras again", |s| {
-        settled(s, 3, CAMERAS) && cameras_of(&assignment(s), "gw-a").len() >= 3
+        site_settled(s, 3, CAMERAS) && cameras_of(&site_assignment(s), "gw-a").len() >= 3
     })
     .await;
-    let (old, new) = (assignment(&before), assignment(&after));
+    let (old, new) = (site_assignment(&before), site_assignment(&after));
     let moved: Vec<&String> = new.keys().filter(|c| old.get(*c) != new.get(*c)).collect();
     assert!(moved.iter().all(|c| new[*c] == "gw-a"), "only moves towards the rejoined gateway: {moved:?}");
     assert!(moved.len() <= CAMERAS / 3 + 1, "at most its share plus one camera moved: {moved:?}");
@@ -346,7 +323,7 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
             "{c} stays on {a} with one etcd member down"
         );
     }
-    assert_eq!(assignment(&status(&cfg_b)), new, "nothing moved with one member down");
+    assert_eq!(site_assignment(&status(&cfg_b)), new, "nothing moved with one member down");
     etcd.kill(1);
     let t1 = SystemTime::now();
     let msgs = window(t1).await;
@@ -357,8 +334,8 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
     etcd.restart(0).expect("etcd n1");
     etcd.restart(1).expect("etcd n2");
     etcd.wait_for_leader(WAIT).expect("quorum back");
-    let back = wait_status(&cfg_b, "the site after quorum returns", |s| settled(s, 3, CAMERAS)).await;
-    assert_eq!(assignment(&back), new, "nothing moved when quorum came back");
+    let back = wait_status(&cfg_b, "the site after quorum returns", |s| site_settled(s, 3, CAMERAS)).await;
+    assert_eq!(site_assignment(&back), new, "nothing moved when quorum came back");
     for (id, a) in &agents {
         assert!(
             !a.log().contains("stopping the site cameras"),
@@ -416,7 +393,7 @@ async fn a_site_spreads_cameras_fails_over_and_fences_a_gateway_cut_off_from_etc
     let (code, out, err) = site_cli(&["camera", "remove", "-c", path(&cfg_a), "cam1"]);
     assert_eq!(code, 0, "remove: {out}{err}");
     wait_status(&cfg_a, "cam1 gone", |s| {
-        settled(s, 2, CAMERAS - 1)
+        site_settled(s, 2, CAMERAS - 1)
             && s["members"].as_array().is_some_and(|ms| {
                 ms.iter().all(|m| !m["running"].as_array().is_some_and(|r| r.iter().any(|x| x == "cam1")))
             })
@@ -498,7 +475,8 @@ async fn a_gateway_joins_over_mutual_tls_as_an_etcd_user_limited_to_its_site() {
     let camera = json!({"id": "cam-t", "url": "rtsp://127.0.0.1:9/none", "model": "person", "fps": 1.0});
     let (code, out) = add_camera(&cfg, &d, &camera);
     assert_eq!(code, 0, "{out}");
-    wait_status(&cfg, "cam-t running on gw-tls", |s| settled(s, 1, 1) && assignment(s)["cam-t"] == "gw-tls").await;
+    wait_status(&cfg, "cam-t running on gw-tls", |s| site_settled(s, 1, 1) && site_assignment(s)["cam-t"] == "gw-tls")
+        .await;
     let updated = json!({"id": "cam-t", "url": "rtsp://127.0.0.1:9/none", "model": "person", "fps": 2.0});
     let file = d.join("cam-t-2.json");
     std::fs::write(&file, updated.to_string()).expect("json");

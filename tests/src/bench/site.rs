@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use lookout::site::admin::{self, Outcome};
-use lookout_e2e::etcd::EtcdCluster;
+use lookout_e2e::etcd::{EtcdCluster, site_assignment, site_settled};
 use lookout_e2e::*;
 use serde_json::{Value, json};
 
@@ -57,28 +57,6 @@ async fn add(config: &lookout::config::Config, camera: &Value) -> anyhow::Result
         Outcome::Done(_) => Ok(()),
         Outcome::Refused(r) => bail!("adding {}: {r}", camera["id"]),
     }
-}
-
-fn assignment(s: &Value) -> BTreeMap<String, String> {
-    s["assignment"]
-        .as_object()
-        .map(|m| m.iter().map(|(c, a)| (c.clone(), a.as_str().unwrap_or_default().to_string())).collect())
-        .unwrap_or_default()
-}
-
-/// Every member runs what it is assigned and the table covers `n` cameras.
-fn settled(s: &Value, members: usize, n: usize) -> bool {
-    let a = assignment(s);
-    let Some(ms) = s["members"].as_array() else { return false };
-    a.len() == n
-        && ms.len() == members
-        && ms.iter().all(|m| {
-            let agent = m["agent"].as_str().unwrap_or_default();
-            let mine: BTreeSet<&str> = a.iter().filter(|(_, x)| *x == agent).map(|(c, _)| c.as_str()).collect();
-            let running: BTreeSet<&str> =
-                m["running"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            mine == running
-        })
 }
 
 async fn wait_status(
@@ -141,13 +119,13 @@ async fn failover(kills: usize) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for round in 0..kills {
         let s = wait_status(&cfg, Duration::from_secs(120), "every gateway running its share", |s| {
-            settled(s, 3, CAMS)
+            site_settled(s, 3, CAMS)
                 && s["members"]
                     .as_array()
                     .is_some_and(|ms| ms.iter().all(|m| m["running"].as_array().is_some_and(|r| !r.is_empty())))
         })
         .await?;
-        let table = assignment(&s);
+        let table = site_assignment(&s);
         // The agent with the most cameras, and each of them analysed where assigned.
         let victim =
             ids.iter().copied().max_by_key(|id| table.values().filter(|a| a == id).count()).context("an agent")?;
@@ -251,8 +229,8 @@ async fn traffic(gateways: usize, cameras: usize, seconds: u64) -> anyhow::Resul
                          "fps": 1.0, "reconnect_min_secs": 30, "reconnect_max_secs": 60});
         add(&cfg, &cam).await?;
     }
-    let s =
-        wait_status(&cfg, Duration::from_secs(300), "every camera running", |s| settled(s, members, cameras)).await?;
+    let s = wait_status(&cfg, Duration::from_secs(300), "every camera running", |s| site_settled(s, members, cameras))
+        .await?;
     let add_secs = t0.elapsed().as_secs_f64();
     let (rx1, tx1) = etcd_bytes(&etcd)?;
     let loads: Vec<f64> =
