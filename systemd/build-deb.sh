@@ -39,8 +39,9 @@ ln -s "$(basename "$ort")" "$root/usr/lib/lookout/libonnxruntime.so.1"
 # Both bundled models, each with its [self_test] reference frame (checked at start).
 for model in models/ssd-mobilenetv2-coco models/ssdlite-mobilenetv2-person; do
   install -d "$root/usr/share/lookout/$model/reference"
-  install -m 0644 $model/model.onnx $model/manifest.toml $model/labels.txt $model/LICENSE $model/NOTICE.md \
-    "$root/usr/share/lookout/$model/"
+  # With its INT8 variant (models/README.md: which to use on which CPU).
+  install -m 0644 $model/model.onnx $model/manifest.toml $model/model.int8.onnx $model/manifest.int8.toml \
+    $model/labels.txt $model/LICENSE $model/NOTICE.md "$root/usr/share/lookout/$model/"
   ref=$(sed -n 's/^image = "\(reference\/[^"]*\)".*/\1/p' $model/manifest.toml)
   install -m 0644 "$model/$ref" "$root/usr/share/lookout/$model/reference/"
 done
