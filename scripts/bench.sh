@@ -1,25 +1,49 @@
 #!/usr/bin/env bash
-# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~20 minutes.
+# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~45 minutes.
 # Run it on an otherwise idle machine; numbers are printed as Markdown table rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo build --release --workspace --bins
 bench=target/release/lookout-bench
-echo "## Bare ONNX Runtime, every bundled model"
-$bench model --batch 1,2,4 --threads 1,2 --seconds 5
+person=models/ssdlite-mobilenetv2-person
+coco=models/ssd-mobilenetv2-coco
+echo "## Bare ONNX Runtime, every bundled model and its INT8 variant"
+$bench model --batch 1,2 --threads 1,2 --seconds 5
 echo
-echo "## Agent on N streams (H.264 768x576, 10 fps, 1 s GOP, 1 analysed fps each; rtsp-serve in its own process)"
-echo "| streams | fps/camera | agent CPU (% of one core) | per stream | RSS | per stream | threads | analysed fps per stream min / median / max | analysed fps total | capture→publish p50 / p99 | replaced | decoded/received frames |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-for n in 1 16 64 128 256; do $bench streams --streams "$n" --fps 1; done
+echo "## Snapshot encoding: the image crate (before) and jpegenc (now)"
+$bench snapshot
+echo
+echo "## Agent on N streams (H.264 768x576, 10 fps, 1 s GOP staggered across cameras, 1 analysed fps each; rtsp-serve in its own process)"
+row_header() {
+  echo "| streams | fps/camera | agent CPU (% of one core) | per stream | RSS | per stream | threads | analysed fps per stream min / median / max | analysed fps total | capture→publish p50 / p99 | replaced | decoded/received frames |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+}
+echo "### The person model (fp32), the agent's defaults (2 intra-op threads): the rows recorded before"
+row_header
+for n in 16 64; do $bench streams --streams "$n" --fps 1; done
+echo "### The person model's INT8 variant, 1 intra-op thread"
+row_header
+for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --stages; done
+echo "### The person model's INT8 variant, 2 intra-op threads"
+row_header
+for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 2; done
+echo "### The default (COCO) model: bundled and INT8, 1 intra-op thread"
+row_header
+for m in manifest.toml manifest.int8.toml; do
+  for n in 16 64; do $bench streams --streams "$n" --fps 1 --manifest "$coco/$m" --threads 1; done
+done
+echo
+echo "## Decode only what moved: 16 cameras of the quiet scene (someone crossing a tenth of the time)"
+$bench quiet --streams 16 --manifest "$person/manifest.int8.toml"
+echo
+echo "## Comparison peers on the same 16 streams (tests/peers)"
+python=$(tests/peers/setup.sh | tail -n 1)
+$bench peers --streams 16 --python "$python"
 echo
 echo "## Events on one pass of the vtest clip, COCO (default) and person model"
 $bench events --fps 5
-$bench events --fps 5 --manifest models/ssdlite-mobilenetv2-person/manifest.toml
-echo
-echo "## Snapshot encoding"
-$bench snapshot
+$bench events --fps 5 --manifest "$person/manifest.toml"
 echo
 echo "## Console: agent CPU closed, open on one camera, grid"
 $bench console --streams 8 --fps 5 --warmup 15 --seconds 20 --rounds 3

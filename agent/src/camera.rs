@@ -56,6 +56,15 @@ pub struct CameraStats {
     pub undecoded_frames: AtomicU64,
     /// Sampled frames the motion gate kept from the model (nothing moved).
     pub motion_skipped_frames: AtomicU64,
+    /// Keyframes due for analysis but not decoded: the compressed stream showed no
+    /// activity since the last analysed frame (`source::activity`).
+    pub activity_skipped_frames: AtomicU64,
+    /// Decoded frames whose picture had moved although the compressed stream looked quiet
+    /// (found at a keepalive or while tracking; each lowers the camera's threshold).
+    pub activity_misses: AtomicU64,
+    /// 1 while the camera skips static keyframes before decoding (its activity gate is
+    /// calibrated and informative), else 0.
+    pub activity_gate_active: AtomicU64,
     /// Frames the model analysed.
     pub analysed_frames: AtomicU64,
     /// Messages handed to the publisher.
@@ -94,8 +103,11 @@ pub struct CameraCtx {
     native_size: AtomicU64,
     /// Milliseconds since `epoch` at which the last encoded frame arrived.
     last_data_ms: AtomicU64,
-    /// Milliseconds since `epoch` at which the decoder last put out a frame.
+    /// Milliseconds since `epoch` at which the decoder last put out a frame (or a
+    /// keyframe was skipped by choice while it owed none).
     last_decoded_ms: AtomicU64,
+    /// A frame was handed to the decoder and nothing came out yet.
+    decode_owed: std::sync::atomic::AtomicBool,
     epoch: Instant,
     state: Mutex<(CameraState, Option<String>)>,
     /// Capture time of the last sampled frame, ms since the Unix epoch (0: none yet).
@@ -149,6 +161,7 @@ impl CameraCtx {
             native_size: AtomicU64::new(0),
             last_data_ms: AtomicU64::new(0),
             last_decoded_ms: AtomicU64::new(0),
+            decode_owed: std::sync::atomic::AtomicBool::new(false),
             epoch: Instant::now(),
             state: Mutex::new((CameraState::Starting, None)),
             last_frame_ms: AtomicU64::new(0),
@@ -193,7 +206,22 @@ impl CameraCtx {
     }
 
     pub(crate) fn touch_decoded(&self) {
+        self.decode_owed.store(false, Ordering::Relaxed);
         self.last_decoded_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// A frame went to the decoder: until it puts one out, the decoder owes a frame.
+    pub(crate) fn handed_to_decoder(&self) {
+        self.decode_owed.store(true, Ordering::Relaxed);
+    }
+
+    /// A keyframe was not decoded by choice (nothing moved): the decoder is as healthy as
+    /// its last answer, so it counts as fresh unless it still owes a frame (a corrupt
+    /// stream is still caught at the next keyframe it is given).
+    pub(crate) fn skipped_by_choice(&self) {
+        if !self.decode_owed.load(Ordering::Relaxed) {
+            self.last_decoded_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn since_decoded(&self) -> Duration {
@@ -223,6 +251,8 @@ pub struct Frame {
     pub pixels: Box<dyn AsRef<[u8]> + Send>,
     /// The decoded frame before scaling, for snapshots (cameras with snapshots only).
     pub original: Option<Original>,
+    /// When the pipeline handed it over (stage timings, `crate::latency`).
+    pub sampled_at: std::time::Instant,
 }
 
 /// A decoded frame at the camera's resolution, in whatever raw format the decoder gave.
@@ -258,6 +288,7 @@ pub(crate) fn test_frame(slot: usize, pts_ns: u64) -> Frame {
         stride: 6,
         pixels: Box::new(vec![0u8; 12]),
         original: None,
+        sampled_at: std::time::Instant::now(),
     }
 }
 

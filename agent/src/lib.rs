@@ -10,6 +10,7 @@ pub mod control;
 pub mod demo;
 pub mod event;
 pub mod infer;
+pub mod latency;
 pub mod model;
 pub mod probe;
 pub mod publish;

@@ -218,7 +218,13 @@ pub fn detect_image(img: &image::RgbImage, spec: &ModelSpec, min_score: f32) -> 
     let env = crate::infer::runtime::environment(None)?;
     let mut det = Detector::new(
         spec,
-        &InferenceConfig { threads: 2, max_batch: 1, max_wait: Duration::ZERO, spinning: false },
+        &InferenceConfig {
+            threads: 2,
+            max_batch: 1,
+            max_wait: Duration::ZERO,
+            spinning: false,
+            providers: vec![crate::config::Provider::Cpu],
+        },
         &env,
     )?;
     let frames = det.image_frames(img, 1, min_score);

@@ -18,7 +18,7 @@ pub mod etcd;
 pub use lookout::demo::broker::{Mosquitto, free_port};
 pub use lookout::demo::media::{AccessUnit, Codec, clip, media_file};
 pub use lookout::demo::rtsp::{Media, RtspServer};
-pub use lookout::demo::scene::{Actor, Scene, Sprite, city_scene, scene_media, standard_scene};
+pub use lookout::demo::scene::{Actor, Scene, Sprite, city_scene, quiet_scene, scene_media, standard_scene};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

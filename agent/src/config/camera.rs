@@ -9,7 +9,7 @@ use super::reader::{Issues, Keyword, TableReader};
 use super::{ClassGroup, Config, redact_url, redact_urls_in};
 use crate::rules::geometry::{self, Point};
 use crate::rules::{LineRule, ReferencePoint, RulesConfig, ZoneRule};
-use crate::source::motion::MotionPolicy;
+use crate::source::motion::{CompressedMotionPolicy, MotionPolicy};
 
 /// `[[cameras]]`
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +52,9 @@ pub struct CameraConfig {
     /// `motion` (default true), `motion_threshold` (default 8 luma levels, 1 to 255) and
     /// `keepalive` (default 10 s): frames without motion skip the model (see
     /// `source::motion`), except while tracking and at least every `keepalive`.
+    /// `compressed_motion` (`"auto"`, the default, or `"off"`): with `motion` on, a due
+    /// keyframe is not even decoded while the compressed stream shows no activity, once
+    /// the camera has learnt that its frame sizes tell motion (`source::activity`).
     pub motion: MotionPolicy,
 }
 
@@ -111,6 +114,11 @@ pub enum DecodePolicy {
     Keyframes,
     /// Decode every frame.
     All,
+}
+
+impl Keyword for CompressedMotionPolicy {
+    const ALL: &'static [(&'static str, Self)] =
+        &[("auto", CompressedMotionPolicy::Auto), ("off", CompressedMotionPolicy::Off)];
 }
 
 impl Keyword for DecodePolicy {
@@ -225,6 +233,7 @@ pub(super) fn read_camera(
     let motion_on = t.opt::<bool>(issues, "motion").unwrap_or(true);
     let motion_threshold = t.opt::<u64>(issues, "motion_threshold").unwrap_or(8);
     let keepalive = t.secs_in(issues, "keepalive", 0.1, 3600.0).unwrap_or(Duration::from_secs(10));
+    let compressed = t.keyword(issues, "compressed_motion", CompressedMotionPolicy::Auto);
     let class_ids = model.as_deref().and_then(|m| labels.get(m).copied());
     let zones = read_zones(issues, t, class_ids, groups);
     let lines = read_lines(issues, t, class_ids, groups);
@@ -294,7 +303,12 @@ pub(super) fn read_camera(
         count_interval,
         rules: RulesConfig { zones, lines, reference, update_interval },
         snapshots,
-        motion: MotionPolicy { enabled: motion_on, threshold: motion_threshold.clamp(1, 255) as u8, keepalive },
+        motion: MotionPolicy {
+            enabled: motion_on,
+            threshold: motion_threshold.clamp(1, 255) as u8,
+            keepalive,
+            compressed,
+        },
         id: id?,
         url: url?,
         model: model?,

@@ -140,6 +140,59 @@ pub struct InferenceConfig {
     /// `spinning` (default false): ONNX Runtime's intra-op spin-wait. Off because spinning
     /// made latency erratic on a busy 2-core gateway (see docs/BENCHMARKS.md).
     pub spinning: bool,
+    /// The execution providers to try, in order (from the model's `[[models]] providers`;
+    /// `[Cpu]` unless a model says otherwise).
+    pub providers: Vec<Provider>,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        InferenceConfig {
+            threads: cores.min(4),
+            max_batch: 2,
+            max_wait: Duration::from_millis(10),
+            spinning: false,
+            providers: vec![Provider::Cpu],
+        }
+    }
+}
+
+/// An ONNX Runtime execution provider a model may run on (`[[models]] providers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// NVIDIA CUDA (needs the `onnxruntime-gpu` build of ONNX Runtime and CUDA).
+    Cuda,
+    /// NVIDIA TensorRT (same, plus TensorRT).
+    TensorRt,
+    /// Intel OpenVINO: a plugin provider registered with ONNX Runtime, or a build that has it.
+    OpenVino,
+    /// Qualcomm QNN (NPU/DSP): likewise.
+    Qnn,
+    /// ONNX Runtime's own CPU kernels: always there, so last when listed.
+    Cpu,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cuda => "cuda",
+            Provider::TensorRt => "tensorrt",
+            Provider::OpenVino => "openvino",
+            Provider::Qnn => "qnn",
+            Provider::Cpu => "cpu",
+        }
+    }
+}
+
+impl Keyword for Provider {
+    const ALL: &'static [(&'static str, Self)] = &[
+        ("cpu", Provider::Cpu),
+        ("cuda", Provider::Cuda),
+        ("tensorrt", Provider::TensorRt),
+        ("openvino", Provider::OpenVino),
+        ("qnn", Provider::Qnn),
+    ];
 }
 
 /// `[telemetry]` (optional section)
@@ -167,12 +220,60 @@ pub struct ModelConfig {
     pub manifest: PathBuf,
     /// The manifest, read and checked during validation.
     pub spec: ModelSpec,
+    /// `providers` (default `["cpu"]`): the execution providers to try, in order of
+    /// preference; the first that loads the model runs it. Without `"cpu"` (which must
+    /// then come last) a model no listed provider can run is refused.
+    pub providers: Vec<Provider>,
 }
 
 impl Config {
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.name == name)
     }
+
+    /// The inference settings for model `name`: `[inference]` with its providers.
+    pub fn inference_for(&self, name: &str) -> InferenceConfig {
+        let providers = self.model(name).map_or_else(|| vec![Provider::Cpu], |m| m.providers.clone());
+        InferenceConfig { providers, ..self.inference.clone() }
+    }
+}
+
+/// `[[models]] providers`: known names, no repeats, `"cpu"` last if present.
+fn read_providers(issues: &mut Issues<'_>, t: &mut TableReader<'_, '_>) -> Vec<Provider> {
+    let Some(names) = t.opt::<Vec<String>>(issues, "providers") else { return vec![Provider::Cpu] };
+    let span = t.raw("providers").map(|v| v.span());
+    let mut out: Vec<Provider> = Vec::new();
+    for n in &names {
+        match Provider::ALL.iter().find(|(k, _)| k == n) {
+            Some((_, p)) if out.contains(p) => {
+                issues.push(&t.field_path("providers"), span.as_ref(), format!("\"{n}\" is listed twice"))
+            }
+            Some((_, p)) => out.push(*p),
+            None => issues.push(
+                &t.field_path("providers"),
+                span.as_ref(),
+                format!(
+                    "unknown provider {:?}, expected some of \"cuda\", \"tensorrt\", \"openvino\", \"qnn\", \"cpu\"",
+                    n.chars().take(40).collect::<String>()
+                ),
+            ),
+        }
+    }
+    if names.is_empty() {
+        issues.push(
+            &t.field_path("providers"),
+            span.as_ref(),
+            "must name at least one provider (\"cpu\" always works)",
+        );
+    }
+    if out.iter().position(|p| *p == Provider::Cpu).is_some_and(|i| i + 1 != out.len()) {
+        issues.push(
+            &t.field_path("providers"),
+            span.as_ref(),
+            "\"cpu\" must come last: it always loads, so a provider after it would never be tried",
+        );
+    }
+    if out.is_empty() { vec![Provider::Cpu] } else { out }
 }
 
 /// Reads and validates `file`. Every problem is reported in the error, not just the first.
@@ -252,9 +353,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
         t.finish(&mut issues);
     }
 
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut inference =
-        InferenceConfig { threads: cores.min(4), max_batch: 2, max_wait: Duration::from_millis(10), spinning: false };
+    let mut inference = InferenceConfig::default();
     if let Some(mut t) = root.table(&mut issues, "inference", false) {
         if let Some(n) = t.num_in::<usize>(&mut issues, "threads", 1, 64, "threads") {
             inference.threads = n;
@@ -370,6 +469,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     for mut t in model_tables {
         let name = t.req::<String>(&mut issues, "name");
         let manifest = t.req::<String>(&mut issues, "manifest");
+        let providers = read_providers(&mut issues, &mut t);
         if let Some(n) = &name {
             if model_names_seen.contains(n) {
                 issues.push(
@@ -384,7 +484,7 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
             let span = t.raw("manifest").map(|v| v.span());
             let path = resolve_path(&base_dir, cwd, &manifest);
             match ModelSpec::load(&path) {
-                Ok(spec) => models.push(ModelConfig { name, manifest: path, spec }),
+                Ok(spec) => models.push(ModelConfig { name, manifest: path, spec, providers }),
                 Err(e) => {
                     let mut message = e.to_string();
                     let in_base = base_dir.join(&manifest);

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use super::*;
 use crate::rules::ReferencePoint;
 use crate::rules::geometry::Point;
-use crate::source::motion::MotionPolicy;
+use crate::source::motion::{CompressedMotionPolicy, MotionPolicy};
 
 /// Where the config under test claims to live; it does not need to exist.
 const FILE: &str = "/etc/lookout/site.toml";
@@ -751,12 +751,29 @@ fn bad_lifecycle_and_snapshot_values_are_reported() {
 #[test]
 fn motion_gating_is_on_by_default_and_its_keys_are_read_and_checked() {
     let cam = &parse_ok(&minimal()).cameras[0];
-    assert_eq!(cam.motion, MotionPolicy { enabled: true, threshold: 8, keepalive: Duration::from_secs(10) });
-    let src = minimal() + "motion = false\nmotion_threshold = 20\nkeepalive = 30\n";
+    assert_eq!(
+        cam.motion,
+        MotionPolicy {
+            enabled: true,
+            threshold: 8,
+            keepalive: Duration::from_secs(10),
+            compressed: CompressedMotionPolicy::Auto
+        }
+    );
+    let src = minimal() + "motion = false\nmotion_threshold = 20\nkeepalive = 30\ncompressed_motion = \"off\"\n";
     let cam = &parse_ok(&src).cameras[0];
-    assert_eq!(cam.motion, MotionPolicy { enabled: false, threshold: 20, keepalive: Duration::from_secs(30) });
-    let bad = minimal() + "motion_threshold = 0\nkeepalive = 0\n";
+    assert_eq!(
+        cam.motion,
+        MotionPolicy {
+            enabled: false,
+            threshold: 20,
+            keepalive: Duration::from_secs(30),
+            compressed: CompressedMotionPolicy::Off
+        }
+    );
+    let bad = minimal() + "motion_threshold = 0\nkeepalive = 0\ncompressed_motion = \"sometimes\"\n";
     let all = issues(&bad);
+    assert_issue(&all, &bad, "cameras[0].compressed_motion", "compressed_motion", "\"auto\", \"off\"");
     assert_issue(&all, &bad, "cameras[0].motion_threshold", "motion_threshold", "1 to 255");
     assert_issue(&all, &bad, "cameras[0].keepalive", "keepalive", "must be from 0.1 to 3600 seconds");
 }
@@ -1197,4 +1214,28 @@ fn every_problem_of_a_site_section_is_listed_at_once_and_its_password_never_show
         issues(&reserved).iter().any(|i| i.field == "agent.id" && i.message.contains("reserved")),
         "the site topic's id"
     );
+}
+
+#[test]
+fn model_providers_default_to_cpu_are_read_in_order_and_checked() {
+    use crate::config::Provider;
+    let c = parse_ok(&minimal());
+    assert_eq!(c.models[0].providers, [Provider::Cpu]);
+    assert_eq!(c.inference_for("person").providers, [Provider::Cpu]);
+    let listed = |line: &str| minimal().replacen("manifest = ", &format!("{line}\nmanifest = "), 1);
+    let c = parse_ok(&listed("providers = [\"openvino\", \"cuda\", \"cpu\"]"));
+    assert_eq!(c.models[0].providers, [Provider::OpenVino, Provider::Cuda, Provider::Cpu]);
+    assert_eq!(c.inference_for("person").providers, c.models[0].providers);
+    // No cpu: the model runs on CUDA or is refused.
+    assert_eq!(parse_ok(&listed("providers = [\"cuda\"]")).models[0].providers, [Provider::Cuda]);
+    for (line, says) in [
+        ("providers = [\"cpu\", \"cuda\"]", "\"cpu\" must come last"),
+        ("providers = [\"cuda\", \"cuda\"]", "listed twice"),
+        ("providers = [\"npu\"]", "unknown provider \"npu\""),
+        ("providers = []", "at least one provider"),
+        ("providers = \"cuda\"", "expected"),
+    ] {
+        let src = listed(line);
+        assert_issue(&issues(&src), &src, "models[0].providers", "providers", says);
+    }
 }

@@ -30,7 +30,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::warn;
 
 use super::{CameraConsole, ConsoleHub};
@@ -493,7 +493,18 @@ async fn status(State(c): State<Shared>) -> Response {
     let streaming = cams.iter().filter(|x| x.state().0 == crate::camera::CameraState::Streaming).count();
     let o = h.delivery.outbox().stats();
     let s = &h.delivery.stats;
-    let models: Vec<ModelOut> = c.hub.models();
+    // Each loaded model with the execution provider its session runs on.
+    let providers: Vec<(String, &'static str)> =
+        h.inventory.models().into_iter().filter_map(|m| Some((m.manifest_name, m.provider?))).collect();
+    let models: Vec<Value> = c
+        .hub
+        .models()
+        .into_iter()
+        .map(|m: ModelOut| {
+            let provider = providers.iter().find(|(n, _)| *n == m.name).map(|p| p.1);
+            json!({ "name": m.name, "version": m.version, "sha256": m.sha256, "provider": provider })
+        })
+        .collect();
     let started = c.hub.started;
     json_value(&json!({
         "version": env!("CARGO_PKG_VERSION"),

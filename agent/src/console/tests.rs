@@ -57,6 +57,7 @@ fn analysed(cam: &Arc<CameraCtx>, s: f64, detections: Vec<Detection>) -> Analyse
         labels: labels(),
         detections,
         original: Some(original()),
+        analysed_at: std::time::Instant::now(),
     }
 }
 

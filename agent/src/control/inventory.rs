@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::camera::CameraCtx;
 use crate::config::CameraConfig;
-use crate::event::AgentInfo;
+use crate::event::{AgentInfo, CameraModel};
 use crate::infer::ModelStats;
 use crate::model::store::ModelVersion;
 
@@ -52,6 +52,8 @@ pub struct ModelEntry {
     pub installed: Vec<ModelVersion>,
     /// Whether a session is loaded (some camera uses the model).
     pub loaded: bool,
+    /// The execution provider its session runs on, while loaded.
+    pub provider: Option<&'static str>,
     pub stats: Arc<ModelStats>,
 }
 
@@ -147,10 +149,14 @@ impl Inventory {
                 .cameras
                 .values()
                 .map(|c| {
-                    let (v, h) = s.models.get(&c.config.model).map_or((String::new(), String::new()), |m| {
-                        (m.active.version.clone(), m.active.sha256.clone())
-                    });
-                    (c.config.id.clone(), c.config.model.clone(), v, h)
+                    let m = s.models.get(&c.config.model);
+                    CameraModel {
+                        camera: c.config.id.clone(),
+                        model: c.config.model.clone(),
+                        version: m.map(|m| m.active.version.clone()).unwrap_or_default(),
+                        sha256: m.map(|m| m.active.sha256.clone()).unwrap_or_default(),
+                        provider: m.and_then(|m| m.provider),
+                    }
                 })
                 .collect(),
         }

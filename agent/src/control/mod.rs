@@ -138,6 +138,7 @@ pub fn handle_read(req: &Request, inventory: &Inventory) -> Reply {
                         "previous": m.previous,
                         "installed": m.installed,
                         "loaded": m.loaded,
+                        "provider": m.provider,
                         "cameras": cameras,
                     })
                 })

@@ -84,6 +84,8 @@ struct ModelRuntime {
     format: FrameFormat,
     swap: Arc<ModelSwap>,
     worker: Option<std::thread::JoinHandle<()>>,
+    /// The execution provider of the session running (or queued to run) the model.
+    provider: crate::config::Provider,
 }
 
 struct RunningCamera {
@@ -197,6 +199,7 @@ impl Supervisor {
             previous,
             installed,
             loaded: self.models.contains_key(name),
+            provider: self.models.get(name).map(|rt| rt.provider.as_str()),
             stats,
         });
         let running: Vec<ModelOut> =
@@ -652,7 +655,8 @@ impl Supervisor {
             return Ok(());
         }
         let spec = self.active.get(name).with_context(|| format!("unknown model {name}"))?.clone();
-        let det = self.load(&spec).await?;
+        let det = self.load(name, &spec).await?;
+        let provider = det.provider();
         let (h, w) = spec.input_size();
         let queue = Arc::new(FrameQueue::new());
         let swap = Arc::new(ModelSwap::default());
@@ -671,16 +675,17 @@ impl Supervisor {
         info!(model = name, version = %spec.version, sha256 = %spec.sha256, "model loaded");
         self.models.insert(
             name.to_string(),
-            ModelRuntime { queue, format: FrameFormat { width: w, height: h }, swap, worker: Some(worker) },
+            ModelRuntime { queue, format: FrameFormat { width: w, height: h }, swap, worker: Some(worker), provider },
         );
         let previous = self.deps.inventory.model(name).and_then(|m| m.previous);
         self.publish_model(name, &spec, previous);
         Ok(())
     }
 
-    /// A new session for `spec`, off the async workers (loading takes a while).
-    async fn load(&self, spec: &ModelSpec) -> Result<Detector, InferError> {
-        let (model, cfg, env) = (spec.name.clone(), self.config.inference.clone(), self.deps.env.clone());
+    /// A new session for model `name` at `spec`, on the model's providers, off the async
+    /// workers (loading takes a while).
+    async fn load(&self, name: &str, spec: &ModelSpec) -> Result<Detector, InferError> {
+        let (model, cfg, env) = (spec.name.clone(), self.config.inference_for(name), self.deps.env.clone());
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || {
             let mut det = Detector::new(&spec, &cfg, &env)?;

@@ -226,6 +226,38 @@ pub fn city_scene() -> Scene {
     }
 }
 
+/// The quiet scene, 640×480 at 10 fps, 122 s: a mostly static view that someone crosses a
+/// tenth of the time (three crossings of 4 s each), for measuring what a static camera
+/// costs without losing an event.
+///
+/// - A: Grace, height 0.38, walks east along y = 0.85 from x = 0.1 (t = 20 s) to x = 0.9
+///   (t = 24 s): crosses x = 0.5 at t = 22 s.
+/// - B: Messi, height 0.38, walks west along y = 0.45 from x = 0.9 (t = 60 s) to x = 0.1
+///   (t = 64 s): crosses x = 0.5 at t = 62 s.
+/// - C: Grace, height 0.38, walks east along y = 0.85 from x = 0.1 (t = 100 s) to x = 0.9
+///   (t = 104 s): crosses x = 0.5 at t = 102 s.
+///
+/// With the vertical line x = 0.5 and the zone x ∈ [0.3, 0.7], y ∈ [0.6, 1.0]: crossings
+/// east, west, east; A and C each enter and leave the zone once, B never.
+pub fn quiet_scene() -> Scene {
+    let walk = |sprite, t: f64, y: f32, from: f32, to: f32| Actor {
+        sprite,
+        height: 0.38,
+        path: vec![(t, from, y), (t + 4.0, to, y)],
+    };
+    Scene {
+        width: 640,
+        height: 480,
+        fps: 10,
+        duration: 122.0,
+        actors: vec![
+            walk(Sprite::Grace, 20.0, 0.85, 0.1, 0.9),
+            walk(Sprite::Messi, 60.0, 0.45, 0.9, 0.1),
+            walk(Sprite::Grace, 100.0, 0.85, 0.1, 0.9),
+        ],
+    }
+}
+
 impl Scene {
     /// Number of frames.
     pub fn frames(&self) -> u64 {

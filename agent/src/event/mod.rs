@@ -432,6 +432,8 @@ pub struct ModelInfo<'a> {
     pub name: &'a str,
     pub version: &'a str,
     pub sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'static str>,
 }
 
 /// What the birth message says about the agent.
@@ -441,8 +443,18 @@ pub struct AgentInfo {
     pub agent: String,
     pub started: SystemTime,
     pub config_sha256: String,
-    /// (camera, model name, model version, model sha256)
-    pub cameras: Vec<(String, String, String, String)>,
+    pub cameras: Vec<CameraModel>,
+}
+
+/// A camera and the model it runs, for the birth message.
+#[derive(Debug, Clone)]
+pub struct CameraModel {
+    pub camera: String,
+    pub model: String,
+    pub version: String,
+    pub sha256: String,
+    /// The execution provider the model's session runs on (none before it is loaded).
+    pub provider: Option<&'static str>,
 }
 
 pub fn status_message(info: &AgentInfo, state: &'static str, reason: Option<&'static str>) -> Vec<u8> {
@@ -461,7 +473,10 @@ pub fn status_message(info: &AgentInfo, state: &'static str, reason: Option<&'st
         cameras: online.then(|| {
             info.cameras
                 .iter()
-                .map(|(id, name, version, sha256)| CameraInfo { id, model: ModelInfo { name, version, sha256 } })
+                .map(|c| CameraInfo {
+                    id: &c.camera,
+                    model: ModelInfo { name: &c.model, version: &c.version, sha256: &c.sha256, provider: c.provider },
+                })
                 .collect()
         }),
     })
@@ -579,6 +594,7 @@ mod tests {
                 Detection { class_id: 0, score: 0.4, bbox: BBox { x: 0.5, y: 0.2, w: 0.3, h: 0.4 } },
             ],
             original: None,
+            analysed_at: std::time::Instant::now(),
         };
         let v: serde_json::Value = serde_json::from_slice(&detections_message(&a, "s", "g", 42)).expect("json");
         assert_eq!(v["schema"], DETECTIONS_SCHEMA);

@@ -278,6 +278,7 @@ fn frame(cam: &Arc<CameraCtx>, s: f64, detections: Vec<Detection>) -> Analysed {
         model_sha256: MODEL_SHA256.into(),
         labels: labels(),
         original: (!detections.is_empty()).then(original),
+        analysed_at: std::time::Instant::now(),
         detections,
     }
 }
@@ -550,7 +551,13 @@ fn agent_info() -> AgentInfo {
         agent: AGENT.into(),
         started: at(-2.0),
         config_sha256: "5f0c7a1e3b9d4c2a8e6f1b0d9c8a7e6f5d4c3b2a1908f7e6d5c4b3a291807f6e".into(),
-        cameras: vec![(CAMERA.into(), MODEL_NAME.into(), MODEL_VERSION.into(), MODEL_SHA256.into())],
+        cameras: vec![crate::event::CameraModel {
+            camera: CAMERA.into(),
+            model: MODEL_NAME.into(),
+            version: MODEL_VERSION.into(),
+            sha256: MODEL_SHA256.into(),
+            provider: Some("cpu"),
+        }],
     }
 }
 

@@ -3,6 +3,13 @@
 //! The pipeline keeps a reference to the decoded frame (before it is scaled to the
 //! model's input) with each analysed frame that has detections; the event stage encodes
 //! it only when a track's best frame improves, and keeps just the JPEG.
+//!
+//! Encoding: the frame is scaled in its own YUV (JPEG is YUV inside, so no RGB round
+//! trip) and encoded by GStreamer's `jpegenc`, i.e. libjpeg-turbo with its x86 SIMD and
+//! ARM NEON paths, several times faster than the `image` crate's encoder
+//! (docs/BENCHMARKS.md, "Snapshots"). Each encoding thread keeps one small
+//! `appsrc ! jpegenc ! appsink` pipeline; where `jpegenc` is missing or fails, the
+//! `image` crate encodes instead.
 
 use gstreamer as gst;
 use gstreamer_video as gst_video;
@@ -30,8 +37,114 @@ pub fn fit(width: u32, height: u32, max_side: u32) -> (u32, u32) {
     (((width as f64 * scale).round() as u32).max(1), ((height as f64 * scale).round() as u32).max(1))
 }
 
-/// Scales and converts `frame` to RGB with GStreamer's converter, then encodes a JPEG.
+/// Scales `frame` and encodes it as a JPEG: libjpeg-turbo through `jpegenc` where it
+/// works, else [`encode_with_image`].
 pub fn encode(frame: &Original, max_side: u32, quality: u8) -> Result<Jpeg, String> {
+    match encode_with_jpegenc(frame, max_side, quality) {
+        Ok(j) => Ok(j),
+        Err(e) => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(
+                || tracing::warn!(error = %e, "jpegenc unusable; snapshots are encoded by the slower image crate"),
+            );
+            encode_with_image(frame, max_side, quality)
+        }
+    }
+}
+
+/// One thread's `appsrc ! jpegenc ! appsink`, reused across encodings.
+struct JpegEnc {
+    pipeline: gst::Pipeline,
+    src: gstreamer_app::AppSrc,
+    enc: gst::Element,
+    sink: gstreamer_app::AppSink,
+    caps: Option<gst::Caps>,
+}
+
+impl JpegEnc {
+    fn new() -> Result<Self, String> {
+        gst::init().map_err(|e| format!("GStreamer: {e}"))?;
+        let pipeline = gst::Pipeline::with_name("snapshot-jpegenc");
+        let make = |f: &str| gst::ElementFactory::make(f).build().map_err(|_| format!("no {f} element"));
+        let src = make("appsrc")?.downcast::<gstreamer_app::AppSrc>().map_err(|_| "appsrc".to_string())?;
+        let enc = make("jpegenc")?;
+        let sink = make("appsink")?.downcast::<gstreamer_app::AppSink>().map_err(|_| "appsink".to_string())?;
+        src.set_format(gst::Format::Time);
+        sink.set_sync(false);
+        pipeline.add_many([src.upcast_ref(), &enc, sink.upcast_ref()]).map_err(|e| e.to_string())?;
+        gst::Element::link_many([src.upcast_ref(), &enc, sink.upcast_ref()]).map_err(|e| e.to_string())?;
+        pipeline.set_state(gst::State::Playing).map_err(|e| format!("cannot start jpegenc: {e}"))?;
+        Ok(Self { pipeline, src, enc, sink, caps: None })
+    }
+
+    fn encode(&mut self, buffer: gst::Buffer, caps: &gst::Caps, quality: u8) -> Result<Vec<u8>, String> {
+        if self.caps.as_ref() != Some(caps) {
+            self.src.set_caps(Some(caps));
+            self.caps = Some(caps.clone());
+        }
+        self.enc.set_property("quality", i32::from(quality.clamp(1, 100)));
+        self.src.push_buffer(buffer).map_err(|e| format!("jpegenc refused the frame: {e}"))?;
+        let sample = self
+            .sink
+            .try_pull_sample(gst::ClockTime::from_seconds(5))
+            .ok_or_else(|| "jpegenc gave no picture".to_string())?;
+        let out = sample.buffer().ok_or("jpegenc gave an empty sample")?;
+        let map = out.map_readable().map_err(|_| "cannot read the JPEG".to_string())?;
+        Ok(map.as_slice().to_vec())
+    }
+}
+
+impl Drop for JpegEnc {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+thread_local! {
+    static JPEGENC: std::cell::RefCell<Option<JpegEnc>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Scales `frame` in YUV (I420) and encodes it with `jpegenc`.
+pub fn encode_with_jpegenc(frame: &Original, max_side: u32, quality: u8) -> Result<Jpeg, String> {
+    let in_info = gst_video::VideoInfo::from_caps(&frame.caps).map_err(|e| format!("unusable frame caps: {e}"))?;
+    let (w, h) = fit(in_info.width(), in_info.height(), max_side);
+    let out_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, w, h)
+        .build()
+        .map_err(|e| format!("cannot describe a {w}x{h} frame: {e}"))?;
+    let scaled = if in_info.format() == gst_video::VideoFormat::I420 && (w, h) == (in_info.width(), in_info.height()) {
+        frame.buffer.clone()
+    } else {
+        let converter = gst_video::VideoConverter::new(&in_info, &out_info, None)
+            .map_err(|e| format!("no conversion from {:?}: {e}", in_info.format()))?;
+        let src = gst_video::VideoFrame::from_buffer_readable(frame.buffer.clone(), &in_info)
+            .map_err(|_| "cannot map the decoded frame".to_string())?;
+        let out = gst::Buffer::with_size(out_info.size()).map_err(|e| format!("cannot allocate: {e}"))?;
+        let mut dst = gst_video::VideoFrame::from_buffer_writable(out, &out_info)
+            .map_err(|_| "cannot map the snapshot buffer".to_string())?;
+        converter.frame(&src, &mut dst);
+        dst.into_buffer()
+    };
+    let caps = out_info.to_caps().map_err(|e| e.to_string())?;
+    JPEGENC.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(JpegEnc::new()?);
+        }
+        let enc = slot.as_mut().ok_or("jpegenc")?;
+        match enc.encode(scaled, &caps, quality) {
+            Ok(bytes) => Ok(Jpeg { bytes, width: w, height: h }),
+            Err(e) => {
+                // Rebuilt at the next call: a failed pipeline is not reused.
+                *slot = None;
+                Err(e)
+            }
+        }
+    })
+}
+
+/// Scales and converts `frame` to RGB with GStreamer's converter, then encodes a JPEG with
+/// the `image` crate (the fallback, and the baseline of the snapshot benchmark).
+pub fn encode_with_image(frame: &Original, max_side: u32, quality: u8) -> Result<Jpeg, String> {
     let in_info = gst_video::VideoInfo::from_caps(&frame.caps).map_err(|e| format!("unusable frame caps: {e}"))?;
     let (w, h) = fit(in_info.width(), in_info.height(), max_side);
     let out_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h)
@@ -153,11 +266,19 @@ mod tests {
             }
         }
         let orig = Original { buffer, caps: info.to_caps().expect("caps") };
-        let jpeg = encode(&orig, 32, 90).expect("encode");
-        assert_eq!((jpeg.width, jpeg.height), (32, 24));
-        let img = image::load_from_memory(&jpeg.bytes).expect("decodes").to_luma8();
-        assert_eq!(img.dimensions(), (32, 24));
-        let (dark, bright) = (img.get_pixel(4, 12)[0], img.get_pixel(28, 12)[0]);
-        assert!(dark < 60 && bright > 190, "dark {dark}, bright {bright}");
+        for (name, jpeg) in [
+            ("jpegenc", encode_with_jpegenc(&orig, 32, 90).expect("jpegenc")),
+            ("image", encode_with_image(&orig, 32, 90).expect("image")),
+            // Unscaled: the decoded buffer goes to jpegenc as it is.
+            ("jpegenc, full size", encode_with_jpegenc(&orig, 64, 90).expect("jpegenc")),
+        ] {
+            let img = image::load_from_memory(&jpeg.bytes).expect("decodes").to_luma8();
+            assert_eq!(img.dimensions(), (jpeg.width, jpeg.height), "{name}");
+            let (w, h) = img.dimensions();
+            assert_eq!(w * 48, h * 64, "{name}: aspect");
+            let (dark, bright) = (img.get_pixel(w / 8, h / 2)[0], img.get_pixel(w * 7 / 8, h / 2)[0]);
+            assert!(dark < 60 && bright > 190, "{name}: dark {dark}, bright {bright}");
+        }
+        assert_eq!(encode(&orig, 32, 90).expect("encode").width, 32);
     }
 }

@@ -16,6 +16,7 @@ use super::{Topics, detections_message, gap_message, snapshot};
 use crate::camera::CameraCtx;
 use crate::console::{self, ConsoleHub};
 use crate::infer::Analysed;
+use crate::latency::{STAGES, Stage};
 use crate::publish::Delivery;
 use crate::publish::gaps::{GapAnnouncer, Range};
 use crate::publish::outbox::OutboxError;
@@ -23,6 +24,9 @@ use crate::publish::outbox::OutboxError;
 /// Capacity of the inference → event channel, in analysed frames. When full, inference
 /// waits (see `infer`).
 pub const ANALYSED_CHANNEL: usize = 256;
+
+/// Append times kept for the durable-stage histogram between two fsyncs.
+const UNSYNCED_TIMINGS: usize = 4096;
 
 /// Cameras joining and leaving the event thread.
 pub enum EventsCtl {
@@ -59,6 +63,9 @@ pub fn run(
     let mut last_expire = Instant::now();
     let mut last_announce: Option<Instant> = None;
     let mut sync_failures = 0u64;
+    // When each analysed frame's messages were appended, until the fsync that makes them
+    // durable (stage timings only: bounded, the oldest are forgotten first).
+    let mut unsynced: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
     let mut open = true;
     while open {
         // Cameras joining and leaving (the supervisor); a leaving camera ends its tracks
@@ -98,6 +105,12 @@ pub fn run(
                     a.camera.live_tracks.store(stage.held_tracks(), Ordering::Relaxed);
                     console.on_frame(&a, stage.tracks());
                 }
+                let appended = Instant::now();
+                STAGES.record(Stage::Events, appended.saturating_duration_since(a.analysed_at).as_secs_f64());
+                if unsynced.len() == UNSYNCED_TIMINGS {
+                    unsynced.pop_front();
+                }
+                unsynced.push_back(appended);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,
@@ -130,7 +143,13 @@ pub fn run(
         if needs_sync && (!open || last_sync.elapsed() >= fsync) {
             // Outside the outbox lock: async tasks keep acking and reading meanwhile.
             match delivery.sync() {
-                Ok(()) => sync_failures = 0,
+                Ok(()) => {
+                    sync_failures = 0;
+                    let synced = Instant::now();
+                    for t in unsynced.drain(..) {
+                        STAGES.record(Stage::Durable, synced.saturating_duration_since(t).as_secs_f64());
+                    }
+                }
                 Err(e) => {
                     sync_failures += 1;
                     // Retried every interval: say so once, then now and then.

@@ -15,7 +15,7 @@ use super::manifest::{self, ModelSpec, OutputSpec};
 use super::ssd::NmsParams;
 use super::{decode, detection, letterbox, runtime, shapes, ssd};
 use crate::camera::{CameraCtx, Frame};
-use crate::config::InferenceConfig;
+use crate::config::{InferenceConfig, Provider};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
@@ -36,6 +36,9 @@ pub enum InferError {
     SelfTest { model: String, message: String },
     #[error("model {model}: frame from camera {camera} is {got}, expected {expected}")]
     BadFrame { model: String, camera: String, got: String, expected: String },
+    /// None of the providers the model lists could run it (and `"cpu"` was not listed).
+    #[error("model {model}: no listed execution provider can run it: {reasons}")]
+    NoProvider { model: String, reasons: String },
 }
 
 /// A prepared input batch, in the model's element type and layout.
@@ -67,6 +70,8 @@ pub struct Detector {
     pub(super) version: Arc<str>,
     pub(super) sha256: Arc<str>,
     pub(super) labels: Arc<[String]>,
+    /// The execution provider the session runs on.
+    pub(super) provider: Provider,
 }
 
 impl Detector {
@@ -84,19 +89,31 @@ impl Detector {
             path: spec.path.display().to_string(),
             source: e,
         };
-        let mut builder = Session::builder(env)
-            .map_err(load_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_err(e.into()))?
-            .with_intra_threads(cfg.threads)
-            .map_err(|e| load_err(e.into()))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(e.into()))?
-            .with_intra_op_spinning(cfg.spinning)
-            .map_err(|e| load_err(e.into()))?
-            .with_inter_op_spinning(false)
-            .map_err(|e| load_err(e.into()))?;
-        let session = builder.commit_from_file(&spec.path).map_err(load_err)?;
+        let providers = if cfg.providers.is_empty() { &[Provider::Cpu][..] } else { &cfg.providers[..] };
+        let mut refused: Vec<String> = Vec::new();
+        let mut loaded = None;
+        for &provider in providers {
+            match session_on(spec, cfg, env, provider) {
+                Ok(session) => {
+                    loaded = Some((session, provider));
+                    break;
+                }
+                // The CPU provider always registers: its failure is the model's own.
+                Err(e) if provider == Provider::Cpu => return Err(load_err(e)),
+                Err(e) => {
+                    // A deliberate, logged decision, never ONNX Runtime's silent fallback.
+                    let reason = e.to_string();
+                    tracing::warn!(model = %spec.name, provider = provider.as_str(), reason = %reason, "execution provider cannot run the model; trying the next one listed");
+                    refused.push(format!("{}: {reason}", provider.as_str()));
+                }
+            }
+        }
+        let Some((session, provider)) = loaded else {
+            return Err(InferError::NoProvider { model: spec.name.clone(), reasons: refused.join("; ") });
+        };
+        if !refused.is_empty() || provider != Provider::Cpu {
+            tracing::info!(model = %spec.name, provider = provider.as_str(), "execution provider chosen");
+        }
         let det = Detector {
             session,
             spec: spec.clone(),
@@ -104,9 +121,15 @@ impl Detector {
             version: spec.version.as_str().into(),
             sha256: spec.sha256.as_str().into(),
             labels: spec.labels.clone().into(),
+            provider,
         };
         det.check_signature()?;
         Ok(det)
+    }
+
+    /// The execution provider running this model.
+    pub fn provider(&self) -> Provider {
+        self.provider
     }
 
     /// The manifest this detector was loaded from.
@@ -396,6 +419,7 @@ impl Detector {
                 stride: w as usize * 3,
                 pixels: Box::new(small.clone()),
                 original: None,
+                sampled_at: std::time::Instant::now(),
             })
             .collect()
     }
@@ -486,4 +510,62 @@ fn fill<T: Copy>(
             }
         }
     }
+}
+
+/// A session for `spec` on `provider` alone: the provider is registered with
+/// `error_on_failure`, so a provider that cannot load is an error here, never a silent run
+/// on the CPU. Plugin providers (ONNX Runtime's `RegisterExecutionProviderLibrary`) are
+/// taken from the environment's devices when one is registered; otherwise the provider
+/// must be built into the loaded ONNX Runtime.
+fn session_on(
+    spec: &ModelSpec,
+    cfg: &InferenceConfig,
+    env: &ort::environment::Environment,
+    provider: Provider,
+) -> Result<Session, ort::Error> {
+    use ort::ep;
+    // Builder errors carry the builder for recovery; only the message matters here.
+    fn plain<R>(e: ort::Error<R>) -> ort::Error
+    where
+        ort::Error: From<ort::Error<R>>,
+    {
+        e.into()
+    }
+    let builder = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(plain)?
+        .with_intra_threads(cfg.threads)
+        .map_err(plain)?
+        .with_inter_threads(1)
+        .map_err(plain)?
+        .with_intra_op_spinning(cfg.spinning)
+        .map_err(plain)?
+        .with_inter_op_spinning(false)
+        .map_err(plain)?;
+    let plugin = |name: &str| env.devices().filter(|d| d.ep().is_ok_and(|e| e == name)).collect::<Vec<_>>();
+    let mut builder = match provider {
+        Provider::Cpu => builder,
+        Provider::Cuda => {
+            builder.with_execution_providers([ep::CUDA::default().build().error_on_failure()]).map_err(plain)?
+        }
+        Provider::TensorRt => {
+            builder.with_execution_providers([ep::TensorRT::default().build().error_on_failure()]).map_err(plain)?
+        }
+        Provider::OpenVino | Provider::Qnn => {
+            let name =
+                if provider == Provider::OpenVino { "OpenVINOExecutionProvider" } else { "QNNExecutionProvider" };
+            let devices = plugin(name);
+            if devices.is_empty() {
+                let dispatch = if provider == Provider::OpenVino {
+                    ep::OpenVINO::default().build()
+                } else {
+                    ep::QNN::default().build()
+                };
+                builder.with_execution_providers([dispatch.error_on_failure()]).map_err(plain)?
+            } else {
+                builder.with_devices(devices, None).map_err(plain)?
+            }
+        }
+    };
+    builder.commit_from_file(&spec.path)
 }

@@ -25,7 +25,13 @@ fn load(name: &str) -> Result<Detector, InferError> {
 
 fn detector(spec: &ModelSpec) -> Result<Detector, InferError> {
     let env = super::runtime::environment(None).expect("ONNX Runtime is installed (run scripts/setup.sh)");
-    let cfg = InferenceConfig { threads: 1, max_batch: 2, max_wait: Duration::ZERO, spinning: false };
+    let cfg = InferenceConfig {
+        threads: 1,
+        max_batch: 2,
+        max_wait: Duration::ZERO,
+        spinning: false,
+        providers: vec![crate::config::Provider::Cpu],
+    };
     Detector::new(spec, &cfg, &env)
 }
 
@@ -44,6 +50,7 @@ fn frame(native_w: u32, native_h: u32, w: u32, h: u32, value: u8, floor: f32) ->
         stride: w as usize * 3,
         pixels: Box::new(vec![value; w as usize * h as usize * 3]),
         original: None,
+        sampled_at: std::time::Instant::now(),
     }
 }
 
@@ -301,5 +308,48 @@ fn person_model_passes_its_reference_self_test_and_a_wrong_expectation_fails() {
     match det.self_test() {
         Err(InferError::SelfTest { message, .. }) => assert!(message.contains("expected person"), "{message}"),
         other => panic!("expected a self-test failure, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn int8_variants_of_both_bundled_models_pass_their_self_tests_and_name_their_build() {
+    for dir in ["../ssdlite-mobilenetv2-person", "../ssd-mobilenetv2-coco"] {
+        let path = manifest(dir).with_file_name("manifest.int8.toml");
+        let spec = ModelSpec::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let reference = ModelSpec::load(&manifest(dir)).expect("reference manifest");
+        assert_eq!(spec.name, reference.name, "a variant is the same model to cameras and messages");
+        assert_eq!(spec.version, format!("{}+int8", reference.version));
+        assert_ne!(spec.sha256, reference.sha256);
+        assert_eq!(crate::model::store::compare_versions(&spec.version, &reference.version), std::cmp::Ordering::Equal);
+        let mut det = detector(&spec).expect("int8 model loads");
+        det.self_test().unwrap_or_else(|e| panic!("{dir} int8: {e}"));
+    }
+}
+
+#[test]
+fn providers_are_tried_in_order_and_one_that_cannot_load_is_refused_never_silently_replaced() {
+    use crate::config::Provider;
+    let env = super::runtime::environment(None).expect("ONNX Runtime is installed (run scripts/setup.sh)");
+    let spec = ModelSpec::load(&manifest("ssd-decoded")).expect("test model");
+    let cfg = |providers: Vec<Provider>| InferenceConfig {
+        threads: 1,
+        max_batch: 1,
+        max_wait: Duration::ZERO,
+        spinning: false,
+        providers,
+    };
+    // The CPU build of ONNX Runtime that setup.sh installs has none of the accelerators:
+    // each is refused with ONNX Runtime's own reason, then the CPU runs the model.
+    let det = Detector::new(&spec, &cfg(vec![Provider::Cuda, Provider::OpenVino, Provider::Cpu]), &env)
+        .expect("falls back to the cpu, as listed");
+    assert_eq!(det.provider(), Provider::Cpu);
+    // Without "cpu" in the list, the model is refused, with every provider's reason.
+    match Detector::new(&spec, &cfg(vec![Provider::Cuda, Provider::TensorRt]), &env) {
+        Err(InferError::NoProvider { reasons, .. }) => {
+            assert!(reasons.starts_with("cuda: ") && reasons.contains("; tensorrt: "), "{reasons}");
+            assert!(reasons.to_lowercase().contains("cuda"), "{reasons}");
+        }
+        Err(e) => panic!("expected NoProvider, got {e}"),
+        Ok(d) => panic!("expected a refusal, the model loaded on {:?}", d.provider()),
     }
 }

@@ -12,6 +12,7 @@ use super::detector::Detector;
 use super::queue::{FrameQueue, Take};
 use super::stats::ModelStats;
 use crate::camera::CameraCtx;
+use crate::latency::{STAGES, Stage};
 
 /// One analysed frame: what the event stage turns into messages.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct Analysed {
     /// The decoded frame, kept only when something was detected (snapshots need it) or
     /// the console watches the camera.
     pub original: Option<crate::camera::Original>,
+    /// When its model run ended (stage timings, `crate::latency`).
+    pub analysed_at: std::time::Instant,
 }
 
 /// A model's next session, handed to its worker thread (a model update or rollback).
@@ -85,10 +88,14 @@ pub fn run_worker(
                 continue;
             }
         };
-        stats.record(started.elapsed().as_secs_f64(), frames.len());
+        let run = started.elapsed().as_secs_f64();
+        stats.record(run, frames.len());
+        let analysed_at = std::time::Instant::now();
         debug!(batch = frames.len(), "batch analysed");
         for (mut frame, detections) in frames.into_iter().zip(results) {
             frame.camera.stats.analysed_frames.fetch_add(1, Ordering::Relaxed);
+            STAGES.record(Stage::Queue, started.saturating_duration_since(frame.sampled_at).as_secs_f64());
+            STAGES.record(Stage::Inference, run);
             // Without detections no track can improve its snapshot: release the decoder's buffer
             // now, unless the console is showing this camera.
             let keep = !detections.is_empty() || frame.camera.watch.is_watched();
@@ -104,6 +111,7 @@ pub fn run_worker(
                 labels: det.labels.clone(),
                 detections,
                 original,
+                analysed_at,
             };
             // Blocks while the event stage is behind: back-pressure, not loss.
             if out.send(a).is_err() {

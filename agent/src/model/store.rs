@@ -168,7 +168,10 @@ impl ModelStore {
 /// anything else by its runs of digits as numbers (`0.10` > `0.9`), then as text.
 pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     if let (Ok(x), Ok(y)) = (semver::Version::parse(a), semver::Version::parse(b)) {
-        return x.cmp(&y);
+        // SemVer precedence: build metadata does not count, so a model's variants
+        // ("0.2.0" and its INT8 build "0.2.0+int8") are the same release and either may
+        // replace the other.
+        return x.cmp_precedence(&y);
     }
     fn runs(s: &str) -> Vec<(bool, &str)> {
         let mut out = Vec::new();
@@ -218,6 +221,8 @@ mod tests {
         assert_eq!(compare_versions("0.10.0", "0.9.1"), Greater);
         assert_eq!(compare_versions("1.0.0-rc.1", "1.0.0"), Less);
         assert_eq!(compare_versions("1.0.0", "1.0.0"), Equal);
+        assert_eq!(compare_versions("0.2.0+int8", "0.2.0"), Equal);
+        assert_eq!(compare_versions("0.2.0", "0.3.0+int8"), Less);
         assert_eq!(compare_versions("2024.10", "2024.9"), Greater);
         assert_eq!(compare_versions("v2", "v10"), Less);
         assert_eq!(compare_versions("1.2", "1.2.1"), Less);

@@ -5,6 +5,7 @@
 //! (rtspsrc, decoder) do the work and hand frames to the model's [`FrameQueue`]. One
 //! camera failing only ever restarts that camera.
 
+pub mod activity;
 mod gate;
 pub mod motion;
 mod pipeline;

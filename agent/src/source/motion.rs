@@ -15,6 +15,8 @@
 
 use std::time::Duration;
 
+pub use super::activity::CompressedMotionPolicy;
+
 /// Grid the frame is reduced to (16:9, the usual camera aspect).
 pub const GRID_W: usize = 32;
 pub const GRID_H: usize = 18;
@@ -31,11 +33,19 @@ pub struct MotionPolicy {
     pub threshold: u8,
     /// Longest time between analysed frames of a static scene.
     pub keepalive: Duration,
+    /// Whether keyframes of a static scene are skipped before decoding, judged from the
+    /// compressed stream ([`super::activity`]); needs `enabled` (its labels come from here).
+    pub compressed: CompressedMotionPolicy,
 }
 
 impl Default for MotionPolicy {
     fn default() -> Self {
-        Self { enabled: true, threshold: 8, keepalive: Duration::from_secs(10) }
+        Self {
+            enabled: true,
+            threshold: 8,
+            keepalive: Duration::from_secs(10),
+            compressed: CompressedMotionPolicy::Auto,
+        }
     }
 }
 

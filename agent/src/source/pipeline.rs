@@ -6,7 +6,9 @@
 //! H.264, H.265 and MJPEG (RTP JPEG); the decoder per the camera's `decoder` policy.
 //! ```
 //! - `[gate]` is a pad probe that drops delta frames (and keyframes not due) before the
-//!   decoder when only keyframes are needed; `[sampler]` drops decoded frames not due
+//!   decoder when only keyframes are needed, and due keyframes when the compressed
+//!   stream shows that nothing moved ([`super::activity`], which learns from the motion
+//!   gate's verdicts on the frames that are decoded); `[sampler]` drops decoded frames not due
 //!   (both [`super::gate::Gate`]), then frames the motion gate finds static
 //!   ([`super::motion`]), before they cost scaling, conversion and inference.
 //! - videoscale uses 2-tap bilinear without anti-aliasing, the resize the default model
@@ -31,11 +33,13 @@ use gstreamer_app as gst_app;
 use gstreamer_video::prelude::*;
 
 use super::SourceError;
+use super::activity::{ActivityGate, CompressedMotionPolicy, Decision, GateState};
 use super::gate::{Gate, GateVerdict};
 use super::motion::{self, MotionGate};
 use crate::camera::{CameraCtx, Frame, Original};
 use crate::config::{CameraConfig, DecoderPolicy, Transport};
 use crate::infer::queue::FrameQueue;
+use crate::latency::{STAGES, Stage};
 
 /// The model input the frames are scaled to.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +100,11 @@ pub fn build(
         decoder: cam.decoder.clone(),
         gate: Arc::new(Mutex::new(Gate::new(cam.decode, cam.fps))),
         motion: Arc::new(Mutex::new(MotionGate::new(cam.motion))),
+        // Its labels come from the motion gate: without that, it could never learn.
+        activity: Arc::new(Mutex::new(ActivityGate::new(
+            if cam.motion.enabled { cam.motion.compressed } else { CompressedMotionPolicy::Off },
+            cam.motion.keepalive,
+        ))),
         originals,
         snapshots: cam.snapshots.enabled,
     };
@@ -158,6 +167,7 @@ struct Taps {
     decoder: DecoderPolicy,
     gate: Arc<Mutex<Gate>>,
     motion: Arc<Mutex<MotionGate>>,
+    activity: Arc<Mutex<ActivityGate>>,
     originals: Option<OriginalSlot>,
     snapshots: bool,
 }
@@ -171,7 +181,7 @@ fn link_decoder(
     taps: &Taps,
     ctx: &Arc<CameraCtx>,
 ) -> Result<(), SourceError> {
-    let Taps { queue, slot, decoder, gate, motion, originals, snapshots } = taps;
+    let Taps { queue, slot, decoder, gate, motion, activity, originals, snapshots } = taps;
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
     let encoding = caps
         .as_ref()
@@ -218,6 +228,7 @@ fn link_decoder(
     // Gate: before the decoder.
     if let Some(parse_src) = parse.static_pad("src") {
         let gate = gate.clone();
+        let activity = activity.clone();
         let ctx = ctx.clone();
         let (queue, slot) = (queue.clone(), *slot);
         parse_src.add_probe(gst::PadProbeType::BUFFER, move |_pad, info| {
@@ -227,18 +238,44 @@ fn link_decoder(
             let is_key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
             let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
             let verdict = g.on_encoded(pts.nseconds(), is_key);
-            // Decode on demand: while the model has not taken this camera's last frame,
-            // a new one would only replace it, so it is not decoded at all (keyframes
-            // only: a skipped delta frame would break the next). Under overload this keeps
-            // decoding to what inference consumes.
-            if verdict == GateVerdict::Pass && g.keyframes_only() && queue.is_pending(slot) {
-                ctx.stats.undecoded_frames.fetch_add(1, Ordering::Relaxed);
-                return gst::PadProbeReturn::Drop;
-            }
+            let keyframes_only = g.keyframes_only();
             drop(g);
+            let mut a = activity.lock().unwrap_or_else(|e| e.into_inner());
+            if !is_key {
+                a.on_delta(buffer.size());
+            }
+            if verdict == GateVerdict::Pass && keyframes_only {
+                let tracking = ctx.live_tracks.load(Ordering::Relaxed) > 0;
+                let decision = a.on_due_keyframe(pts.nseconds(), buffer.size(), tracking);
+                if let Some(state) = a.state_change() {
+                    ctx.stats.activity_gate_active.store(u64::from(state == GateState::Active), Ordering::Relaxed);
+                    tracing::info!(
+                        camera = %ctx.id,
+                        state = state.as_str(),
+                        threshold_bytes = a.threshold().map(|t| t.round() as u64),
+                        "compressed motion gate"
+                    );
+                }
+                if decision == Decision::Skip {
+                    ctx.stats.activity_skipped_frames.fetch_add(1, Ordering::Relaxed);
+                    ctx.skipped_by_choice();
+                    return gst::PadProbeReturn::Drop;
+                }
+                // Decode on demand: while the model has not taken this camera's last
+                // frame, a new one would only replace it, so it is not decoded at all
+                // (keyframes only: a skipped delta frame would break the next). Under
+                // overload this keeps decoding to what inference consumes.
+                if queue.is_pending(slot) {
+                    a.not_decoded();
+                    ctx.stats.undecoded_frames.fetch_add(1, Ordering::Relaxed);
+                    return gst::PadProbeReturn::Drop;
+                }
+            }
+            drop(a);
             match verdict {
                 GateVerdict::Pass => {
                     ctx.stats.decoded_frames.fetch_add(1, Ordering::Relaxed);
+                    ctx.handed_to_decoder();
                     gst::PadProbeReturn::Ok
                 }
                 GateVerdict::Drop => gst::PadProbeReturn::Drop,
@@ -252,6 +289,7 @@ fn link_decoder(
         let originals = originals.clone();
         let snapshots = *snapshots;
         let motion = motion.clone();
+        let activity = activity.clone();
         dec_src.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
             let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
             ctx.touch_decoded();
@@ -264,8 +302,19 @@ fn link_decoder(
             let mut motion_gate = motion.lock().unwrap_or_else(|e| e.into_inner());
             // The luma grid is only read when gating is on: no per-frame work otherwise.
             let cells = if motion_gate.enabled() { caps.as_ref().and_then(|c| luma_grid(buffer, c)) } else { None };
-            let analyse = motion_gate.decide(pts.nseconds(), cells, tracking).analyse();
+            let verdict = motion_gate.decide(pts.nseconds(), cells, tracking);
             drop(motion_gate);
+            // Every compared frame teaches the activity gate what motion looks like in
+            // this camera's compressed stream.
+            if verdict != motion::Verdict::Analyse
+                && activity
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .label(pts.nseconds(), verdict == motion::Verdict::Motion)
+            {
+                ctx.stats.activity_misses.fetch_add(1, Ordering::Relaxed);
+            }
+            let analyse = verdict.analyse();
             if !analyse {
                 ctx.stats.motion_skipped_frames.fetch_add(1, Ordering::Relaxed);
                 return gst::PadProbeReturn::Drop;
@@ -340,7 +389,12 @@ fn install_appsink(
                     stride: info.stride()[0].max(0) as usize,
                     pixels: Box::new(pixels),
                     original,
+                    sampled_at: std::time::Instant::now(),
                 };
+                STAGES.record(
+                    Stage::Pipeline,
+                    SystemTime::now().duration_since(captured).unwrap_or_default().as_secs_f64(),
+                );
                 ctx.stats.sampled_frames.fetch_add(1, Ordering::Relaxed);
                 ctx.set_last_frame(captured);
                 if queue.put(slot, frame).is_some() {

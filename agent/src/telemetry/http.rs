@@ -305,7 +305,7 @@ type CameraSeries = (&'static str, &'static str, fn(&CameraCtx) -> u64);
 
 fn render(h: &Health) -> String {
     let mut out = String::new();
-    let per_camera: [CameraSeries; 9] = [
+    let per_camera: [CameraSeries; 12] = [
         ("lookout_frames_received_total", "Encoded frames received from the camera.", |c| {
             c.stats.encoded_frames.load(Ordering::Relaxed)
         }),
@@ -321,6 +321,21 @@ fn render(h: &Health) -> String {
             "lookout_frames_undecoded_total",
             "Keyframes due for analysis but not decoded because the camera's previous frame still waited for the model (keyframe-only decoding on demand).",
             |c| c.stats.undecoded_frames.load(Ordering::Relaxed),
+        ),
+        (
+            "lookout_frames_activity_skipped_total",
+            "Keyframes due for analysis but not decoded: the compressed stream showed no activity since the last analysed frame.",
+            |c| c.stats.activity_skipped_frames.load(Ordering::Relaxed),
+        ),
+        (
+            "lookout_activity_misses_total",
+            "Decoded frames whose picture had moved although the compressed stream looked quiet (each lowers the camera's threshold).",
+            |c| c.stats.activity_misses.load(Ordering::Relaxed),
+        ),
+        (
+            "lookout_activity_gate_active",
+            "1 while the camera skips static keyframes before decoding (calibrated, and its frame sizes tell motion), else 0.",
+            |c| c.stats.activity_gate_active.load(Ordering::Relaxed),
         ),
         (
             "lookout_frames_motion_skipped_total",
@@ -364,6 +379,17 @@ fn render(h: &Health) -> String {
         }
     }
     render_models(&mut out, &h.inventory.model_stats());
+    let _ = writeln!(
+        out,
+        "# HELP lookout_model_provider The execution provider each loaded model runs on (1 for the one running).\n\
+         # TYPE lookout_model_provider gauge"
+    );
+    for m in h.inventory.models() {
+        if let Some(p) = m.provider {
+            let _ = writeln!(out, "lookout_model_provider{{model=\"{}\",provider=\"{p}\"}} 1", m.name);
+        }
+    }
+    crate::latency::STAGES.render(&mut out);
     let o = h.delivery.outbox().stats();
     let s = &h.delivery.stats;
     let global: [(&str, &str, &str, u64); 11] = [

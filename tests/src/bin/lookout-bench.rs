@@ -73,6 +73,42 @@ enum Cmd {
         /// Seconds measured.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        /// The model's manifest; default: the person model (the scale rows' model).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// ONNX Runtime intra-op threads; default: the agent's (the number of cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print the capture → durable breakdown by stage after the row.
+        #[arg(long)]
+        stages: bool,
+    },
+    /// N cameras of the quiet ground-truth scene (122 s, someone crossing a tenth of the
+    /// time): agent CPU and every camera's crossings and zone events against the truth,
+    /// with `compressed_motion` on (auto) and off.
+    Quiet {
+        #[arg(long, default_value_t = 16)]
+        streams: usize,
+        /// The model's manifest; default: the person model.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// The comparison peers (tests/peers) on N streams of the clip, as the streams
+    /// benchmark serves them: the Python agent (full decode + onnxruntime + paho) and
+    /// Frigate-style ffmpeg ingest; CPU of each peer's whole process group.
+    Peers {
+        #[arg(long, default_value_t = 16)]
+        streams: usize,
+        /// The peers' venv python (`tests/peers/setup.sh` prints it).
+        #[arg(long)]
+        python: PathBuf,
+        /// The model file the Python agent runs.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        warmup: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
     /// One pass of the vtest clip (79.5 s) through the agent with a counting line and a
     /// zone: the events it produced per type, tracks and crossings (reported, not judged:
@@ -143,9 +179,17 @@ fn main() -> anyhow::Result<()> {
             bench_model(&manifest, &batch, &threads, seconds, spinning)
         }
         Cmd::Outbox { messages, bytes, fsync_ms } => bench_outbox(messages, bytes, &fsync_ms),
-        Cmd::Streams { streams, fps, warmup, seconds } => {
+        Cmd::Streams { streams, fps, warmup, seconds, manifest, threads, stages } => {
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(bench_streams(streams, fps, warmup, seconds))
+            let setup = StreamOptions { manifest, threads, ..StreamOptions::default() };
+            rt.block_on(bench_streams(streams, fps, warmup, seconds, &setup, stages))
+        }
+        Cmd::Peers { streams, python, model, warmup, seconds } => {
+            let model = model.unwrap_or_else(|| person_manifest().with_file_name("model.onnx"));
+            bench_peers(streams, &python, &model, warmup, seconds)
+        }
+        Cmd::Quiet { streams, manifest } => {
+            tokio::runtime::Runtime::new()?.block_on(bench_quiet(streams, manifest.as_deref()))
         }
         Cmd::Events { fps, manifest } => {
             let manifest = manifest.unwrap_or_else(city_manifest);
@@ -160,14 +204,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The bundled models: `models/*/manifest.toml` whose model file is there (a candidate
-/// made by its conversion script may not be).
+/// The bundled models and their variants: `models/*/manifest.toml` and
+/// `manifest.int8.toml` whose model file is there (a candidate made by its conversion
+/// script may not be).
 fn bundled_manifests() -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(workspace().join("models"))? {
-        let m = entry?.path().join("manifest.toml");
-        if m.is_file() && ModelSpec::load(&m).is_ok() {
-            found.push(m);
+        let dir = entry?.path();
+        for m in [dir.join("manifest.toml"), dir.join("manifest.int8.toml")] {
+            if m.is_file() && ModelSpec::load(&m).is_ok() {
+                found.push(m);
+            }
         }
     }
     found.sort();
@@ -192,7 +239,13 @@ fn bench_model(
     for manifest in &manifests {
         let spec = ModelSpec::load(manifest)?;
         for &t in threads {
-            let cfg = InferenceConfig { threads: t, max_batch: 64, max_wait: Duration::ZERO, spinning };
+            let cfg = InferenceConfig {
+                threads: t,
+                max_batch: 64,
+                max_wait: Duration::ZERO,
+                spinning,
+                providers: vec![lookout::config::Provider::Cpu],
+            };
             let mut det = Detector::new(&spec, &cfg, &env)?;
             for &b in batches {
                 let frames = det.image_frames(&img, b, 0.5);
@@ -212,8 +265,9 @@ fn bench_model(
                 runs_ms.sort_by(f64::total_cmp);
                 let pct = |p: f64| runs_ms[((runs_ms.len() - 1) as f64 * p) as usize];
                 println!(
-                    "| {} | {t} | {b} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    "| {} {} | {t} | {b} | {:.1} | {:.1} | {:.1} | {:.1} |",
                     spec.name,
+                    spec.version,
                     images as f64 / secs,
                     secs * 1000.0 / images as f64,
                     pct(0.5),
@@ -314,13 +368,37 @@ fn status_field(pid: u32, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// What a stream benchmark's agent runs besides its cameras.
+#[derive(Default)]
+struct StreamOptions {
+    /// Model manifest (default: the person model).
+    manifest: Option<PathBuf>,
+    /// Intra-op threads (default: the agent's).
+    threads: Option<usize>,
+    /// The rtsp-serve media of every mount (default: the clip, each mount starting one
+    /// frame later than the one before, so GOPs are staggered as real cameras' are).
+    media: Option<String>,
+    /// Appended to every camera's section.
+    camera_extra: String,
+}
+
 /// A broker, `n` H.264 streams from an RTSP server in a process of its own (so the
 /// agent's CPU is the agent's alone) and a config for them with the agent's default
 /// inference threads (not the tests' 1) and its metrics listener on the returned port.
-fn stream_setup(n: usize, fps: f64, name: &str) -> anyhow::Result<(Mosquitto, RtspProcess, PathBuf, u16)> {
+fn stream_setup(
+    n: usize,
+    fps: f64,
+    name: &str,
+    opts: &StreamOptions,
+) -> anyhow::Result<(Mosquitto, RtspProcess, PathBuf, u16)> {
     let serve = std::env::current_exe()?.parent().map(|d| d.join("rtsp-serve")).context("exe dir")?;
     let broker = Mosquitto::start()?;
-    let mounts: Vec<String> = (0..n).map(|i| format!("/cam{i}=h264")).collect();
+    let mounts: Vec<String> = (0..n)
+        .map(|i| match &opts.media {
+            Some(m) => format!("/cam{i}={m}"),
+            None => format!("/cam{i}=h264@{}", i % 10),
+        })
+        .collect();
     let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
     let server = RtspProcess::start(&serve, free_port()?, &mount_refs)?;
     let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
@@ -332,15 +410,27 @@ fn stream_setup(n: usize, fps: f64, name: &str) -> anyhow::Result<(Mosquitto, Rt
     let dir = scratch(name);
     let config = write_config(&dir, &broker.url(), &cams)?;
     let port = free_port()?;
-    let text = std::fs::read_to_string(&config)?
-        .replace("[inference]\nthreads = 1\n", "")
-        .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let threads = opts.threads.map(|t| format!("[inference]\nthreads = {t}\n")).unwrap_or_default();
+    let mut text = std::fs::read_to_string(&config)?
+        .replace("[inference]\nthreads = 1\n", &threads)
+        .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""))
+        .replace("reconnect_max_secs = 2\n", &format!("reconnect_max_secs = 2\n{}", opts.camera_extra));
+    if let Some(m) = &opts.manifest {
+        text = text.replace(&person_manifest().display().to_string(), &m.display().to_string());
+    }
     std::fs::write(&config, text)?;
     Ok((broker, server, config, port))
 }
 
-async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow::Result<()> {
-    let (broker, server, config, port) = stream_setup(n, fps, &format!("bench-{n}"))?;
+async fn bench_streams(
+    n: usize,
+    fps: f64,
+    warmup: u64,
+    seconds: u64,
+    opts: &StreamOptions,
+    stages: bool,
+) -> anyhow::Result<()> {
+    let (broker, server, config, port) = stream_setup(n, fps, &format!("bench-{n}"), opts)?;
     let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
     let rec = Recorder::start(broker.port(), "lookout/v1/+/+/cameras/+/detections").await?;
     let agent = AgentProcess::start(&config)?;
@@ -355,9 +445,11 @@ async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow:
             .collect()
     };
     let (sys0, inst0) = (std::time::SystemTime::now(), Instant::now());
-    let (cpu0, a0) = (cpu_seconds(pid)?, analysed(&http_get(port, "/metrics")?.1));
+    let m0 = http_get(port, "/metrics")?.1;
+    let (cpu0, a0) = (cpu_seconds(pid)?, analysed(&m0));
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let (cpu1, a1) = (cpu_seconds(pid)?, analysed(&http_get(port, "/metrics")?.1));
+    let m1 = http_get(port, "/metrics")?.1;
+    let (cpu1, a1) = (cpu_seconds(pid)?, analysed(&m1));
     let win = inst0.elapsed().as_secs_f64();
     let rss_kb =
         status_field(pid, "VmRSS:").split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -401,8 +493,70 @@ async fn bench_streams(n: usize, fps: f64, warmup: u64, seconds: u64) -> anyhow:
         sum("decoded_frames"),
         sum("encoded_frames"),
     );
+    if stages {
+        let total = (pct(&latency_ms, 0.5), pct(&latency_ms, 0.99));
+        print_stages(n, &m0, &m1, total);
+    }
     drop(server);
     Ok(())
+}
+
+/// Non-cumulative counts per bucket of `lookout_stage_seconds{stage}` between two scrapes,
+/// with the buckets' upper bounds (seconds).
+fn stage_buckets(m0: &str, m1: &str, stage: &str) -> Vec<(f64, f64)> {
+    let read = |m: &str| -> Vec<(f64, f64)> {
+        let prefix = format!("lookout_stage_seconds_bucket{{stage=\"{stage}\",le=\"");
+        m.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (le, v) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, v.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let (a, b) = (read(m0), read(m1));
+    let cum: Vec<(f64, f64)> =
+        b.iter().map(|(le, v)| (*le, v - a.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1))).collect();
+    cum
+}
+
+/// The smallest bucket bound below which a fraction `p` of the counts lie.
+fn bucket_quantile(cum: &[(f64, f64)], p: f64) -> f64 {
+    let total = cum.last().map_or(0.0, |x| x.1);
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    cum.iter().find(|(_, c)| *c >= p * total).map_or(f64::INFINITY, |x| x.0)
+}
+
+/// One row per stage: p50 / p99 (bucket upper bounds) and the mean, from the agent's
+/// histograms over the measured window; the MQTT hop is what the total leaves.
+fn print_stages(n: usize, m0: &str, m1: &str, total_ms: (f64, f64)) {
+    let mean = |m0: &str, m1: &str, stage: &str| -> f64 {
+        let get = |m: &str, k: &str| -> f64 {
+            let key = format!("lookout_stage_seconds_{k}{{stage=\"{stage}\"}} ");
+            m.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+        };
+        let (s, c) = (get(m1, "sum") - get(m0, "sum"), get(m1, "count") - get(m0, "count"));
+        if c > 0.0 { s / c * 1000.0 } else { f64::NAN }
+    };
+    let mut means = 0.0;
+    for stage in ["pipeline", "queue", "inference", "events", "durable"] {
+        let cum = stage_buckets(m0, m1, stage);
+        let m = mean(m0, m1, stage);
+        means += m;
+        println!(
+            "| {n} | {stage} | ≤ {:.0} ms | ≤ {:.0} ms | {m:.0} ms |",
+            bucket_quantile(&cum, 0.5) * 1000.0,
+            bucket_quantile(&cum, 0.99) * 1000.0
+        );
+    }
+    println!(
+        "| {n} | capture → publish (measured at the subscriber) | {:.0} ms | {:.0} ms | |",
+        total_ms.0, total_ms.1
+    );
+    println!("| {n} | sum of the stages' means | | | {means:.0} ms |");
 }
 
 /// The rules used on the vtest clip: a vertical line across the middle of the square
@@ -524,26 +678,33 @@ fn bench_snapshot(sides: &[u32], iterations: u32) -> anyhow::Result<()> {
     let mut dst = gst_video::VideoFrame::from_buffer_writable(out, &i420_info).map_err(|_| anyhow::anyhow!("map"))?;
     conv.frame(&src, &mut dst);
     let frame = Original { buffer: dst.into_buffer(), caps: i420_info.to_caps()? };
-    println!("| max side | JPEG size | bytes | ms per snapshot (median) | p90 |");
-    println!("|---|---|---|---|---|");
-    for &side in sides {
-        let mut ms = Vec::new();
-        let mut last = None;
-        for _ in 0..iterations {
-            let t = Instant::now();
-            last = Some(snapshot::encode(&frame, side, 80).map_err(anyhow::Error::msg)?);
-            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    println!("| encoder | max side | JPEG size | bytes | ms per snapshot (median) | p90 |");
+    println!("|---|---|---|---|---|---|");
+    type Encoder = fn(&Original, u32, u8) -> Result<snapshot::Jpeg, String>;
+    let encoders: [(&str, Encoder); 2] = [
+        ("image crate (RGB), before", snapshot::encode_with_image),
+        ("jpegenc (libjpeg-turbo, I420), now", snapshot::encode_with_jpegenc),
+    ];
+    for (name, encode) in encoders {
+        for &side in sides {
+            let mut ms = Vec::new();
+            let mut last = None;
+            for _ in 0..iterations {
+                let t = Instant::now();
+                last = Some(encode(&frame, side, 80).map_err(anyhow::Error::msg)?);
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            ms.sort_by(f64::total_cmp);
+            let j = last.context("no iterations")?;
+            println!(
+                "| {name} | {side} | {}×{} | {} | {:.2} | {:.2} |",
+                j.width,
+                j.height,
+                j.bytes.len(),
+                ms[ms.len() / 2],
+                ms[ms.len() * 9 / 10]
+            );
         }
-        ms.sort_by(f64::total_cmp);
-        let j = last.context("no iterations")?;
-        println!(
-            "| {side} | {}×{} | {} | {:.2} | {:.2} |",
-            j.width,
-            j.height,
-            j.bytes.len(),
-            ms[ms.len() / 2],
-            ms[ms.len() * 9 / 10]
-        );
     }
     Ok(())
 }
@@ -633,7 +794,8 @@ fn watch_cameras(port: u16, ids: &[String], period: Duration, until: Instant) ->
 }
 
 fn bench_console(n: usize, fps: f64, warmup: u64, seconds: u64, rounds: usize) -> anyhow::Result<()> {
-    let (_broker, server, config, port) = stream_setup(n, fps, &format!("bench-console-{n}"))?;
+    let (_broker, server, config, port) =
+        stream_setup(n, fps, &format!("bench-console-{n}"), &StreamOptions::default())?;
     let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
     let agent = AgentProcess::start(&config)?;
     let pid = agent.pid().context("agent pid")?;
@@ -678,6 +840,164 @@ fn bench_console(n: usize, fps: f64, warmup: u64, seconds: u64, rounds: usize) -
     }
     let (status, _) = agent.stop()?;
     anyhow::ensure!(status.success(), "agent failed: {status}");
+    drop(server);
+    Ok(())
+}
+
+/// The quiet scene's rules: the line x = 0.5 and a zone on the lower walkway that A and C
+/// cross (see `lookout::demo::scene::quiet_scene`).
+const QUIET_RULES: &str = r#"lost_after = 3
+[[cameras.zones]]
+name = "walkway"
+polygon = [[0.3, 0.6], [0.7, 0.6], [0.7, 1.0], [0.3, 1.0]]
+[[cameras.lines]]
+name = "middle"
+points = [[0.5, 0.0], [0.5, 1.0]]
+directions = ["east", "west"]
+"#;
+
+/// N cameras of the quiet scene at 1 analysed fps, once with `compressed_motion` off and
+/// once on (auto): agent CPU over the scene, frames decoded and skipped, and each
+/// camera's crossings and zone events against the script's truth.
+async fn bench_quiet(n: usize, manifest: Option<&Path>) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let scene = quiet_scene();
+    // Encode (or load) the scene once before timing anything.
+    scene_media(&scene)?;
+    println!(
+        "| compressed_motion | cameras | agent CPU (% of one core) | per stream | keyframes decoded | skipped before decoding | analysed | line.cross east / west | zone.enter / exit | cameras exactly as the truth | restarts |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for mode in ["off", "auto"] {
+        let opts = StreamOptions {
+            manifest: manifest.map(Path::to_path_buf),
+            media: Some("scene:quiet".into()),
+            camera_extra: format!("compressed_motion = \"{mode}\"\n{QUIET_RULES}"),
+            ..StreamOptions::default()
+        };
+        let (broker, server, config, port) = stream_setup(n, 1.0, &format!("bench-quiet-{mode}"), &opts)?;
+        let rec = Recorder::start(broker.port(), "lookout/v1/+/+/cameras/+/events").await?;
+        let agent = AgentProcess::start(&config)?;
+        let pid = agent.pid().context("agent pid")?;
+        // The scene starts at each camera's connection; measure the whole script plus
+        // the tail in which the last tracks end.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cpu0 = cpu_seconds(pid)?;
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(scene.duration - 3.0)).await;
+        let cpu = (cpu_seconds(pid)? - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        let metrics = http_get(port, "/metrics")?.1;
+        let (status, summary) = agent.stop()?;
+        anyhow::ensure!(status.success(), "agent failed: {status}");
+        let s: serde_json::Value = serde_json::from_str(summary.trim())?;
+        let cams = s["cameras"].as_array().context("summary")?;
+        let sum = |k: &str| cams.iter().filter_map(|c| c[k].as_u64()).sum::<u64>();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut per_cam: BTreeMap<String, (Vec<String>, usize, usize)> = BTreeMap::new();
+        for r in rec.snapshot() {
+            let cam = r.topic.split('/').nth(5).unwrap_or("?").to_string();
+            let e = per_cam.entry(cam).or_default();
+            match r.json["type"].as_str() {
+                Some("line.cross") => e.0.push(r.json["line"]["direction"].as_str().unwrap_or("?").to_string()),
+                Some("zone.enter") => e.1 += 1,
+                Some("zone.exit") => e.2 += 1,
+                _ => {}
+            }
+        }
+        let exact =
+            per_cam.values().filter(|(c, en, ex)| *c == ["east", "west", "east"] && *en == 2 && *ex == 2).count();
+        let count = |d: &str| per_cam.values().map(|v| v.0.iter().filter(|x| *x == d).count()).sum::<usize>();
+        let active =
+            metrics.lines().filter(|l| l.starts_with("lookout_activity_gate_active{") && l.ends_with(" 1")).count();
+        println!(
+            "| {mode} | {n} | {cpu:.1} % | {:.2} % | {} | {} | {} | {} / {} | {} / {} | {exact} of {n} | {} |",
+            cpu / n as f64,
+            sum("decoded_frames"),
+            sum("activity_skipped_frames"),
+            sum("analysed_frames"),
+            count("east"),
+            count("west"),
+            per_cam.values().map(|v| v.1).sum::<usize>(),
+            per_cam.values().map(|v| v.2).sum::<usize>(),
+            sum("restarts"),
+        );
+        eprintln!("quiet {mode}: activity gate active on {active} of {n} cameras at the end");
+        drop(server);
+    }
+    Ok(())
+}
+
+/// CPU seconds (user + system) of every process in process group `pgid`.
+fn group_cpu_seconds(pgid: u32) -> f64 {
+    let mut ticks = 0.0;
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 12 && f[2] == pgid.to_string() {
+            ticks += f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    ticks / 100.0
+}
+
+/// The comparison peers on the streams benchmark's streams: each in its own process
+/// group, its CPU summed over the group between `warmup` and `warmup + seconds`.
+fn bench_peers(n: usize, python: &Path, model: &Path, warmup: u64, seconds: u64) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let serve = std::env::current_exe()?.parent().map(|d| d.join("rtsp-serve")).context("exe dir")?;
+    let broker = Mosquitto::start()?;
+    let mounts: Vec<String> = (0..n).map(|i| format!("/cam{i}=h264@{}", i % 10)).collect();
+    let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
+    let server = RtspProcess::start(&serve, free_port()?, &mount_refs)?;
+    let urls: Vec<String> = (0..n).map(|i| server.url(&format!("/cam{i}"))).collect();
+    let peers = workspace().join("tests/peers");
+    let run_for = (warmup + seconds + 10).to_string();
+    let python_cmd = {
+        let mut c = std::process::Command::new(python);
+        c.arg(peers.join("python_agent.py"))
+            .args(["--model", &model.display().to_string(), "--threads", "2", "--broker-port"])
+            .arg(broker.port().to_string())
+            .args(["--seconds", &run_for])
+            .args(&urls);
+        c
+    };
+    let ffmpeg_cmd = {
+        let mut c = std::process::Command::new(peers.join("ffmpeg_ingest.sh"));
+        c.args(["--seconds", &run_for]).args(&urls);
+        c
+    };
+    println!("| peer | streams | CPU (% of one core) | per stream | fps per camera min / median (whole run) |");
+    println!("|---|---|---|---|---|");
+    for (name, mut cmd) in [
+        ("Python agent (full decode + onnxruntime + paho)", python_cmd),
+        ("ffmpeg ingest, one per camera (no detection)", ffmpeg_cmd),
+    ] {
+        let child = cmd
+            .current_dir(workspace())
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let pgid = child.id();
+        std::thread::sleep(Duration::from_secs(warmup));
+        let (c0, t0) = (group_cpu_seconds(pgid), Instant::now());
+        std::thread::sleep(Duration::from_secs(seconds));
+        let cpu = (group_cpu_seconds(pgid) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+        let _ = std::process::Command::new("kill").args(["-TERM", "--", &format!("-{pgid}")]).status();
+        let out = child.wait_with_output()?;
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut fps: Vec<f64> = summary["cameras"]
+            .as_object()
+            .map(|m| m.values().filter_map(|c| c["fps_since_first_frame"].as_f64().or(c["fps"].as_f64())).collect())
+            .unwrap_or_default();
+        fps.sort_by(f64::total_cmp);
+        let at = |p: f64| fps.get(((fps.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(f64::NAN);
+        println!("| {name} | {n} | {cpu:.0} % | {:.2} % | {:.2} / {:.2} |", cpu / n as f64, at(0.0), at(0.5));
+    }
     drop(server);
     Ok(())
 }

@@ -570,8 +570,8 @@ async function agentPage() {
         ["cameras", `${s.cameras.streaming} of ${s.cameras.total} streaming`],
         ["console frames encoded", s.console.frames_encoded]])),
       el("div", { class: "panel" }, el("h2", { textContent: "Models" }), el("table", {},
-        el("tr", {}, el("th", { textContent: "name" }), el("th", { textContent: "version" }), el("th", { textContent: "sha256" })),
-        ...s.models.map((mo) => el("tr", {}, el("td", { textContent: mo.name }), el("td", { textContent: mo.version }), el("td", {}, el("code", { textContent: mo.sha256 })))))),
+        el("tr", {}, el("th", { textContent: "name" }), el("th", { textContent: "version" }), el("th", { textContent: "runs on" }), el("th", { textContent: "sha256" })),
+        ...s.models.map((mo) => el("tr", {}, el("td", { textContent: mo.name }), el("td", { textContent: mo.version }), el("td", { textContent: mo.provider || "" }), el("td", {}, el("code", { textContent: mo.sha256 })))))),
       el("div", { class: "panel" }, el("h2", { textContent: "MQTT and outbox" }), kv([
         ["MQTT", s.mqtt.connected ? "connected" : "not connected"], ["messages acknowledged", s.mqtt.acked],
         ["awaiting the broker", `${s.outbox.pending_messages} messages, ${(s.outbox.pending_bytes / 1024).toFixed(1)} KiB`],

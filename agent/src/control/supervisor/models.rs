@@ -50,10 +50,15 @@ impl Supervisor {
         let loaded: HashSet<String> = self.models.keys().cloned().collect();
         let token = self.deps.shutdown.child_token();
         self.updating = Some(token.clone());
-        let (url, cfg, icfg, env) = (
+        let (url, cfg, icfgs, env) = (
             manifest_url.to_string(),
             self.config.model_updates.clone(),
-            self.config.inference.clone(),
+            // Each model's own providers.
+            self.config
+                .models
+                .iter()
+                .map(|m| (m.name.clone(), self.config.inference_for(&m.name)))
+                .collect::<std::collections::HashMap<_, _>>(),
             self.deps.env.clone(),
         );
         let store = ModelStore::new(&self.config.agent.state_dir);
@@ -61,7 +66,7 @@ impl Supervisor {
         tokio::spawn(async move {
             let job_url = url.clone();
             let result = tokio::task::spawn_blocking(move || {
-                prepare(&job_url, &cfg, &icfg, &env, &store, &known, &loaded, &token)
+                prepare(&job_url, &cfg, &icfgs, &env, &store, &known, &loaded, &token)
             })
             .await
             .unwrap_or_else(|_| Err(("internal", "the update failed inside the agent; see its log".into())));
@@ -165,12 +170,13 @@ impl Supervisor {
         if self.models.contains_key(&name) {
             let det = match preloaded {
                 Some(d) => d,
-                None => self.load(spec).await.map_err(load_error)?,
+                None => self.load(&name, spec).await.map_err(load_error)?,
             };
             let (h, w) = spec.input_size();
             let format = FrameFormat { width: w, height: h };
             let resize = self.models.get(&name).is_some_and(|rt| (rt.format.width, rt.format.height) != (w, h));
             if let Some(rt) = self.models.get_mut(&name) {
+                rt.provider = det.provider();
                 rt.swap.put(det);
                 rt.format = format;
             }
@@ -244,7 +250,7 @@ pub(super) fn load_error(e: InferError) -> (&'static str, String) {
 pub(super) fn prepare(
     url: &str,
     cfg: &crate::config::ModelUpdatesConfig,
-    icfg: &crate::config::InferenceConfig,
+    icfgs: &std::collections::HashMap<String, crate::config::InferenceConfig>,
     env: &ort::environment::Environment,
     store: &ModelStore,
     known: &[KnownModel],
@@ -267,7 +273,8 @@ pub(super) fn prepare(
         }
     };
     let detector = if loaded.contains(&installed.name) {
-        let det = Detector::new(&spec, icfg, env).and_then(|mut d| d.self_test().map(|()| d));
+        let icfg = icfgs.get(&installed.name).cloned().unwrap_or_default();
+        let det = Detector::new(&spec, &icfg, env).and_then(|mut d| d.self_test().map(|()| d));
         match det {
             Ok(d) => Some(d),
             Err(e) => {
