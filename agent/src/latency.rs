@@ -97,6 +97,7 @@ mod tests {
         s.record(Stage::Queue, 0.004);
         s.record(Stage::Queue, 0.12);
         s.record(Stage::Queue, 60.0);
+        // Not a duration: counted as zero rather than lost.
         s.record(Stage::Queue, f64::NAN);
         let mut out = String::new();
         s.render(&mut out);
@@ -104,6 +105,7 @@ mod tests {
         assert!(out.contains("lookout_stage_seconds_bucket{stage=\"queue\",le=\"0.15\"} 3\n"));
         assert!(out.contains("lookout_stage_seconds_bucket{stage=\"queue\",le=\"+Inf\"} 4\n"));
         assert!(out.contains("lookout_stage_seconds_count{stage=\"queue\"} 4\n"));
+        assert!(out.contains("lookout_stage_seconds_sum{stage=\"queue\"} 60.124\n"), "{out}");
         assert!(out.contains("lookout_stage_seconds_count{stage=\"durable\"} 0\n"));
     }
 }

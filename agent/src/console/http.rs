@@ -494,14 +494,11 @@ async fn status(State(c): State<Shared>) -> Response {
     let o = h.delivery.outbox().stats();
     let s = &h.delivery.stats;
     // Each loaded model with the execution provider its session runs on.
-    let providers: Vec<(String, &'static str)> =
-        h.inventory.models().into_iter().filter_map(|m| Some((m.manifest_name, m.provider?))).collect();
     let models: Vec<Value> = c
         .hub
         .models()
         .into_iter()
-        .map(|m: ModelOut| {
-            let provider = providers.iter().find(|(n, _)| *n == m.name).map(|p| p.1);
+        .map(|(m, provider): (ModelOut, &str)| {
             json!({ "name": m.name, "version": m.version, "sha256": m.sha256, "provider": provider })
         })
         .collect();

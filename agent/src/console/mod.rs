@@ -304,7 +304,8 @@ fn json_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 /// Everything the console shows that the rest of the agent does not keep anyway.
 pub struct ConsoleHub {
     cameras: RwLock<BTreeMap<String, Arc<CameraConsole>>>,
-    models: RwLock<Vec<ModelOut>>,
+    /// The loaded models and the execution provider each runs on.
+    models: RwLock<Vec<(ModelOut, &'static str)>>,
     /// When the agent started.
     pub started: SystemTime,
     /// Live frames encoded for the console (`lookout_console_frames_encoded_total`).
@@ -328,11 +329,11 @@ impl ConsoleHub {
     }
 
     /// The models loaded (for the agent page); call again when they change.
-    pub fn set_models(&self, models: Vec<ModelOut>) {
+    pub fn set_models(&self, models: Vec<(ModelOut, &'static str)>) {
         *self.models.write().unwrap_or_else(|e| e.into_inner()) = models;
     }
 
-    pub fn models(&self) -> Vec<ModelOut> {
+    pub fn models(&self) -> Vec<(ModelOut, &'static str)> {
         self.models.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

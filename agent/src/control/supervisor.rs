@@ -202,8 +202,11 @@ impl Supervisor {
             provider: self.models.get(name).map(|rt| rt.provider.as_str()),
             stats,
         });
-        let running: Vec<ModelOut> =
-            self.active.iter().filter(|(n, _)| self.models.contains_key(*n)).map(|(_, s)| ModelOut::of(s)).collect();
+        let running: Vec<(ModelOut, &'static str)> = self
+            .active
+            .iter()
+            .filter_map(|(n, s)| Some((ModelOut::of(s), self.models.get(n)?.provider.as_str())))
+            .collect();
         self.deps.console.set_models(running);
     }
 
@@ -833,7 +836,10 @@ fn answer(name: &str, id: &str, reply: Reply, tx: oneshot::Sender<Reply>) {
 fn model_keys(c: &Config) -> String {
     c.models
         .iter()
-        .map(|m| format!("{}={}@{}", m.name, m.manifest.display(), m.spec.sha256))
+        .map(|m| {
+            let providers: Vec<&str> = m.providers.iter().map(|p| p.as_str()).collect();
+            format!("{}={}@{}[{}]", m.name, m.manifest.display(), m.spec.sha256, providers.join("/"))
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

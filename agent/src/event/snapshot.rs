@@ -84,10 +84,23 @@ impl JpegEnc {
         }
         self.enc.set_property("quality", i32::from(quality.clamp(1, 100)));
         self.src.push_buffer(buffer).map_err(|e| format!("jpegenc refused the frame: {e}"))?;
-        let sample = self
-            .sink
-            .try_pull_sample(gst::ClockTime::from_seconds(5))
-            .ok_or_else(|| "jpegenc gave no picture".to_string())?;
+        // The picture, or the pipeline's error as soon as it is posted: never a long wait
+        // on the events thread (an encoding takes a few milliseconds).
+        let bus = self.pipeline.bus().ok_or("jpegenc pipeline has no bus")?;
+        let mut sample = None;
+        for _ in 0..20 {
+            if let Some(s) = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(25)) {
+                sample = Some(s);
+                break;
+            }
+            if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]) {
+                return Err(match msg.view() {
+                    gst::MessageView::Error(e) => format!("jpegenc failed: {}", e.error()),
+                    _ => "jpegenc ended".to_string(),
+                });
+            }
+        }
+        let sample = sample.ok_or_else(|| "jpegenc gave no picture within 500 ms".to_string())?;
         let out = sample.buffer().ok_or("jpegenc gave an empty sample")?;
         let map = out.map_readable().map_err(|_| "cannot read the JPEG".to_string())?;
         Ok(map.as_slice().to_vec())
@@ -102,13 +115,20 @@ impl Drop for JpegEnc {
 
 thread_local! {
     static JPEGENC: std::cell::RefCell<Option<JpegEnc>> = const { std::cell::RefCell::new(None) };
+    /// Failures in a row on this thread; after [`JPEGENC_GIVE_UP`] it uses the fallback.
+    static JPEGENC_FAILURES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
+
+/// Failed encodings in a row after which a thread stops trying `jpegenc`.
+const JPEGENC_GIVE_UP: u32 = 3;
 
 /// Scales `frame` in YUV (I420) and encodes it with `jpegenc`.
 pub fn encode_with_jpegenc(frame: &Original, max_side: u32, quality: u8) -> Result<Jpeg, String> {
     let in_info = gst_video::VideoInfo::from_caps(&frame.caps).map_err(|e| format!("unusable frame caps: {e}"))?;
     let (w, h) = fit(in_info.width(), in_info.height(), max_side);
     let out_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, w, h)
+        .fps(in_info.fps())
+        .interlace_mode(in_info.interlace_mode())
         .build()
         .map_err(|e| format!("cannot describe a {w}x{h} frame: {e}"))?;
     let scaled = if in_info.format() == gst_video::VideoFormat::I420 && (w, h) == (in_info.width(), in_info.height()) {
@@ -125,7 +145,10 @@ pub fn encode_with_jpegenc(frame: &Original, max_side: u32, quality: u8) -> Resu
         dst.into_buffer()
     };
     let caps = out_info.to_caps().map_err(|e| e.to_string())?;
-    JPEGENC.with(|cell| {
+    if JPEGENC_FAILURES.get() >= JPEGENC_GIVE_UP {
+        return Err("jpegenc failed repeatedly on this thread".to_string());
+    }
+    let result = JPEGENC.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(JpegEnc::new()?);
@@ -139,7 +162,9 @@ pub fn encode_with_jpegenc(frame: &Original, max_side: u32, quality: u8) -> Resu
                 Err(e)
             }
         }
-    })
+    });
+    JPEGENC_FAILURES.set(if result.is_ok() { 0 } else { JPEGENC_FAILURES.get() + 1 });
+    result
 }
 
 /// Scales and converts `frame` to RGB with GStreamer's converter, then encodes a JPEG with
@@ -249,7 +274,11 @@ mod tests {
     fn an_i420_frame_becomes_a_jpeg_of_the_same_picture() {
         gst::init().expect("gstreamer");
         // 64×48 I420: left half dark, right half bright.
-        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48).build().expect("info");
+        // With a frame rate, as decoders give them.
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 64, 48)
+            .fps(gst::Fraction::new(10, 1))
+            .build()
+            .expect("info");
         let mut buffer = gst::Buffer::with_size(info.size()).expect("buffer");
         {
             let b = buffer.get_mut().expect("writable");

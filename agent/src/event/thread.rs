@@ -93,6 +93,7 @@ pub fn run(
         }
         match rx.recv_timeout(fsync.clamp(Duration::from_millis(10), Duration::from_secs(1))) {
             Ok(a) => {
+                let messages_before = a.camera.stats.messages.load(Ordering::Relaxed);
                 if a.detections.iter().any(|d| d.score >= a.camera.scores.report) {
                     let topic = topics.detections(&a.camera.id);
                     append(delivery, &a.camera, &topic, |seq| detections_message(&a, site, agent, seq));
@@ -107,10 +108,13 @@ pub fn run(
                 }
                 let appended = Instant::now();
                 STAGES.record(Stage::Events, appended.saturating_duration_since(a.analysed_at).as_secs_f64());
-                if unsynced.len() == UNSYNCED_TIMINGS {
-                    unsynced.pop_front();
+                // Only a frame that appended something waits for an fsync.
+                if a.camera.stats.messages.load(Ordering::Relaxed) != messages_before {
+                    if unsynced.len() == UNSYNCED_TIMINGS {
+                        unsynced.pop_front();
+                    }
+                    unsynced.push_back(appended);
                 }
-                unsynced.push_back(appended);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => open = false,

@@ -347,7 +347,8 @@ fn providers_are_tried_in_order_and_one_that_cannot_load_is_refused_never_silent
     match Detector::new(&spec, &cfg(vec![Provider::Cuda, Provider::TensorRt]), &env) {
         Err(InferError::NoProvider { reasons, .. }) => {
             assert!(reasons.starts_with("cuda: ") && reasons.contains("; tensorrt: "), "{reasons}");
-            assert!(reasons.to_lowercase().contains("cuda"), "{reasons}");
+            // ONNX Runtime's own reason, not a guess of ours.
+            assert!(reasons.contains("not enabled in this build"), "{reasons}");
         }
         Err(e) => panic!("expected NoProvider, got {e}"),
         Ok(d) => panic!("expected a refusal, the model loaded on {:?}", d.provider()),

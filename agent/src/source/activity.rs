@@ -104,7 +104,9 @@ pub struct ActivityGate {
     delta_frames: u64,
     /// Largest activity since the last decoded frame.
     since_decoded: f64,
-    last_decoded_ns: Option<u64>,
+    /// When the motion gate last let a frame through to the model: the keepalive counts
+    /// from there, as the motion gate's does (a decoded frame it skipped does not count).
+    last_analysed_ns: Option<u64>,
     /// Size of the last decoded keyframe (none for a stream's first: encoders put one-off
     /// headers in it, x264 its settings as a ~600-byte SEI).
     decoded_key_bytes: Option<u64>,
@@ -129,7 +131,7 @@ impl ActivityGate {
             keepalive_ns: keepalive.as_nanos().min(u64::MAX as u128) as u64,
             delta_frames: 0,
             since_decoded: 0.0,
-            last_decoded_ns: None,
+            last_analysed_ns: None,
             decoded_key_bytes: None,
             first_key_seen: false,
             pending: None,
@@ -190,7 +192,7 @@ impl ActivityGate {
             self.since_decoded = self.since_decoded.max(bytes.abs_diff(key) as f64);
         }
         let quiet = self.threshold.is_some_and(|t| self.since_decoded < t);
-        let keepalive_due = match self.last_decoded_ns {
+        let keepalive_due = match self.last_analysed_ns {
             None => true,
             // Timestamps going backwards (a restarted stream) count as due.
             Some(last) => pts_ns < last || pts_ns - last >= self.keepalive_ns,
@@ -206,7 +208,6 @@ impl ActivityGate {
         });
         self.first_key_seen = true;
         self.since_decoded = 0.0;
-        self.last_decoded_ns = Some(pts_ns);
         Decision::Decode
     }
 
@@ -219,10 +220,15 @@ impl ActivityGate {
         }
     }
 
-    /// What the pixel motion gate found in the decoded keyframe at `pts_ns`: whether the
-    /// picture changed since the previous decoded frame. Returns true for a miss.
-    pub fn label(&mut self, pts_ns: u64, moved: bool) -> bool {
+    /// What the pixel motion gate made of the decoded keyframe at `pts_ns`: whether the
+    /// picture changed since the previous decoded frame (`None`: it could not compare, e.g.
+    /// the first frame) and whether it went to the model. Returns true for a miss.
+    pub fn label(&mut self, pts_ns: u64, moved: Option<bool>, analysed: bool) -> bool {
+        if analysed {
+            self.last_analysed_ns = Some(pts_ns);
+        }
         let Some(Pending { pts_ns: pts, activity, quiet, .. }) = self.pending.take() else { return false };
+        let Some(moved) = moved else { return false };
         if pts != pts_ns || self.state() == GateState::Disabled {
             return false;
         }
@@ -245,7 +251,14 @@ fn threshold(statics: &VecDeque<f64>, movings: &VecDeque<f64>) -> Option<f64> {
     if statics.len() < MIN_STATIC || movings.len() < MIN_MOVING {
         return None;
     }
-    let quiet = statics.iter().copied().fold(0.0, f64::max);
+    // The static level is a high quantile, not the maximum: a walk-through between two
+    // keyframes leaves a static-looking picture with motion-level activity, and one such
+    // sample must not lift the threshold over real motion. (Lower is the safe side: it
+    // decodes more.) The moving level is the minimum: one low sample only makes it
+    // decode more.
+    let mut sorted: Vec<f64> = statics.iter().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    let quiet = sorted[(sorted.len() - 1) * 9 / 10];
     let moving = movings.iter().copied().fold(f64::INFINITY, f64::min);
     (moving >= SEPARATION * quiet && moving > 0.0).then(|| quiet + (moving - quiet) / 4.0)
 }
@@ -266,6 +279,8 @@ mod tests {
         t: u64,
         decoded: u32,
         skipped: u32,
+        /// The motion gate's last analysed frame (it analyses motion, tracks, keepalives).
+        analysed_at: Option<u64>,
     }
 
     impl Cam {
@@ -275,6 +290,7 @@ mod tests {
                 t: 0,
                 decoded: 0,
                 skipped: 0,
+                analysed_at: None,
             }
         }
 
@@ -287,7 +303,11 @@ mod tests {
             self.t += S;
             match self.gate.on_due_keyframe(self.t, KEY, tracking) {
                 Decision::Decode => {
-                    self.gate.label(self.t, moved);
+                    let analysed = moved || tracking || self.analysed_at.is_none_or(|a| self.t - a >= 10 * S);
+                    if analysed {
+                        self.analysed_at = Some(self.t);
+                    }
+                    self.gate.label(self.t, Some(moved), analysed);
                     self.decoded += 1;
                     true
                 }
@@ -333,7 +353,7 @@ mod tests {
         }
         cam.t += S;
         assert_eq!(cam.gate.on_due_keyframe(cam.t, KEY + 2500, false), Decision::Decode);
-        cam.gate.label(cam.t, true);
+        cam.gate.label(cam.t, Some(true), true);
         // Someone enters: decoded at once, every second.
         for i in 0..5 {
             assert!(cam.second(jitter(2500, i, 30), true, false), "second {i} of motion");
@@ -357,6 +377,45 @@ mod tests {
         }
         cam.t += S;
         assert_eq!(cam.gate.on_due_keyframe(cam.t, KEY, false), Decision::Decode);
+    }
+
+    #[test]
+    fn someone_walking_through_between_two_keyframes_does_not_lift_the_threshold() {
+        let mut cam = Cam::new();
+        for i in 0..20 {
+            cam.second(jitter(300, i, 10), false, false);
+        }
+        for _ in 0..3 {
+            cam.second(3000, true, false);
+        }
+        let before = cam.gate.threshold().unwrap();
+        // Someone crosses between two keyframes: big deltas, but the two keyframes look
+        // alike, so the motion gate labels it static.
+        assert!(cam.second(2000, false, false), "decoded: the stream said something moved");
+        let after = cam.gate.threshold().unwrap();
+        assert!((after - before).abs() < 1.0, "{before} -> {after}");
+        // Real motion of that size is still decoded.
+        assert!(cam.second(2000, true, false));
+    }
+
+    #[test]
+    fn a_decoded_frame_the_motion_gate_skipped_does_not_reset_the_keepalive() {
+        let mut cam = Cam::new();
+        for i in 0..20 {
+            cam.second(jitter(300, i, 10), false, false);
+        }
+        for _ in 0..3 {
+            cam.second(3000, true, false);
+        }
+        // Analysed last at t = 23. A noisy interval at t = 28 is decoded, but the picture
+        // did not change, so the motion gate does not analyse it: the keepalive still
+        // falls due at t = 33, not 38.
+        for _ in 0..4 {
+            cam.second(300, false, false);
+        }
+        assert!(cam.second(1500, false, false));
+        let decoded: Vec<bool> = (0..6).map(|_| cam.second(300, false, false)).collect();
+        assert_eq!(decoded, [false, false, false, false, true, false], "keepalive at t = 33");
     }
 
     #[test]
@@ -448,13 +507,13 @@ mod tests {
         for i in 1..50 {
             off.on_delta(100);
             assert_eq!(off.on_due_keyframe(i * S, KEY, false), Decision::Decode);
-            off.label(i * S, false);
+            off.label(i * S, Some(false), true);
         }
         assert_eq!(off.state(), GateState::Disabled);
         let mut mjpeg = ActivityGate::new(CompressedMotionPolicy::Auto, Duration::from_secs(10));
         for i in 1..50 {
             assert_eq!(mjpeg.on_due_keyframe(i * S, KEY, false), Decision::Decode);
-            mjpeg.label(i * S, i % 3 == 0);
+            mjpeg.label(i * S, Some(i % 3 == 0), true);
         }
         assert_eq!(mjpeg.state(), GateState::Disabled);
     }
@@ -482,6 +541,6 @@ mod tests {
         cam.t += S;
         assert_eq!(cam.gate.on_due_keyframe(cam.t, KEY, false), Decision::Decode);
         // A label for a stale pts is ignored.
-        assert!(!cam.gate.label(cam.t - S, true));
+        assert!(!cam.gate.label(cam.t - S, Some(true), true));
     }
 }

@@ -94,6 +94,8 @@ pub fn build(
     // The slot always exists; frames go in only for snapshots or while the console watches.
     let originals: Option<OriginalSlot> = Some(OriginalSlot::default());
     install_appsink(&sink, ctx.clone(), queue.clone(), slot, originals.clone());
+    // A new pipeline's activity gate starts learning, whatever the last one had found.
+    ctx.stats.activity_gate_active.store(0, Ordering::Relaxed);
     let taps = Taps {
         queue,
         slot,
@@ -244,6 +246,9 @@ fn link_decoder(
             if !is_key {
                 a.on_delta(buffer.size());
             }
+            if !keyframes_only {
+                ctx.stats.activity_gate_active.store(0, Ordering::Relaxed);
+            }
             if verdict == GateVerdict::Pass && keyframes_only {
                 let tracking = ctx.live_tracks.load(Ordering::Relaxed) > 0;
                 let decision = a.on_due_keyframe(pts.nseconds(), buffer.size(), tracking);
@@ -306,12 +311,11 @@ fn link_decoder(
             drop(motion_gate);
             // Every compared frame teaches the activity gate what motion looks like in
             // this camera's compressed stream.
-            if verdict != motion::Verdict::Analyse
-                && activity
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .label(pts.nseconds(), verdict == motion::Verdict::Motion)
-            {
+            let moved = match verdict {
+                motion::Verdict::Analyse => None,
+                v => Some(v == motion::Verdict::Motion),
+            };
+            if activity.lock().unwrap_or_else(|e| e.into_inner()).label(pts.nseconds(), moved, verdict.analyse()) {
                 ctx.stats.activity_misses.fetch_add(1, Ordering::Relaxed);
             }
             let analyse = verdict.analyse();

@@ -501,7 +501,7 @@ async fn bench_streams(
     Ok(())
 }
 
-/// Non-cumulative counts per bucket of `lookout_stage_seconds{stage}` between two scrapes,
+/// Cumulative counts per bucket of `lookout_stage_seconds{stage}` between two scrapes,
 /// with the buckets' upper bounds (seconds).
 fn stage_buckets(m0: &str, m1: &str, stage: &str) -> Vec<(f64, f64)> {
     let read = |m: &str| -> Vec<(f64, f64)> {

@@ -32,8 +32,9 @@ fn main() -> anyhow::Result<()> {
         let media = match what {
             kind if kind.starts_with("h264") || kind.starts_with("h265") => {
                 let codec = if kind.starts_with("h264") { Codec::H264 } else { Codec::H265 };
-                // `@K`: the stream starts K frames into the clip, so that cameras' GOPs are
-                // not all aligned (real cameras' are not). Rotations are shared per K.
+                // `@K`: the first GOP is cut to K frames, so this stream's keyframes fall K
+                // frames later than an unstaggered one's (real cameras' GOPs are not
+                // aligned); it still starts with a keyframe, so the server prerolls at once.
                 let start: usize = match kind[4..].strip_prefix('@') {
                     Some(k) => k.parse().context("h264@K takes a frame number")?,
                     None if kind.len() == 4 => 0,
@@ -42,20 +43,20 @@ fn main() -> anyhow::Result<()> {
                 let units = match clips.iter().find(|(c, k, _)| *c == codec && *k == start) {
                     Some((_, _, u)) => u.clone(),
                     None => {
-                        let mut u = match clips.iter().find(|(c, _, _)| *c == codec) {
+                        let whole = match clips.iter().find(|(c, _, _)| *c == codec) {
                             Some((_, _, u)) => u.as_ref().clone(),
                             None => clip(codec)?,
                         };
-                        let k = start % u.len().max(1);
-                        u.rotate_left(k);
+                        let head = start.min(whole.iter().skip(1).position(|u| u.keyframe).map_or(0, |p| p + 1));
+                        let u: Vec<_> = whole[..head].iter().chain(whole.iter()).cloned().collect();
                         let u = Arc::new(u);
                         clips.push((codec, start, u.clone()));
                         u
                     }
                 };
-                // A rotated clip starts mid-GOP (clients wait for its first keyframe) and
-                // loops from that keyframe.
-                let loop_from = units.iter().position(|u| u.keyframe).unwrap_or(0);
+                // Loops over the whole clip, after the short first GOP.
+                let loop_from =
+                    if start == 0 { 0 } else { units.iter().skip(1).position(|u| u.keyframe).map_or(0, |p| p + 1) };
                 Media::Clip { codec, units, fps: 10, loop_from }
             }
             "scene:standard" | "scene:quiet" => match scenes.iter().find(|(k, _)| *k == what) {
