@@ -393,7 +393,8 @@ mod tests {
         // alike, so the motion gate labels it static.
         assert!(cam.second(2000, false, false), "decoded: the stream said something moved");
         let after = cam.gate.threshold().unwrap();
-        assert!((after - before).abs() < 1.0, "{before} -> {after}");
+        // (The quantile moves by one sample at most; the maximum would have made it 2250.)
+        assert!(after < before * 1.05, "{before} -> {after}");
         // Real motion of that size is still decoded.
         assert!(cam.second(2000, true, false));
     }
