@@ -320,3 +320,72 @@ async fn city_scene_counts_crossings_and_occupancy_per_class_and_group() {
     assert!(counts.iter().any(|c| c["zones"]["pavement"]["classes"]["person"] == 1), "{counts:?}");
     drop(server);
 }
+
+/// The quiet scene's rules (`lookout::demo::scene::quiet_scene`): the line x = 0.5 and a
+/// zone on the lower walkway that A and C cross and B does not.
+const QUIET_RULES: &str = r#"lost_after = 3
+[[cameras.zones]]
+name = "walkway"
+polygon = [[0.3, 0.6], [0.7, 0.6], [0.7, 1.0], [0.3, 1.0]]
+[[cameras.lines]]
+name = "middle"
+points = [[0.5, 0.0], [0.5, 1.0]]
+directions = ["east", "west"]
+"#;
+
+/// A mostly static camera at 1 fps (keyframes only): once the first crossing has taught
+/// the camera what motion looks like in its stream, static keyframes are not even
+/// decoded, yet the second crossing is caught exactly and the camera is never taken for
+/// a stalled one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_scenes_keyframes_are_skipped_undecoded_without_losing_a_crossing() {
+    let scene = quiet_scene();
+    let media = scene_media(&scene).expect("scene media");
+    let server = RtspServer::start(0, vec![("/quiet".into(), media)]).expect("rtsp server");
+    let broker = Mosquitto::start().expect("mosquitto");
+    let dir = scratch("quiet-scene");
+    let config =
+        write_config(&dir, &broker.url(), &[Cam { id: CAMERA, url: server.url("/quiet"), fps: 1.0, min_score: 0.5 }])
+            .expect("config");
+    let port = free_port().expect("port");
+    let text = std::fs::read_to_string(&config)
+        .expect("config text")
+        .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""))
+        + QUIET_RULES;
+    std::fs::write(&config, text).expect("config");
+    let rec = Recorder::start(broker.port(), &format!("lookout/v1/test-site/gw-test/cameras/{CAMERA}/events"))
+        .await
+        .expect("recorder");
+    let agent = AgentProcess::start(&config).expect("agent");
+    // A crosses at 22 s, B at 62 s; B's track ends 3 s after he leaves at 64 s.
+    let waited = rec
+        .wait_for(Duration::from_secs(150), "B's object.end", |m| {
+            m.iter().filter(|r| r.json["type"] == "object.end").count() >= 2
+        })
+        .await;
+    let metrics = http_get(port, "/metrics").map(|(_, m)| m).unwrap_or_default();
+    let log = agent.log();
+    let (status, summary_json) = agent.stop().expect("stop");
+    assert!(status.success(), "{log}");
+    let events: Vec<Value> = rec.snapshot().into_iter().map(|r| r.json).collect();
+    let story = summary(&events);
+    waited.unwrap_or_else(|e| panic!("{e}\n{story}\n{log}"));
+
+    let crossings: Vec<&str> =
+        of_type(&events, "line.cross").iter().map(|e| e["line"]["direction"].as_str().unwrap_or("")).collect();
+    assert_eq!(crossings, ["east", "west"], "A east, then B west:\n{story}");
+    assert_eq!(of_type(&events, "zone.enter").len(), 1, "A enters the walkway, B never:\n{story}");
+    assert_eq!(of_type(&events, "zone.exit").len(), 1, "\n{story}");
+    assert_eq!(of_type(&events, "object.new").len(), 2, "two people, two objects:\n{story}");
+
+    let series = |name: &str| -> u64 {
+        let key = format!("{name}{{camera=\"{CAMERA}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    let skipped = series("lookout_frames_activity_skipped_total");
+    assert!(skipped >= 10, "static keyframes between the crossings skipped undecoded: {skipped}\n{metrics}");
+    assert_eq!(series("lookout_activity_gate_active"), 1, "{metrics}");
+    let s: Value = serde_json::from_str(summary_json.trim()).expect("summary");
+    assert_eq!(s["cameras"][0]["restarts"], 0, "a quiet camera is not a stalled one:\n{log}");
+    assert!(!log.contains("corrupt stream"), "{log}");
+}
