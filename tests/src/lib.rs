@@ -26,6 +26,19 @@ pub fn workspace() -> PathBuf {
 }
 
 /// The person model's manifest: most tests run it (their truths and fixtures are its).
+/// Rules for a camera of the quiet scene (`lookout::demo::scene::quiet_scene`), appended
+/// to its `[[cameras]]` section: the line x = 0.5 and a zone on the lower walkway that A
+/// and C cross and B does not. Shared by the end-to-end test and the benchmark.
+pub const QUIET_SCENE_RULES: &str = r#"lost_after = 3
+[[cameras.zones]]
+name = "walkway"
+polygon = [[0.3, 0.6], [0.7, 0.6], [0.7, 1.0], [0.3, 1.0]]
+[[cameras.lines]]
+name = "middle"
+points = [[0.5, 0.0], [0.5, 1.0]]
+directions = ["east", "west"]
+"#;
+
 pub fn person_manifest() -> PathBuf {
     workspace().join("models/ssdlite-mobilenetv2-person/manifest.toml")
 }

@@ -321,18 +321,6 @@ async fn city_scene_counts_crossings_and_occupancy_per_class_and_group() {
     drop(server);
 }
 
-/// The quiet scene's rules (`lookout::demo::scene::quiet_scene`): the line x = 0.5 and a
-/// zone on the lower walkway that A and C cross and B does not.
-const QUIET_RULES: &str = r#"lost_after = 3
-[[cameras.zones]]
-name = "walkway"
-polygon = [[0.3, 0.6], [0.7, 0.6], [0.7, 1.0], [0.3, 1.0]]
-[[cameras.lines]]
-name = "middle"
-points = [[0.5, 0.0], [0.5, 1.0]]
-directions = ["east", "west"]
-"#;
-
 /// A mostly static camera at 1 fps (keyframes only): once the first crossing has taught
 /// the camera what motion looks like in its stream, static keyframes are not even
 /// decoded, yet the second crossing is caught exactly and the camera is never taken for
@@ -351,7 +339,7 @@ async fn a_static_scenes_keyframes_are_skipped_undecoded_without_losing_a_crossi
     let text = std::fs::read_to_string(&config)
         .expect("config text")
         .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""))
-        + QUIET_RULES;
+        + QUIET_SCENE_RULES;
     std::fs::write(&config, text).expect("config");
     let rec = Recorder::start(broker.port(), &format!("lookout/v1/test-site/gw-test/cameras/{CAMERA}/events"))
         .await

@@ -122,28 +122,39 @@ thread_local! {
 /// Failed encodings in a row after which a thread stops trying `jpegenc`.
 const JPEGENC_GIVE_UP: u32 = 3;
 
-/// Scales `frame` in YUV (I420) and encodes it with `jpegenc`.
-pub fn encode_with_jpegenc(frame: &Original, max_side: u32, quality: u8) -> Result<Jpeg, String> {
+/// `frame` scaled so its longer side is at most `max_side` and converted to `format`
+/// (the decoded buffer itself when it already is both), with its description.
+fn scaled(
+    frame: &Original,
+    format: gst_video::VideoFormat,
+    max_side: u32,
+) -> Result<(gst::Buffer, gst_video::VideoInfo), String> {
     let in_info = gst_video::VideoInfo::from_caps(&frame.caps).map_err(|e| format!("unusable frame caps: {e}"))?;
     let (w, h) = fit(in_info.width(), in_info.height(), max_side);
-    let out_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, w, h)
+    // The converter refuses to change the frame rate: keep the decoder's.
+    let out_info = gst_video::VideoInfo::builder(format, w, h)
         .fps(in_info.fps())
         .interlace_mode(in_info.interlace_mode())
         .build()
         .map_err(|e| format!("cannot describe a {w}x{h} frame: {e}"))?;
-    let scaled = if in_info.format() == gst_video::VideoFormat::I420 && (w, h) == (in_info.width(), in_info.height()) {
-        frame.buffer.clone()
-    } else {
-        let converter = gst_video::VideoConverter::new(&in_info, &out_info, None)
-            .map_err(|e| format!("no conversion from {:?}: {e}", in_info.format()))?;
-        let src = gst_video::VideoFrame::from_buffer_readable(frame.buffer.clone(), &in_info)
-            .map_err(|_| "cannot map the decoded frame".to_string())?;
-        let out = gst::Buffer::with_size(out_info.size()).map_err(|e| format!("cannot allocate: {e}"))?;
-        let mut dst = gst_video::VideoFrame::from_buffer_writable(out, &out_info)
-            .map_err(|_| "cannot map the snapshot buffer".to_string())?;
-        converter.frame(&src, &mut dst);
-        dst.into_buffer()
-    };
+    if in_info.format() == format && (w, h) == (in_info.width(), in_info.height()) {
+        return Ok((frame.buffer.clone(), out_info));
+    }
+    let converter = gst_video::VideoConverter::new(&in_info, &out_info, None)
+        .map_err(|e| format!("no conversion from {:?}: {e}", in_info.format()))?;
+    let src = gst_video::VideoFrame::from_buffer_readable(frame.buffer.clone(), &in_info)
+        .map_err(|_| "cannot map the decoded frame".to_string())?;
+    let out = gst::Buffer::with_size(out_info.size()).map_err(|e| format!("cannot allocate: {e}"))?;
+    let mut dst = gst_video::VideoFrame::from_buffer_writable(out, &out_info)
+        .map_err(|_| "cannot map the snapshot buffer".to_string())?;
+    converter.frame(&src, &mut dst);
+    Ok((dst.into_buffer(), out_info))
+}
+
+/// Scales `frame` in YUV (I420) and encodes it with `jpegenc`.
+pub fn encode_with_jpegenc(frame: &Original, max_side: u32, quality: u8) -> Result<Jpeg, String> {
+    let (scaled, out_info) = scaled(frame, gst_video::VideoFormat::I420, max_side)?;
+    let (w, h) = (out_info.width(), out_info.height());
     let caps = out_info.to_caps().map_err(|e| e.to_string())?;
     if JPEGENC_FAILURES.get() >= JPEGENC_GIVE_UP {
         return Err("jpegenc failed repeatedly on this thread".to_string());
@@ -170,21 +181,10 @@ pub fn encode_with_jpegenc(frame: &Original, max_side: u32, quality: u8) -> Resu
 /// Scales and converts `frame` to RGB with GStreamer's converter, then encodes a JPEG with
 /// the `image` crate (the fallback, and the baseline of the snapshot benchmark).
 pub fn encode_with_image(frame: &Original, max_side: u32, quality: u8) -> Result<Jpeg, String> {
-    let in_info = gst_video::VideoInfo::from_caps(&frame.caps).map_err(|e| format!("unusable frame caps: {e}"))?;
-    let (w, h) = fit(in_info.width(), in_info.height(), max_side);
-    let out_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h)
-        .fps(in_info.fps())
-        .interlace_mode(in_info.interlace_mode())
-        .build()
-        .map_err(|e| format!("cannot describe a {w}x{h} RGB frame: {e}"))?;
-    let converter = gst_video::VideoConverter::new(&in_info, &out_info, None)
-        .map_err(|e| format!("no conversion from {:?}: {e}", in_info.format()))?;
-    let src = gst_video::VideoFrame::from_buffer_readable(frame.buffer.clone(), &in_info)
-        .map_err(|_| "cannot map the decoded frame".to_string())?;
-    let out = gst::Buffer::with_size(out_info.size()).map_err(|e| format!("cannot allocate: {e}"))?;
-    let mut dst = gst_video::VideoFrame::from_buffer_writable(out, &out_info)
+    let (rgb_buffer, out_info) = scaled(frame, gst_video::VideoFormat::Rgb, max_side)?;
+    let (w, h) = (out_info.width(), out_info.height());
+    let dst = gst_video::VideoFrame::from_buffer_readable(rgb_buffer, &out_info)
         .map_err(|_| "cannot map the snapshot buffer".to_string())?;
-    converter.frame(&src, &mut dst);
     let stride = dst.plane_stride()[0].max(0) as usize;
     let data = dst.plane_data(0).map_err(|e| e.to_string())?;
     let row = w as usize * 3;

@@ -294,6 +294,20 @@ mod tests {
             }
         }
 
+        /// A camera that learnt 20 s of a quiet scene (~300 B deltas) and three seconds of
+        /// motion of `moving` bytes: skipping is on (t = 23 s, last analysed then).
+        fn active(moving: usize) -> Self {
+            let mut cam = Self::new();
+            for i in 0..20 {
+                cam.second(jitter(300, i, 10), false, false);
+            }
+            for _ in 0..3 {
+                cam.second(moving, true, false);
+            }
+            assert_eq!(cam.gate.state(), GateState::Active);
+            cam
+        }
+
         /// One second: deltas of `bytes` each, then the keyframe; `moved` is the truth the
         /// pixel gate sees when it decodes. Returns whether it was decoded.
         fn second(&mut self, bytes: usize, moved: bool, tracking: bool) -> bool {
@@ -363,13 +377,7 @@ mod tests {
 
     #[test]
     fn brief_motion_within_an_interval_is_decoded() {
-        let mut cam = Cam::new();
-        for i in 0..20 {
-            cam.second(jitter(300, i, 10), false, false);
-        }
-        for _ in 0..3 {
-            cam.second(3000, true, false);
-        }
+        let mut cam = Cam::active(3000);
         assert!(!cam.second(300, false, false), "quiet: skipped");
         // One frame of change (someone leaving), then nothing: the keyframe is decoded.
         for i in 0..9 {
@@ -381,13 +389,7 @@ mod tests {
 
     #[test]
     fn someone_walking_through_between_two_keyframes_does_not_lift_the_threshold() {
-        let mut cam = Cam::new();
-        for i in 0..20 {
-            cam.second(jitter(300, i, 10), false, false);
-        }
-        for _ in 0..3 {
-            cam.second(3000, true, false);
-        }
+        let mut cam = Cam::active(3000);
         let before = cam.gate.threshold().unwrap();
         // Someone crosses between two keyframes: big deltas, but the two keyframes look
         // alike, so the motion gate labels it static.
@@ -401,13 +403,7 @@ mod tests {
 
     #[test]
     fn a_decoded_frame_the_motion_gate_skipped_does_not_reset_the_keepalive() {
-        let mut cam = Cam::new();
-        for i in 0..20 {
-            cam.second(jitter(300, i, 10), false, false);
-        }
-        for _ in 0..3 {
-            cam.second(3000, true, false);
-        }
+        let mut cam = Cam::active(3000);
         // Analysed last at t = 23. A noisy interval at t = 28 is decoded, but the picture
         // did not change, so the motion gate does not analyse it: the keepalive still
         // falls due at t = 33, not 38.
@@ -421,13 +417,7 @@ mod tests {
 
     #[test]
     fn tracks_and_the_keepalive_always_decode() {
-        let mut cam = Cam::new();
-        for i in 0..20 {
-            cam.second(jitter(300, i, 10), false, false);
-        }
-        for _ in 0..3 {
-            cam.second(3000, true, false);
-        }
+        let mut cam = Cam::active(3000);
         assert_eq!(cam.gate.state(), GateState::Active);
         // A person standing still: quiet stream, but tracked.
         for _ in 0..15 {
@@ -477,13 +467,7 @@ mod tests {
 
     #[test]
     fn a_miss_found_at_the_keepalive_lowers_the_threshold() {
-        let mut cam = Cam::new();
-        for i in 0..20 {
-            cam.second(jitter(300, i, 10), false, false);
-        }
-        for _ in 0..3 {
-            cam.second(5000, true, false);
-        }
+        let mut cam = Cam::active(5000);
         let before = cam.gate.threshold().unwrap();
         // Something slow changes the picture while frames stay small (600 B: below the
         // threshold): skipped until the keepalive, whose decode finds the picture moved.
@@ -521,13 +505,7 @@ mod tests {
 
     #[test]
     fn a_frame_not_decoded_after_all_carries_its_activity_on() {
-        let mut cam = Cam::new();
-        for i in 0..20 {
-            cam.second(jitter(300, i, 10), false, false);
-        }
-        for _ in 0..3 {
-            cam.second(3000, true, false);
-        }
+        let mut cam = Cam::active(3000);
         cam.second(300, false, false);
         for _ in 0..9 {
             cam.gate.on_delta(3000);

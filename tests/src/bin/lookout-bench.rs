@@ -844,18 +844,6 @@ fn bench_console(n: usize, fps: f64, warmup: u64, seconds: u64, rounds: usize) -
     Ok(())
 }
 
-/// The quiet scene's rules: the line x = 0.5 and a zone on the lower walkway that A and C
-/// cross (see `lookout::demo::scene::quiet_scene`).
-const QUIET_RULES: &str = r#"lost_after = 3
-[[cameras.zones]]
-name = "walkway"
-polygon = [[0.3, 0.6], [0.7, 0.6], [0.7, 1.0], [0.3, 1.0]]
-[[cameras.lines]]
-name = "middle"
-points = [[0.5, 0.0], [0.5, 1.0]]
-directions = ["east", "west"]
-"#;
-
 /// N cameras of the quiet scene at 1 analysed fps, once with `compressed_motion` off and
 /// once on (auto): agent CPU over the scene, frames decoded and skipped, and each
 /// camera's crossings and zone events against the script's truth.
@@ -872,7 +860,7 @@ async fn bench_quiet(n: usize, manifest: Option<&Path>) -> anyhow::Result<()> {
         let opts = StreamOptions {
             manifest: manifest.map(Path::to_path_buf),
             media: Some("scene:quiet".into()),
-            camera_extra: format!("compressed_motion = \"{mode}\"\n{QUIET_RULES}"),
+            camera_extra: format!("compressed_motion = \"{mode}\"\n{QUIET_SCENE_RULES}"),
             ..StreamOptions::default()
         };
         let (broker, server, config, port) = stream_setup(n, 1.0, &format!("bench-quiet-{mode}"), &opts)?;
