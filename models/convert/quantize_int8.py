@@ -39,7 +39,6 @@ How:
   short rounds within one run; medians.
 """
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -58,6 +57,11 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.calibrate import TensorData, TensorsData, load_tensors_data, save_tensors_data
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Shared with the conversions (numpy and PIL only at import).
+from convert_ssd_mobilenetv2_coco import resize_variants as coco_resize_variants  # noqa: E402
+from convert_ssdlite_person import sha256  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parents[1]
 SIZE = 300
@@ -111,10 +115,6 @@ EVAL_IMAGES = ["messi5.jpg", "grace_hopper.jpg"]
 
 def log(msg):
     print(f"int8: {msg}", file=sys.stderr, flush=True)
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------- frames
@@ -484,21 +484,8 @@ def quantize(float_model, cache, out, act_type, exclude):
 def resize_variants(rgb):
     """The reference frame at 300x300 through other resizes than PIL's bilinear (the
     agent's self-test uses the image crate's Triangle filter, cameras GStreamer): the
-    expectations must hold whatever the resize. As convert_ssd_mobilenetv2_coco.py."""
-    img = Image.fromarray(rgb)
-    out = {"PIL bilinear": small(rgb)}
-    out.update({m: np.asarray(img.resize((SIZE, SIZE), getattr(Image, m))) for m in ("BICUBIC", "BOX", "LANCZOS")})
-    h, w = rgb.shape[:2]
-    ys = np.clip((np.arange(SIZE) + 0.5) * h / SIZE - 0.5, 0, h - 1)
-    xs = np.clip((np.arange(SIZE) + 0.5) * w / SIZE - 0.5, 0, w - 1)
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
-    f = rgb.astype(np.float64)
-    top = f[y0][:, x0] * (1 - fx) + f[y0][:, x1] * fx
-    bot = f[y1][:, x0] * (1 - fx) + f[y1][:, x1] * fx
-    out["bilinear-2tap"] = np.clip(np.rint(top * (1 - fy) + bot * fy), 0, 255).astype(np.uint8)
-    return out
+    expectations must hold whatever the resize. The COCO conversion's set, plus PIL's."""
+    return {"PIL bilinear": small(rgb), **coco_resize_variants(rgb)}
 
 
 def parse_expects(text):
