@@ -20,6 +20,23 @@ pub use lookout::demo::media::{AccessUnit, Codec, clip, media_file};
 pub use lookout::demo::rtsp::{Media, RtspServer};
 pub use lookout::demo::scene::{Actor, Scene, Sprite, city_scene, quiet_scene, scene_media, standard_scene};
 
+/// A loopback TCP port that refuses every connection for as long as this lives. The socket
+/// is bound but never listens, so no other bind (a server started later on port 0) can take
+/// the port; a port merely freed by `free_port` can be handed out again at once.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn bind() -> anyhow::Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+        let port = socket.local_addr()?.port();
+        Ok(Self { _socket: socket, port })
+    }
+}
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -211,7 +211,10 @@ fn start_exposed(name: &str, token: Option<&str>) -> (AgentProcess, u16) {
 /// The same agent with its telemetry listener on `ip`.
 fn start_listening(name: &str, ip: &str, token: Option<&str>) -> (AgentProcess, u16) {
     let dir = scratch(name);
-    let dead = format!("rtsp://127.0.0.1:{}/none", free_port().expect("port"));
+    // Held until the test process ends: the camera must keep failing.
+    let closed = ClosedPort::bind().expect("port");
+    let dead = format!("rtsp://127.0.0.1:{}/none", closed.port);
+    std::mem::forget(closed);
     let config = write_config(&dir, "mqtt://127.0.0.1:1", &[Cam { id: "cam", url: dead, fps: 1.0, min_score: 0.5 }])
         .expect("config");
     let port = free_port().expect("port");

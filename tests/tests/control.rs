@@ -89,7 +89,8 @@ async fn camera_secrets_never_appear_in_replies_statuses_console_logs_or_errors(
         }
     };
     let broker = Mosquitto::start().expect("mosquitto");
-    let dead = free_port().expect("port");
+    let closed = ClosedPort::bind().expect("port");
+    let dead = closed.port;
     let dir = scratch("secrets");
     let url = format!("rtsp://admin:UsrPw9Secret@127.0.0.1:{dead}/s?user=admin&Password=QryPw9Secret&channel=1");
     let config =

@@ -356,8 +356,8 @@ async fn refused_unauthorized_and_corrupt_cameras_get_clear_reasons_while_a_heal
         Some(("installer", "s3cret")),
     )
     .expect("rtsp server with auth");
-    // Nothing listens here (a port just freed; tests hold the ports they reuse).
-    let refused_url = format!("rtsp://127.0.0.1:{}/cam", free_port().expect("port"));
+    let closed = ClosedPort::bind().expect("port");
+    let refused_url = format!("rtsp://127.0.0.1:{}/cam", closed.port);
     let cams = [
         Cam { id: "ok", url: open.url("/ok"), fps: 2.0, min_score: 0.5 },
         Cam { id: "refused", url: refused_url, fps: 2.0, min_score: 0.5 },

@@ -179,8 +179,12 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     std::fs::write(local_dir.join("secret.toml"), "SECRET-PASSWORD-4711\n").expect("secret");
     let fifo = local_dir.join("fifo.toml");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
-    let closed = free_port().expect("port");
-    let unlisted = free_port().expect("port");
+    // Both ports stay taken for the whole test: a port merely freed could be handed to one
+    // of the allowed servers below and turn the refusal into a download.
+    let closed = ClosedPort::bind().expect("port");
+    // Not in allowed_urls, yet serving a valid release: fetching it would succeed.
+    let unlisted_server = HttpServer::start(&www).expect("unlisted http server");
+    let unlisted = unlisted_server.port;
     let redirect = redirect_server(format!("http://127.0.0.1:{unlisted}/good/manifest.toml"));
     let (silent, _silent) = silent_server();
 
@@ -194,7 +198,7 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
         http.url(""),
         https.https_url(""),
         rogue.https_url(""),
-        format!("http://127.0.0.1:{closed}/"),
+        format!("http://127.0.0.1:{}/", closed.port),
         format!("http://127.0.0.1:{redirect}/"),
         format!("http://127.0.0.1:{silent}/"),
         // Listed by name: it still may not reach a loopback address.
@@ -228,7 +232,7 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
         ("shape", http.url("shape/manifest.toml"), "shape_mismatch"),
         ("selftest", http.url("selftest/manifest.toml"), "self_test_failed"),
         ("big", http.url("big/manifest.toml"), "too_large"),
-        ("unreachable", format!("http://127.0.0.1:{closed}/r/manifest.toml"), "download_failed"),
+        ("unreachable", format!("http://127.0.0.1:{}/r/manifest.toml", closed.port), "download_failed"),
         ("missing", http.url("nothing-here/manifest.toml"), "download_failed"),
         ("untrusted-tls", rogue.https_url("tls/manifest.toml"), "download_failed"),
         ("ftp", "ftp://example.org/manifest.toml".into(), "invalid_field"),

@@ -15,7 +15,8 @@ async fn every_cameras_retained_status_arrives_on_connect_with_300_cameras() {
     // Cameras that refuse connections: each still has a status (`reconnecting`) without
     // streaming anything. A long back-off keeps that status from changing during the test,
     // so only the statuses sent on connect can arrive (the periodic ones come after 60 s).
-    let refused = format!("rtsp://127.0.0.1:{}/cam", free_port().expect("port"));
+    let closed = ClosedPort::bind().expect("port");
+    let refused = format!("rtsp://127.0.0.1:{}/cam", closed.port);
     let ids: Vec<String> = (0..CAMERAS).map(|i| format!("cam-{i:03}")).collect();
     let cams: Vec<Cam<'_>> = ids.iter().map(|id| Cam { id, url: refused.clone(), fps: 1.0, min_score: 0.5 }).collect();
     // The broker is down until every camera has failed once: then the connect reports

@@ -228,7 +228,8 @@ async fn signed_commands_are_required_checked_and_never_replayed() {
     lookout(&["model", "keygen", "--secret", &secret.display().to_string(), "--public", &public.display().to_string()])
         .expect("keygen");
     // Cameras that refuse connections: commands need no stream.
-    let refused = format!("rtsp://127.0.0.1:{}/cam", free_port().expect("port"));
+    let closed = ClosedPort::bind().expect("port");
+    let refused = format!("rtsp://127.0.0.1:{}/cam", closed.port);
     let cams = [
         Cam { id: "cam-1", url: refused.clone(), fps: 1.0, min_score: 0.5 },
         Cam { id: "cam-2", url: refused, fps: 1.0, min_score: 0.5 },
