@@ -220,6 +220,7 @@ pub fn detect_image(img: &image::RgbImage, spec: &ModelSpec, min_score: f32) -> 
         spec,
         &InferenceConfig {
             threads: 2,
+            workers: 1,
             max_batch: 1,
             max_wait: Duration::ZERO,
             spinning: false,

@@ -193,7 +193,12 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     let config =
         write_config(&dir, &broker.url(), &[Cam { id: "cam-1", url: server.url("/cam"), fps: FPS, min_score: 0.5 }])
             .expect("config");
-    let mut text = std::fs::read_to_string(&config).expect("config");
+    // Two sessions take the camera's frames in turn: a swap must reach both without a
+    // frame on the old version after one on the new, and frames stay in capture order.
+    let mut text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("[inference]\nthreads = 1\n", "[inference]\nthreads = 1\nworkers = 2\n");
+    assert!(text.contains("workers = 2"), "the test config has no [inference] section to extend");
     let allowed: Vec<String> = [
         http.url(""),
         https.https_url(""),
@@ -220,6 +225,7 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     let op = Operator::connect(broker.port(), ROOT).await.expect("operator");
     let agent = AgentProcess::start(&config).expect("agent");
     detections.wait_for(WAIT, "detections", |m| m.len() >= 2).await.unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert_eq!(agent.log().matches("inference worker started").count(), 2, "{}", agent.log());
 
     // Every bad release is refused with its own reason; URLs the gateway may not reach
     // are refused before anything is read from them.
@@ -287,6 +293,7 @@ async fn model_updates_are_verified_swapped_without_a_gap_and_rolled_back() {
     let times = capture_times(&detections.snapshot(), "cam-1");
     let first_new = times.iter().position(|(_, v)| v == "0.3.0").expect("0.3.0 messages");
     assert!(times[first_new..].iter().all(|(_, v)| v == "0.3.0"), "once swapped, every frame names the new version");
+    assert!(times.windows(2).all(|w| w[0].0 < w[1].0), "frames out of capture order: {times:?}");
     let around = &times[first_new.saturating_sub(5)..(first_new + 5).min(times.len())];
     let limit = (3.0 * 1000.0 / FPS) as i128;
     assert!(longest_gap(around) <= limit, "gap across the swap: {around:?} (limit {limit} ms)");

@@ -127,8 +127,16 @@ impl Keyword for OutboxFullPolicy {
 /// `[inference]` (optional section)
 #[derive(Debug, Clone)]
 pub struct InferenceConfig {
-    /// `threads` (default: the number of cores, at most 4): ONNX Runtime intra-op threads per model.
+    /// `threads` (default: the number of cores, at most 4; 1 to 64): ONNX Runtime
+    /// intra-op threads per session.
     pub threads: usize,
+    /// `workers` (default 1; 1 to 64, with `threads × workers` at most 64): sessions per
+    /// model, each on a thread of its own, taking frames from the model's cameras in turn,
+    /// so several cameras' frames are analysed at once without intra-op overhead. Pays
+    /// only when one session cannot keep up: on the 2-core test machine two one-thread
+    /// workers held 6 % more frames at saturation but cost 15 % more CPU per frame below
+    /// it (docs/BENCHMARKS.md).
+    pub workers: usize,
     /// `max_batch` (default 2): most frames, across cameras, in one model run. Larger
     /// batches were slower per image on a 2-core CPU (docs/BENCHMARKS.md); raise it for
     /// accelerators that want them.
@@ -147,9 +155,9 @@ pub struct InferenceConfig {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         InferenceConfig {
-            threads: cores.min(4),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
+            workers: 1,
             max_batch: 2,
             max_wait: Duration::from_millis(10),
             spinning: false,
@@ -357,6 +365,13 @@ pub fn parse(file: &Path, src: &str, cwd: &Path) -> Result<Config, ConfigError> 
     if let Some(mut t) = root.table(&mut issues, "inference", false) {
         if let Some(n) = t.num_in::<usize>(&mut issues, "threads", 1, 64, "threads") {
             inference.threads = n;
+        }
+        if let Some(n) = t.num_in::<usize>(&mut issues, "workers", 1, 64, "workers") {
+            inference.workers = n;
+        }
+        if inference.threads * inference.workers > 64 {
+            let s = t.raw("workers").or_else(|| t.raw("threads")).map(|v| v.span());
+            issues.push(&t.field_path("workers"), s.as_ref(), "threads × workers must be at most 64");
         }
         if let Some(n) = t.opt::<usize>(&mut issues, "max_batch") {
             if !(1..=64).contains(&n) {

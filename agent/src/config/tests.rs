@@ -128,7 +128,8 @@ fn omitted_optional_keys_take_their_documented_defaults() {
     assert_eq!(c.mqtt.client_id, "lookout-site-1-gw-1");
     assert_eq!(c.mqtt.keep_alive, Duration::from_secs(30));
     assert_eq!(c.mqtt.max_inflight, 100);
-    assert!((1..=4).contains(&c.inference.threads), "threads {}", c.inference.threads);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    assert_eq!((c.inference.threads, c.inference.workers), (cores, 1));
     assert_eq!(c.inference.max_batch, 2);
     assert!(!c.inference.spinning);
     let cam = &c.cameras[0];
@@ -148,6 +149,7 @@ reconnect_min_secs = 0.5
 reconnect_max_secs = 10
 [inference]
 threads = 3
+workers = 5
 max_batch = 16
 spinning = true
 "#;
@@ -159,6 +161,7 @@ spinning = true
     assert_eq!(c.mqtt.keep_alive, Duration::from_secs(60));
     assert_eq!(c.mqtt.max_inflight, 10);
     assert_eq!((c.inference.threads, c.inference.max_batch, c.inference.spinning), (3, 16, true));
+    assert_eq!(c.inference.workers, 5);
     let cam = &c.cameras[0];
     assert_eq!((cam.transport, cam.decode), (Transport::Udp, DecodePolicy::Keyframes));
     assert_eq!(cam.reconnect, ReconnectPolicy { min: Duration::from_millis(500), max: Duration::from_secs(10) });
@@ -388,9 +391,9 @@ fn unknown_keyword_lists_the_accepted_values() {
 #[test]
 fn bad_numeric_limits_in_mqtt_inference_and_reconnect_are_reported() {
     let src = minimal().replace("[mqtt]\n", "[mqtt]\nkeep_alive_secs = 1\nmax_inflight = 0\n")
-        + "reconnect_min_secs = 10\nreconnect_max_secs = 5\n[inference]\nthreads = 0\nmax_batch = 65\n";
+        + "reconnect_min_secs = 10\nreconnect_max_secs = 5\n[inference]\nthreads = 0\nworkers = 65\nmax_batch = 65\n";
     let all = issues(&src);
-    assert_eq!(all.len(), 5, "{all:#?}");
+    assert_eq!(all.len(), 6, "{all:#?}");
     assert_issue(&all, &src, "mqtt.keep_alive_secs", "keep_alive_secs", "must be from 5 to 3600 seconds, got 1");
     assert_issue(&all, &src, "mqtt.max_inflight", "max_inflight", "between 1 and 65535");
     assert_issue(
@@ -401,6 +404,7 @@ fn bad_numeric_limits_in_mqtt_inference_and_reconnect_are_reported() {
         "reconnect_min_secs ≤ reconnect_max_secs",
     );
     assert_issue(&all, &src, "inference.threads", "threads", "must be from 1 to 64 threads, got 0");
+    assert_issue(&all, &src, "inference.workers", "workers", "must be from 1 to 64 workers, got 65");
     assert_issue(&all, &src, "inference.max_batch", "max_batch", "between 1 and 64");
 }
 
@@ -1238,4 +1242,13 @@ fn model_providers_default_to_cpu_are_read_in_order_and_checked() {
         let src = listed(line);
         assert_issue(&issues(&src), &src, "models[0].providers", "providers", says);
     }
+}
+
+#[test]
+fn threads_times_workers_is_capped() {
+    let src = minimal() + "[inference]\nthreads = 16\nworkers = 8\n";
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_issue(&all, &src, "inference.workers", "workers = 8", "threads × workers must be at most 64");
+    parse_ok(&(minimal() + "[inference]\nthreads = 16\nworkers = 4\n"));
 }

@@ -72,18 +72,35 @@ struct UpdateDone {
     result: Result<Prepared, (&'static str, String)>,
 }
 
+/// A model's sessions, one per `[inference] workers`: the first passes the manifest's
+/// self-test, the others load the same file with the same settings.
+fn sessions(
+    spec: &ModelSpec,
+    cfg: &crate::config::InferenceConfig,
+    env: &ort::environment::Environment,
+) -> Result<Vec<Detector>, InferError> {
+    let mut first = Detector::new(spec, cfg, env)?;
+    first.self_test()?;
+    let mut all = vec![first];
+    for _ in 1..cfg.workers.max(1) {
+        all.push(Detector::new(spec, cfg, env)?);
+    }
+    Ok(all)
+}
+
 struct Prepared {
     installed: Installed,
     spec: ModelSpec,
-    /// The new session, when the model was running as the job started.
-    detector: Option<Detector>,
+    /// The new sessions (one per worker), when the model was running as the job started.
+    detector: Option<Vec<Detector>>,
 }
 
 struct ModelRuntime {
     queue: Arc<FrameQueue>,
     format: FrameFormat,
-    swap: Arc<ModelSwap>,
-    worker: Option<std::thread::JoinHandle<()>>,
+    /// One per worker thread.
+    swaps: Vec<Arc<ModelSwap>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     /// The execution provider of the session running (or queued to run) the model.
     provider: crate::config::Provider,
 }
@@ -658,45 +675,47 @@ impl Supervisor {
             return Ok(());
         }
         let spec = self.active.get(name).with_context(|| format!("unknown model {name}"))?.clone();
-        let det = self.load(name, &spec).await?;
-        let provider = det.provider();
+        let dets = self.load(name, &spec).await?;
+        let provider = dets.first().map_or(crate::config::Provider::Cpu, Detector::provider);
         let (h, w) = spec.input_size();
         let queue = Arc::new(FrameQueue::new());
-        let swap = Arc::new(ModelSwap::default());
         let stats = self.deps.inventory.model(name).map_or_else(|| Arc::new(ModelStats::new(name)), |m| m.stats);
-        let (q, s, out, st) = (queue.clone(), swap.clone(), self.deps.analysed.clone(), stats.clone());
         let (max_batch, max_wait) = (self.config.inference.max_batch, self.config.inference.max_wait);
-        let alive = self.deps.liveness.guard();
-        self.deps.expected_threads.fetch_add(1, Ordering::SeqCst);
-        let worker = std::thread::Builder::new()
-            .name(format!("infer-{name}"))
-            .spawn(move || {
-                let _alive = alive;
-                infer::run_worker(det, s, q, max_batch, max_wait, st, out)
-            })
-            .context("spawning inference thread")?;
-        info!(model = name, version = %spec.version, sha256 = %spec.sha256, "model loaded");
+        let (mut swaps, mut workers) = (Vec::new(), Vec::new());
+        for (i, det) in dets.into_iter().enumerate() {
+            let swap = Arc::new(ModelSwap::default());
+            let (q, s, out, st) = (queue.clone(), swap.clone(), self.deps.analysed.clone(), stats.clone());
+            let alive = self.deps.liveness.guard();
+            self.deps.expected_threads.fetch_add(1, Ordering::SeqCst);
+            let thread = if i == 0 { format!("infer-{name}") } else { format!("infer{i}-{name}") };
+            let worker = std::thread::Builder::new()
+                .name(thread)
+                .spawn(move || {
+                    let _alive = alive;
+                    infer::run_worker(det, s, q, max_batch, max_wait, st, out)
+                })
+                .context("spawning inference thread")?;
+            swaps.push(swap);
+            workers.push(worker);
+        }
+        info!(model = name, version = %spec.version, sha256 = %spec.sha256, workers = workers.len(), "model loaded");
         self.models.insert(
             name.to_string(),
-            ModelRuntime { queue, format: FrameFormat { width: w, height: h }, swap, worker: Some(worker), provider },
+            ModelRuntime { queue, format: FrameFormat { width: w, height: h }, swaps, workers, provider },
         );
         let previous = self.deps.inventory.model(name).and_then(|m| m.previous);
         self.publish_model(name, &spec, previous);
         Ok(())
     }
 
-    /// A new session for model `name` at `spec`, on the model's providers, off the async
-    /// workers (loading takes a while).
-    async fn load(&self, name: &str, spec: &ModelSpec) -> Result<Detector, InferError> {
+    /// New sessions for model `name` at `spec` (one per worker), on the model's
+    /// providers, off the async workers (loading takes a while).
+    async fn load(&self, name: &str, spec: &ModelSpec) -> Result<Vec<Detector>, InferError> {
         let (model, cfg, env) = (spec.name.clone(), self.config.inference_for(name), self.deps.env.clone());
         let spec = spec.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut det = Detector::new(&spec, &cfg, &env)?;
-            det.self_test()?;
-            Ok(det)
-        })
-        .await
-        .unwrap_or_else(|source| Err(InferError::LoadInterrupted { model, source }))
+        tokio::task::spawn_blocking(move || sessions(&spec, &cfg, &env))
+            .await
+            .unwrap_or_else(|source| Err(InferError::LoadInterrupted { model, source }))
     }
 
     // ---- reload ----
@@ -791,9 +810,9 @@ impl Supervisor {
         let workers: Vec<_> = self
             .models
             .values_mut()
-            .filter_map(|rt| {
+            .flat_map(|rt| {
                 rt.queue.close();
-                rt.worker.take()
+                std::mem::take(&mut rt.workers)
             })
             .collect();
         let _ = tokio::task::spawn_blocking(move || {

@@ -27,6 +27,7 @@ fn detector(spec: &ModelSpec) -> Result<Detector, InferError> {
     let env = super::runtime::environment(None).expect("ONNX Runtime is installed (run scripts/setup.sh)");
     let cfg = InferenceConfig {
         threads: 1,
+        workers: 1,
         max_batch: 2,
         max_wait: Duration::ZERO,
         spinning: false,
@@ -333,6 +334,7 @@ fn providers_are_tried_in_order_and_one_that_cannot_load_is_refused_never_silent
     let spec = ModelSpec::load(&manifest("ssd-decoded")).expect("test model");
     let cfg = |providers: Vec<Provider>| InferenceConfig {
         threads: 1,
+        workers: 1,
         max_batch: 1,
         max_wait: Duration::ZERO,
         spinning: false,

@@ -1,5 +1,6 @@
-//! A model's worker thread: takes batches across the model's cameras from its queue,
-//! runs them, and sends one [`Analysed`] per frame to the events thread.
+//! A model's worker threads (`[inference] workers`, one session each): each takes batches
+//! across the model's cameras from their shared queue, runs them, and sends one
+//! [`Analysed`] per frame to the events thread.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -69,15 +70,17 @@ pub fn run_worker(
 ) {
     info!(model = %det.name, version = %det.version, "inference worker started");
     loop {
+        let (frames, claim) = match queue.take_batch(max_batch, Duration::from_millis(500), max_wait) {
+            Take::Batch(f, c) => (f, c),
+            Take::Idle => continue,
+            Take::Closed => break,
+        };
+        // Checked after taking: a worker that waited for frames while another already
+        // swapped must not analyse a camera on the old session after it ran on the new.
         if let Some(next) = swap.take() {
             info!(model = %next.name, from = %det.version, to = %next.version, sha256 = %next.sha256, "model swapped");
             det = next;
         }
-        let frames = match queue.take_batch(max_batch, Duration::from_millis(500), max_wait) {
-            Take::Batch(f) => f,
-            Take::Idle => continue,
-            Take::Closed => break,
-        };
         let started = std::time::Instant::now();
         let results = match det.detect(&frames) {
             Ok(r) => r,
@@ -85,6 +88,7 @@ pub fn run_worker(
                 // A failed batch loses those frames (video is lossy), never the worker.
                 stats.failed_runs.fetch_add(1, Ordering::Relaxed);
                 error!(error = %e, "inference failed");
+                queue.release(claim);
                 continue;
             }
         };
@@ -119,6 +123,9 @@ pub fn run_worker(
                 return;
             }
         }
+        // Only now may another worker take these cameras' next frames: their results
+        // are queued to the event stage in capture order.
+        queue.release(claim);
     }
     info!(model = %det.name, "inference worker stopped");
 }

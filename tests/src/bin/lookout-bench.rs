@@ -76,9 +76,12 @@ enum Cmd {
         /// The model's manifest; default: the person model (the scale rows' model).
         #[arg(long)]
         manifest: Option<PathBuf>,
-        /// ONNX Runtime intra-op threads; default: the agent's (the number of cores).
+        /// ONNX Runtime intra-op threads per session; default: the agent's (1).
         #[arg(long)]
         threads: Option<usize>,
+        /// Sessions (worker threads) per model; default: the agent's (cores / threads).
+        #[arg(long)]
+        workers: Option<usize>,
         /// Print the capture → durable breakdown by stage after the row.
         #[arg(long)]
         stages: bool,
@@ -179,9 +182,9 @@ fn main() -> anyhow::Result<()> {
             bench_model(&manifest, &batch, &threads, seconds, spinning)
         }
         Cmd::Outbox { messages, bytes, fsync_ms } => bench_outbox(messages, bytes, &fsync_ms),
-        Cmd::Streams { streams, fps, warmup, seconds, manifest, threads, stages } => {
+        Cmd::Streams { streams, fps, warmup, seconds, manifest, threads, workers, stages } => {
             let rt = tokio::runtime::Runtime::new()?;
-            let setup = StreamOptions { manifest, threads, ..StreamOptions::default() };
+            let setup = StreamOptions { manifest, threads, workers, ..StreamOptions::default() };
             rt.block_on(bench_streams(streams, fps, warmup, seconds, &setup, stages))
         }
         Cmd::Peers { streams, python, model, warmup, seconds } => {
@@ -241,6 +244,7 @@ fn bench_model(
         for &t in threads {
             let cfg = InferenceConfig {
                 threads: t,
+                workers: 1,
                 max_batch: 64,
                 max_wait: Duration::ZERO,
                 spinning,
@@ -375,6 +379,8 @@ struct StreamOptions {
     manifest: Option<PathBuf>,
     /// Intra-op threads (default: the agent's).
     threads: Option<usize>,
+    /// Sessions per model (default: the agent's).
+    workers: Option<usize>,
     /// The rtsp-serve media of every mount (default: the clip, each mount starting one
     /// frame later than the one before, so GOPs are staggered as real cameras' are).
     media: Option<String>,
@@ -384,7 +390,7 @@ struct StreamOptions {
 
 /// A broker, `n` H.264 streams from an RTSP server in a process of its own (so the
 /// agent's CPU is the agent's alone) and a config for them with the agent's default
-/// inference threads (not the tests' 1) and its metrics listener on the returned port.
+/// inference settings unless `opts` names them and its metrics listener on the returned port.
 fn stream_setup(
     n: usize,
     fps: f64,
@@ -410,7 +416,9 @@ fn stream_setup(
     let dir = scratch(name);
     let config = write_config(&dir, &broker.url(), &cams)?;
     let port = free_port()?;
-    let threads = opts.threads.map(|t| format!("[inference]\nthreads = {t}\n")).unwrap_or_default();
+    let threads = opts.threads.map(|t| format!("threads = {t}\n")).unwrap_or_default();
+    let workers = opts.workers.map(|w| format!("workers = {w}\n")).unwrap_or_default();
+    let threads = format!("[inference]\n{threads}{workers}");
     let mut text = std::fs::read_to_string(&config)?
         .replace("[inference]\nthreads = 1\n", &threads)
         .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""))

@@ -156,7 +156,7 @@ impl Supervisor {
         name: &str,
         spec: &ModelSpec,
         source: &'static str,
-        preloaded: Option<Detector>,
+        preloaded: Option<Vec<Detector>>,
     ) -> Result<Map<String, Value>, (&'static str, String)> {
         let name = name.to_string();
         let old = self.active.get(&name).cloned().ok_or(("unknown_model", format!("no model {name}")))?;
@@ -168,7 +168,7 @@ impl Supervisor {
         let new_version = ModelVersion { version: spec.version.clone(), sha256: spec.sha256.clone(), source };
         let mut switched: Vec<String> = Vec::new();
         if self.models.contains_key(&name) {
-            let det = match preloaded {
+            let dets = match preloaded {
                 Some(d) => d,
                 None => self.load(&name, spec).await.map_err(load_error)?,
             };
@@ -176,8 +176,13 @@ impl Supervisor {
             let format = FrameFormat { width: w, height: h };
             let resize = self.models.get(&name).is_some_and(|rt| (rt.format.width, rt.format.height) != (w, h));
             if let Some(rt) = self.models.get_mut(&name) {
-                rt.provider = det.provider();
-                rt.swap.put(det);
+                if let Some(d) = dets.first() {
+                    rt.provider = d.provider();
+                }
+                // [inference] cannot change live, so there is one new session per worker.
+                for (swap, det) in rt.swaps.iter().zip(dets) {
+                    swap.put(det);
+                }
                 rt.format = format;
             }
             switched = self.cameras.values().filter(|c| c.config.model == name).map(|c| c.config.id.clone()).collect();
@@ -274,8 +279,7 @@ pub(super) fn prepare(
     };
     let detector = if loaded.contains(&installed.name) {
         let icfg = icfgs.get(&installed.name).cloned().unwrap_or_default();
-        let det = Detector::new(&spec, &icfg, env).and_then(|mut d| d.self_test().map(|()| d));
-        match det {
+        match super::sessions(&spec, &icfg, env) {
             Ok(d) => Some(d),
             Err(e) => {
                 remove(&installed);
