@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~45 minutes.
+# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~50 minutes.
 # Run it on an otherwise idle machine; numbers are printed as Markdown table rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,9 @@ for n in 16 64; do $bench streams --streams "$n" --fps 1; done
 echo "### The person model's INT8 variant, 1 intra-op thread"
 row_header
 for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --stages; done
+echo "### The person model's INT8 variant, 1 intra-op thread, 2 workers (sessions)"
+row_header
+for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --workers 2; done
 echo "### The person model's INT8 variant, 2 intra-op threads"
 row_header
 for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 2; done

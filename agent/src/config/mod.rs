@@ -134,8 +134,8 @@ pub struct InferenceConfig {
     /// model, each on a thread of its own, taking frames from the model's cameras in turn,
     /// so several cameras' frames are analysed at once without intra-op overhead. Pays
     /// only when one session cannot keep up: on the 2-core test machine two one-thread
-    /// workers held 6 % more frames at saturation but cost 15 % more CPU per frame below
-    /// it (docs/BENCHMARKS.md).
+    /// workers held 6–30 % more frames at saturation but cost 13–18 % more CPU per frame
+    /// below it (docs/BENCHMARKS.md).
     pub workers: usize,
     /// `max_batch` (default 2): most frames, across cameras, in one model run. Larger
     /// batches were slower per image on a 2-core CPU (docs/BENCHMARKS.md); raise it for
