@@ -1,12 +1,12 @@
 //! Inference: ONNX Runtime sessions, preprocessing, decoding, and the per-model worker
-//! thread that batches frames across cameras.
+//! threads that batch frames across cameras.
 //!
-//! Each model gets one OS thread (`infer-<model>`) that owns its session: ONNX Runtime
-//! calls block for tens of milliseconds and must never run on the async runtime's
-//! workers. The thread takes batches from the model's [`queue::FrameQueue`] and sends one
-//! [`Analysed`] per frame down a bounded channel; when that channel is full the thread
-//! waits (messages are never dropped) and the cameras' latest-frame slots absorb the
-//! delay by replacing frames (counted).
+//! Each model gets `[inference] workers` OS threads (`infer-<model>`), each owning a
+//! session: ONNX Runtime calls block for tens of milliseconds and must never run on the
+//! async runtime's workers. A thread takes batches from the model's
+//! [`queue::FrameQueue`] and sends one [`Analysed`] per frame down a bounded channel; when
+//! that channel is full the thread waits (messages are never dropped) and the cameras'
+//! latest-frame slots absorb the delay by replacing frames (counted).
 
 pub mod decode;
 pub mod detection;

@@ -10,7 +10,7 @@ use tracing::{debug, error, info};
 
 use super::detection::Detection;
 use super::detector::Detector;
-use super::queue::{FrameQueue, Take};
+use super::queue::{Claim, FrameQueue, Take};
 use super::stats::ModelStats;
 use crate::camera::CameraCtx;
 use crate::latency::{STAGES, Stage};
@@ -55,6 +55,20 @@ impl ModelSwap {
     }
 }
 
+/// A taken batch's claim on its cameras, released when dropped.
+struct Held<'a> {
+    queue: &'a FrameQueue,
+    claim: Option<Claim>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.claim.take() {
+            self.queue.release(c);
+        }
+    }
+}
+
 /// Runs a model's worker thread until its queue is closed and empty.
 ///
 /// Returns when the queue closes or the output channel's receiver is gone.
@@ -70,8 +84,11 @@ pub fn run_worker(
 ) {
     info!(model = %det.name, version = %det.version, "inference worker started");
     loop {
-        let (frames, claim) = match queue.take_batch(max_batch, Duration::from_millis(500), max_wait) {
-            Take::Batch(f, c) => (f, c),
+        let (frames, _held) = match queue.take_batch(max_batch, Duration::from_millis(500), max_wait) {
+            // Released when this iteration ends, however it ends (a panic or a closed
+            // output included): only then may another worker take these cameras'
+            // next frames, whose results then queue behind these in capture order.
+            Take::Batch(f, c) => (f, Held { queue: &queue, claim: Some(c) }),
             Take::Idle => continue,
             Take::Closed => break,
         };
@@ -88,7 +105,6 @@ pub fn run_worker(
                 // A failed batch loses those frames (video is lossy), never the worker.
                 stats.failed_runs.fetch_add(1, Ordering::Relaxed);
                 error!(error = %e, "inference failed");
-                queue.release(claim);
                 continue;
             }
         };
@@ -123,9 +139,6 @@ pub fn run_worker(
                 return;
             }
         }
-        // Only now may another worker take these cameras' next frames: their results
-        // are queued to the event stage in capture order.
-        queue.release(claim);
     }
     info!(model = %det.name, "inference worker stopped");
 }

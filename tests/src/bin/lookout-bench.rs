@@ -11,6 +11,8 @@
 //! `scripts/bench.sh` runs the set recorded in docs/BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -776,8 +778,68 @@ fn bench_ingest(streams: usize, warmup: u64, seconds: u64) -> anyhow::Result<()>
             (threads - threads0) / streams as f64
         );
     }
+    // The same streams through an RTSP client on tokio: one runtime of two workers for all
+    // of them, RTP over the RTSP connection, depacketized into access units that carry
+    // their keyframe flag (what the agent's gate needs, before any decoding).
+    // Its threads are counted by name: GStreamer keeps the stopped pipelines' pooled
+    // threads, so the process's count says nothing here.
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("retina-rt").enable_all().build()?;
+    let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for i in 0..streams {
+        let url = url::Url::parse(&server.url(&format!("/cam{i}")))?;
+        tasks.push(rt.spawn(retina_receive(url, counts.clone())));
+    }
+    std::thread::sleep(Duration::from_secs(warmup));
+    let frames0 = counts.0.load(Ordering::Relaxed);
+    let (c0, t0) = (cpu_seconds(me)?, Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (c1, win) = (cpu_seconds(me)?, t0.elapsed().as_secs_f64());
+    let threads = std::fs::read_dir("/proc/self/task")?
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "retina-rt"))
+        .count() as f64;
+    let fps = (counts.0.load(Ordering::Relaxed) - frames0) as f64 / win / streams as f64;
+    for t in &tasks {
+        t.abort();
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let failed = counts.2.load(Ordering::Relaxed);
+    println!(
+        "| RTSP + depacketize with retina on tokio (2 runtime threads for all streams; {fps:.1} access units/s per stream, {} keyframes, {failed} sessions failed) | {:.2} % | {:.2} |",
+        counts.1.load(Ordering::Relaxed),
+        (c1 - c0) / win * 100.0 / streams as f64,
+        threads / streams as f64
+    );
     drop(server);
     Ok(())
+}
+
+/// Receives one stream with retina until aborted: counts access units and keyframes in
+/// `counts` (.0, .1), or a failed session in .2.
+async fn retina_receive(url: url::Url, counts: Arc<(AtomicU64, AtomicU64, AtomicU64)>) {
+    use futures_util::StreamExt;
+    use retina::client::{PlayOptions, Session, SessionOptions, SetupOptions};
+    let run = async {
+        let mut session = Session::describe(url, SessionOptions::default()).await?;
+        let video = session.streams().iter().position(|s| s.media() == "video").context("no video stream")?;
+        session.setup(video, SetupOptions::default()).await?;
+        let mut demuxed = session.play(PlayOptions::default()).await?.demuxed()?;
+        while let Some(item) = demuxed.next().await {
+            if let retina::codec::CodecItem::VideoFrame(f) = item? {
+                counts.0.fetch_add(1, Ordering::Relaxed);
+                if f.is_random_access_point() {
+                    counts.1.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = run.await {
+        counts.2.fetch_add(1, Ordering::Relaxed);
+        eprintln!("retina session: {e:#}");
+    }
 }
 
 /// What a browser does with the console open: each watched camera's frame JSON every
