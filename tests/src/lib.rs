@@ -142,6 +142,15 @@ pub fn write_config(dir: &Path, broker_url: &str, cams: &[Cam<'_>]) -> anyhow::R
     Ok(path)
 }
 
+/// Adds `line` (`key = value`) to camera `id`'s section of the config at `path`.
+pub fn add_camera_key(path: &Path, id: &str, line: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let header = format!("\n[[cameras]]\nid = \"{id}\"\n");
+    anyhow::ensure!(text.matches(&header).count() == 1, "no single camera {id} in {}", path.display());
+    std::fs::write(path, text.replace(&header, &format!("{header}{line}\n")))?;
+    Ok(())
+}
+
 /// A fresh scratch folder for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lookout-e2e-{}-{name}", std::process::id()));

@@ -71,8 +71,14 @@ async fn publishes_schema_complete_detections_for_every_h264_and_h265_camera() {
         Cam { id: "cam-264-a", url: server.url("/a"), fps: 2.0, min_score: 0.5 },
         Cam { id: "cam-264-b", url: server.url("/b"), fps: 1.0, min_score: 0.5 },
         Cam { id: "cam-265", url: server.url("/c"), fps: 2.0, min_score: 0.5 },
+        // The same streams through the shared RTSP client.
+        Cam { id: "shared-264-b", url: server.url("/b"), fps: 1.0, min_score: 0.5 },
+        Cam { id: "shared-265", url: server.url("/c"), fps: 2.0, min_score: 0.5 },
     ];
     let config = write_config(&dir, &broker.url(), &cams).expect("config");
+    for id in ["shared-264-b", "shared-265"] {
+        add_camera_key(&config, id, "rtsp_client = \"shared\"").expect("config");
+    }
     let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
     let agent = AgentProcess::start(&config).expect("agent");
 
@@ -106,10 +112,12 @@ async fn publishes_schema_complete_detections_for_every_h264_and_h265_camera() {
     let handed: u64 =
         summary["cameras"].as_array().expect("cameras").iter().filter_map(|c| c["messages"].as_u64()).sum();
     assert_eq!(summary["mqtt_acked"].as_u64(), Some(handed), "{summary}");
-    // At 1 fps with a 1 s GOP the agent decodes keyframes only.
-    let slow = summary["cameras"].as_array().expect("cameras").iter().find(|c| c["camera"] == "cam-264-b").expect("b");
-    let (enc, dec) = (slow["encoded_frames"].as_u64().unwrap_or(0), slow["decoded_frames"].as_u64().unwrap_or(0));
-    assert!(dec * 5 < enc, "keyframe-only decoding expected at 1 fps: decoded {dec} of {enc}");
+    // At 1 fps with a 1 s GOP the agent decodes keyframes only, whichever client receives.
+    for id in ["cam-264-b", "shared-264-b"] {
+        let slow = summary["cameras"].as_array().expect("cameras").iter().find(|c| c["camera"] == id).expect("b");
+        let (enc, dec) = (slow["encoded_frames"].as_u64().unwrap_or(0), slow["decoded_frames"].as_u64().unwrap_or(0));
+        assert!(dec * 5 < enc, "{id}: keyframe-only decoding expected at 1 fps: decoded {dec} of {enc}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,14 +139,19 @@ async fn detections_on_still_images_over_h264_and_mjpeg_match_the_conversion_ref
         })
         .collect();
     let server = RtspServer::start(0, mounts).expect("rtsp server");
-    let ids = ["still-grace", "still-messi", "mjpeg-grace"];
+    // The last two receive the same stills through the shared RTSP client.
+    let ids = ["still-grace", "still-messi", "mjpeg-grace", "shared-messi", "shared-mjpeg-grace"];
+    let images = [images[0], images[1], images[2], images[1], images[2]];
     let cams: Vec<Cam> = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| Cam { id, url: server.url(&format!("/still{i}")), fps: 2.0, min_score: 0.3 })
+        .map(|(i, id)| Cam { id, url: server.url(&format!("/still{}", [0, 1, 2, 1, 2][i])), fps: 2.0, min_score: 0.3 })
         .collect();
     let dir = scratch("still");
     let config = write_config(&dir, &broker.url(), &cams).expect("config");
+    for id in ["shared-messi", "shared-mjpeg-grace"] {
+        add_camera_key(&config, id, "rtsp_client = \"shared\"").expect("config");
+    }
     let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
     let agent = AgentProcess::start(&config).expect("agent");
     let got = rec
@@ -332,6 +345,17 @@ fn probe_reports_the_stream_and_writes_the_frame_with_boxes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_unauthorized_and_corrupt_cameras_get_clear_reasons_while_a_healthy_one_keeps_analysing() {
+    faults_get_clear_reasons("gstreamer").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_rtsp_client_gives_the_same_reasons_and_keeps_the_healthy_camera_analysing() {
+    faults_get_clear_reasons("shared").await;
+}
+
+/// Four cameras received by `client` (`rtsp_client`): one healthy, one refusing
+/// connections, one behind a password the config does not have, one sending garbage.
+async fn faults_get_clear_reasons(client: &str) {
     let broker = Mosquitto::start().expect("mosquitto");
     let h264 = Arc::new(clip(Codec::H264).expect("clip"));
     // A camera with a valid stream description (SPS/PPS intact) that sends no decodable
@@ -364,13 +388,15 @@ async fn refused_unauthorized_and_corrupt_cameras_get_clear_reasons_while_a_heal
         Cam { id: "locked", url: locked.url("/cam"), fps: 2.0, min_score: 0.5 },
         Cam { id: "garbage", url: bad.url("/garbage"), fps: 2.0, min_score: 0.5 },
     ];
-    let dir = scratch("faults");
+    let dir = scratch(&format!("faults-{client}"));
     let config = write_config(&dir, &broker.url(), &cams).expect("config");
     let port = free_port().expect("port");
     let text = std::fs::read_to_string(&config).expect("config");
-    let text = text
-        .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""))
-        .replace("reconnect_max_secs = 2\n", "reconnect_max_secs = 2\nstall_seconds = 5\n");
+    let text = text.replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\"")).replace(
+        "reconnect_max_secs = 2\n",
+        &format!("reconnect_max_secs = 2\nstall_seconds = 5\nrtsp_client = \"{client}\"\n"),
+    );
+    assert_eq!(text.matches("rtsp_client").count(), 4, "{text}");
     std::fs::write(&config, text).expect("config");
     let status = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/status").await.expect("sub");
     let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/ok/detections").await.expect("sub");
@@ -403,8 +429,12 @@ async fn refused_unauthorized_and_corrupt_cameras_get_clear_reasons_while_a_heal
         panic!("{e}\n{}\n{}", states.join("\n"), agent.log());
     }
     // The healthy camera kept analysing all along: detections in every third of the
-    // time it took the others to fail, and it never restarted.
-    let failed_by = started.elapsed();
+    // time it took the others to fail (at least 6 s, while they keep retrying), and it
+    // never restarted.
+    let failed_by = started.elapsed().max(Duration::from_secs(6));
+    rec.wait_for(WAIT, "detections after the others failed", |m| m.iter().any(|r| r.at >= started + failed_by))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let dets = rec.snapshot();
     for k in 0..3u32 {
         let (from, to) = (started + failed_by * k / 3, started + failed_by * (k + 1) / 3);
@@ -415,7 +445,12 @@ async fn refused_unauthorized_and_corrupt_cameras_get_clear_reasons_while_a_heal
             failed_by * (k + 1) / 3
         );
     }
-    assert!(states.iter().any(|s| s.starts_with("\"ok\" \"streaming\"")), "{states:?}");
+    status
+        .wait_for(WAIT, "the healthy camera streaming", |m| {
+            m.iter().any(|r| r.json["camera"] == "ok" && r.json["state"] == "streaming")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{states:?}"));
 
     // Readiness is about the agent (config, model, MQTT), not every camera; the status
     // line and the metrics say which cameras stream.

@@ -26,6 +26,8 @@ pub struct CameraConfig {
     pub min_score: Option<f32>,
     /// `transport` (default "tcp").
     pub transport: Transport,
+    /// `rtsp_client` (default "gstreamer"): who receives the stream.
+    pub client: RtspClient,
     /// `decode` (default "auto").
     pub decode: DecodePolicy,
     /// `decoder` (default "auto"): which decoder element.
@@ -102,6 +104,25 @@ pub enum Transport {
 
 impl Keyword for Transport {
     const ALL: &'static [(&'static str, Self)] = &[("tcp", Transport::Tcp), ("udp", Transport::Udp)];
+}
+
+/// Who receives a camera's RTSP stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtspClient {
+    /// GStreamer's rtspsrc: four threads of its own per camera (reader, jitter buffer
+    /// and its timer, RTCP); UDP or TCP, `rtsp://`, `rtspt://` and `rtsps://`. The
+    /// default.
+    Gstreamer,
+    /// A client on the agent's async runtime (the `retina` crate): no thread of its own,
+    /// a quarter of rtspsrc's CPU to receive (docs/BENCHMARKS.md); only the frames due
+    /// for analysis go to a decode-only pipeline (one thread). RTP over the RTSP
+    /// connection (`transport = "tcp"`) and `rtsp://` only; H.264, H.265 and MJPEG.
+    Shared,
+}
+
+impl Keyword for RtspClient {
+    const ALL: &'static [(&'static str, Self)] =
+        &[("gstreamer", RtspClient::Gstreamer), ("shared", RtspClient::Shared)];
 }
 
 /// Which frames reach the video decoder.
@@ -200,6 +221,7 @@ pub(super) fn read_camera(
     let fps = t.opt::<f64>(issues, "fps").unwrap_or(1.0);
     let min_score = t.opt::<f64>(issues, "min_score");
     let transport = t.keyword(issues, "transport", Transport::Tcp);
+    let client = t.keyword(issues, "rtsp_client", RtspClient::Gstreamer);
     let decode = t.keyword(issues, "decode", DecodePolicy::Auto);
     let decoder = match t.opt::<String>(issues, "decoder").as_deref() {
         None | Some("auto") => DecoderPolicy::Auto,
@@ -252,6 +274,24 @@ pub(super) fn read_camera(
     {
         let s = span_of(t, "url");
         issues.push(&t.field_path("url"), s.as_ref(), e);
+    }
+    if client == RtspClient::Shared {
+        if transport == Transport::Udp {
+            let s = span_of(t, "rtsp_client");
+            issues.push(
+                &t.field_path("rtsp_client"),
+                s.as_ref(),
+                "\"shared\" receives over TCP only: set transport = \"tcp\" or rtsp_client = \"gstreamer\"",
+            );
+        }
+        if url.as_deref().is_some_and(|u| !u.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("rtsp://"))) {
+            let s = span_of(t, "rtsp_client");
+            issues.push(
+                &t.field_path("rtsp_client"),
+                s.as_ref(),
+                "\"shared\" takes rtsp:// URLs only (rtsps:// and rtspt:// need \"gstreamer\")",
+            );
+        }
     }
     if let Some(m) = &model
         && !model_names.contains(m)
@@ -315,6 +355,7 @@ pub(super) fn read_camera(
         fps,
         min_score: min_score.map(|s| s as f32),
         transport,
+        client,
         decode,
         decoder,
         reconnect: ReconnectPolicy { min: rmin, max: rmax.max(rmin) },

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use camera::{
-    CameraConfig, DecodePolicy, DecoderPolicy, ReconnectPolicy, SnapshotPolicy, Transport, camera_from_json,
+    CameraConfig, DecodePolicy, DecoderPolicy, ReconnectPolicy, RtspClient, SnapshotPolicy, Transport, camera_from_json,
 };
 pub use classes::{ClassGroup, MAX_CLASS_GROUPS};
 pub use mqtt::{MqttConfig, MqttTls, Secret, parse_mqtt_url};
@@ -600,6 +600,7 @@ fn root_model_names(doc: &toml::de::DeTable<'_>) -> HashSet<String> {
 }
 
 /// URLs with their secrets masked, for logs, replies, errors and printing (`redact`).
+pub(crate) use redact::percent_decode;
 pub use redact::{redact_secrets_in, redact_url, redact_urls_in};
 
 /// Relative paths resolve against the config file's folder first, then the working

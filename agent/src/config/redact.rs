@@ -194,7 +194,7 @@ fn redact_unparsed(s: &str) -> String {
 }
 
 /// `%XX` decoded (invalid sequences kept as they are; not UTF-8: lossy).
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -1252,3 +1252,20 @@ fn threads_times_workers_is_capped() {
     assert_issue(&all, &src, "inference.workers", "workers = 8", "threads × workers must be at most 64");
     parse_ok(&(minimal() + "[inference]\nthreads = 16\nworkers = 4\n"));
 }
+
+#[test]
+fn the_shared_rtsp_client_is_chosen_per_camera_and_refuses_udp_and_other_schemes() {
+    let c = parse_ok(&(minimal() + "rtsp_client = \"shared\"\n"));
+    assert_eq!(c.cameras[0].client, RtspClient::Shared);
+    assert_eq!(parse_ok(&minimal()).cameras[0].client, RtspClient::Gstreamer);
+    let src = minimal() + "rtsp_client = \"shared\"\ntransport = \"udp\"\n";
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_issue(&all, &src, "cameras[0].rtsp_client", "rtsp_client", "TCP only");
+    let src = minimal().replace("rtsp://", "rtsps://") + "rtsp_client = \"shared\"\n";
+    let all = issues(&src);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_issue(&all, &src, "cameras[0].rtsp_client", "rtsp_client", "rtsp:// URLs only");
+    let src = minimal() + "rtsp_client = \"ffmpeg\"\n";
+    assert_issue(&issues(&src), &src, "cameras[0].rtsp_client", "rtsp_client", "unknown value \"ffmpeg\"");
+}

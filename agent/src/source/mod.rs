@@ -6,6 +6,7 @@
 //! camera failing only ever restarts that camera.
 
 pub mod activity;
+mod client;
 mod gate;
 pub mod motion;
 mod pipeline;
@@ -23,7 +24,7 @@ pub use gate::{Gate, GateVerdict, Sampler};
 pub use pipeline::FrameFormat;
 
 use crate::camera::{CameraCtx, CameraState};
-use crate::config::CameraConfig;
+use crate::config::{CameraConfig, RtspClient};
 use crate::infer::queue::FrameQueue;
 
 /// Why a camera's pipeline stopped, and whether trying again can help.
@@ -96,21 +97,38 @@ pub enum Fault {
 impl Fault {
     /// Classifies a pipeline error from its GLib error and its debug text.
     pub fn classify(error: &gst::glib::Error, debug: &str) -> Self {
-        let text = format!("{} {debug}", error.message()).to_ascii_lowercase();
-        if error.matches(gst::ResourceError::NotAuthorized) || text.contains("unauthorized") || text.contains(" 401") {
+        let by_text = Self::from_text(&format!("{} {debug}", error.message()));
+        if error.matches(gst::ResourceError::NotAuthorized) || by_text == Fault::Unauthorized {
             Fault::Unauthorized
-        } else if text.contains("forbidden") || text.contains(" 403") {
+        } else if by_text == Fault::Forbidden {
             Fault::Forbidden
-        } else if error.matches(gst::ResourceError::NotFound) || text.contains("not found") || text.contains(" 404") {
+        } else if error.matches(gst::ResourceError::NotFound) || by_text == Fault::NotFound {
             Fault::NotFound
-        } else if text.contains("connection refused") {
+        } else if matches!(by_text, Fault::Refused | Fault::Timeout) {
+            by_text
+        } else if error.matches(gst::StreamError::Decode) || error.matches(gst::StreamError::Format) {
+            Fault::Corrupt
+        } else {
+            by_text
+        }
+    }
+
+    /// Classifies an error by its text alone (the shared RTSP client's, or GStreamer's
+    /// debug text), in the order the checks above take.
+    pub fn from_text(text: &str) -> Self {
+        let text = text.to_ascii_lowercase();
+        let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+        if has(&["unauthorized", " 401"]) {
+            Fault::Unauthorized
+        } else if has(&["forbidden", " 403"]) {
+            Fault::Forbidden
+        } else if has(&["not found", " 404"]) {
+            Fault::NotFound
+        } else if has(&["connection refused"]) {
             Fault::Refused
-        } else if text.contains("timeout") || text.contains("timed out") || text.contains("unreachable") {
+        } else if has(&["timeout", "timed out", "unreachable"]) {
             Fault::Timeout
-        } else if error.matches(gst::StreamError::Decode)
-            || error.matches(gst::StreamError::Format)
-            || text.contains("decod")
-        {
+        } else if has(&["decod"]) {
             Fault::Corrupt
         } else {
             Fault::Other
@@ -200,7 +218,10 @@ struct GstOpener<'a> {
 
 impl Opener for GstOpener<'_> {
     async fn run_once(&mut self, ctx: &Arc<CameraCtx>, shutdown: &CancellationToken) -> Result<(), SourceError> {
-        run_once(self.cam, ctx, self.format, &self.queue, self.slot, shutdown).await
+        match self.cam.client {
+            RtspClient::Gstreamer => run_once(self.cam, ctx, self.format, &self.queue, self.slot, shutdown).await,
+            RtspClient::Shared => client::run_once(self.cam, ctx, self.format, &self.queue, self.slot, shutdown).await,
+        }
     }
 
     async fn diagnose(&mut self, err: SourceError) -> SourceError {
@@ -301,6 +322,80 @@ pub(crate) fn liveliness(
     Liveliness::Fine
 }
 
+/// One run's health, checked once a second: stalls, a silent decoder, and the switch
+/// to `streaming` once this run delivers frames.
+struct RunHealth {
+    started: Instant,
+    /// The counter is cumulative over the camera's life: this run streams once it grows.
+    frames_before: u64,
+    streaming: bool,
+    stall: Duration,
+}
+
+impl RunHealth {
+    fn start(ctx: &CameraCtx, stall: Duration) -> Self {
+        ctx.touch();
+        let frames_before = ctx.stats.sampled_frames.load(Ordering::Relaxed);
+        RunHealth { started: Instant::now(), frames_before, streaming: false, stall }
+    }
+
+    fn check(&mut self, ctx: &CameraCtx) -> Result<(), SourceError> {
+        let camera = || ctx.id.clone();
+        let quiet = ctx.since_data();
+        let undecoded = ctx.since_decoded();
+        match liveliness(quiet, undecoded, self.started.elapsed(), self.streaming, self.stall) {
+            Liveliness::Fine => {}
+            Liveliness::Stalled => return Err(SourceError::Stalled { camera: camera(), seconds: quiet.as_secs() }),
+            Liveliness::Undecodable => {
+                return Err(SourceError::Stream {
+                    camera: camera(),
+                    element: "decoder".into(),
+                    message: format!(
+                        "data arrives but no frame has decoded for {} s",
+                        undecoded.min(self.started.elapsed()).as_secs()
+                    ),
+                    fault: Fault::Corrupt,
+                });
+            }
+        }
+        let frames = ctx.stats.sampled_frames.load(Ordering::Relaxed);
+        if !self.streaming && frames > self.frames_before {
+            self.streaming = true;
+            ctx.set_state(CameraState::Streaming, None);
+            info!("camera streaming");
+        }
+        Ok(())
+    }
+}
+
+/// What a bus message means for the run: `Some(Err)` ends it (an error or the end of
+/// stream); warnings are logged with the URL's secrets masked.
+fn on_bus_message(msg: &gst::Message, camera: &str, url: &str) -> Option<Result<(), SourceError>> {
+    use gst::MessageView;
+    let camera = camera.to_string();
+    match msg.view() {
+        MessageView::Error(err) => {
+            let debug = err.debug().map(|d| d.to_string()).unwrap_or_default();
+            Some(Err(SourceError::Stream {
+                camera,
+                element: err.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                fault: Fault::classify(&err.error(), &debug),
+                message: match debug.lines().next() {
+                    Some(d) if !d.is_empty() => format!("{} ({d})", err.error()),
+                    _ => err.error().to_string(),
+                },
+            }))
+        }
+        MessageView::Eos(_) => Some(Err(SourceError::Eos { camera })),
+        MessageView::Warning(w) => {
+            let warning = crate::config::redact_secrets_in(&w.error().to_string(), url);
+            warn!(%warning, "GStreamer warning");
+            None
+        }
+        _ => None,
+    }
+}
+
 /// Starts the pipeline and follows its bus until an error, the end of stream, a stall
 /// or shutdown.
 async fn watch_bus(
@@ -315,62 +410,16 @@ async fn watch_bus(
     let bus = pipeline.bus().ok_or_else(|| SourceError::build(&camera, "pipeline has no bus"))?;
     let mut messages = bus.stream();
     pipeline.set_state(gst::State::Playing).map_err(|e| SourceError::build(&camera, e))?;
-    ctx.touch();
-    let started = Instant::now();
-    // The counter is cumulative over the camera's life: this run streams once it grows.
-    let frames_before = ctx.stats.sampled_frames.load(Ordering::Relaxed);
-    let mut streaming = false;
+    let mut health = RunHealth::start(ctx, stall);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {
-                let quiet = ctx.since_data();
-                let undecoded = ctx.since_decoded();
-                match liveliness(quiet, undecoded, started.elapsed(), streaming, stall) {
-                    Liveliness::Fine => {}
-                    Liveliness::Stalled => return Err(SourceError::Stalled { camera, seconds: quiet.as_secs() }),
-                    Liveliness::Undecodable => {
-                        return Err(SourceError::Stream {
-                            camera,
-                            element: "decoder".into(),
-                            message: format!(
-                                "data arrives but no frame has decoded for {} s",
-                                undecoded.min(started.elapsed()).as_secs()
-                            ),
-                            fault: Fault::Corrupt,
-                        });
-                    }
-                }
-                let frames = ctx.stats.sampled_frames.load(Ordering::Relaxed);
-                if !streaming && frames > frames_before {
-                    streaming = true;
-                    ctx.set_state(CameraState::Streaming, None);
-                    info!("camera streaming");
-                }
-            }
+            _ = tick.tick() => health.check(ctx)?,
             msg = messages.next() => {
                 let Some(msg) = msg else { return Err(SourceError::build(&camera, "bus closed")) };
-                use gst::MessageView;
-                match msg.view() {
-                    MessageView::Error(err) => {
-                        let debug = err.debug().map(|d| d.to_string()).unwrap_or_default();
-                        return Err(SourceError::Stream {
-                            camera,
-                            element: err.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                            fault: Fault::classify(&err.error(), &debug),
-                            message: match debug.lines().next() {
-                                Some(d) if !d.is_empty() => format!("{} ({d})", err.error()),
-                                _ => err.error().to_string(),
-                            },
-                        });
-                    }
-                    MessageView::Eos(_) => return Err(SourceError::Eos { camera }),
-                    MessageView::Warning(w) => {
-                        let warning = crate::config::redact_secrets_in(&w.error().to_string(), url);
-                        warn!(%warning, "GStreamer warning");
-                    }
-                    _ => {}
+                if let Some(end) = on_bus_message(&msg, &camera, url) {
+                    return end;
                 }
             }
         }

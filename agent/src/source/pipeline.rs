@@ -56,13 +56,7 @@ pub fn build(
     queue: Arc<FrameQueue>,
     slot: usize,
 ) -> Result<gst::Pipeline, SourceError> {
-    let pipeline = gst::Pipeline::with_name(&format!("camera-{}", cam.id));
-    // Capture times come from the pipeline clock: make it the wall clock so that
-    // base_time + running_time is a Unix time.
-    let clock = gst::SystemClock::obtain();
-    clock.set_property("clock-type", gst::ClockType::Realtime);
-    pipeline.use_clock(Some(&clock));
-
+    let (pipeline, scale, taps) = tail(cam, &ctx, format, queue, slot)?;
     let src = make(&cam.id, "rtspsrc")?;
     src.set_property("location", &cam.url);
     src.set_property_from_str(
@@ -77,39 +71,7 @@ pub fn build(
     src.set_property("latency", 200u32);
     src.set_property("drop-on-latency", true);
     src.set_property("tcp-timeout", 10_000_000u64);
-
-    let scale = make(&cam.id, "videoscale")?;
-    scale.set_property_from_str("method", "bilinear");
-    scale.set_property("add-borders", false);
-    let convert = make(&cam.id, "videoconvert")?;
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
-        .field("width", format.width as i32)
-        .field("height", format.height as i32)
-        .build();
-    let sink = gst_app::AppSink::builder().caps(&caps).max_buffers(1).drop(true).sync(false).build();
-    pipeline.add_many([&src, &scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
-    gst::Element::link_many([&scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
-
-    // The slot always exists; frames go in only for snapshots or while the console watches.
-    let originals: Option<OriginalSlot> = Some(OriginalSlot::default());
-    install_appsink(&sink, ctx.clone(), queue.clone(), slot, originals.clone());
-    // A new pipeline's activity gate starts learning, whatever the last one had found.
-    ctx.stats.activity_gate_active.store(0, Ordering::Relaxed);
-    let taps = Taps {
-        queue,
-        slot,
-        decoder: cam.decoder.clone(),
-        gate: Arc::new(Mutex::new(Gate::new(cam.decode, cam.fps))),
-        motion: Arc::new(Mutex::new(MotionGate::new(cam.motion))),
-        // Its labels come from the motion gate: without that, it could never learn.
-        activity: Arc::new(Mutex::new(ActivityGate::new(
-            if cam.motion.enabled { cam.motion.compressed } else { CompressedMotionPolicy::Off },
-            cam.motion.keepalive,
-        ))),
-        originals,
-        snapshots: cam.snapshots.enabled,
-    };
+    pipeline.add(&src).map_err(|e| SourceError::build(&cam.id, e))?;
 
     // Only video streams are set up (audio would need a sink of its own).
     src.connect("select-stream", false, |args| {
@@ -131,6 +93,165 @@ pub fn build(
         }
     });
     Ok(pipeline)
+}
+
+/// A stream's codec as the shared RTSP client hands it over: whole access units (H.264
+/// and H.265 with 4-byte NAL lengths, as in MP4) or JPEG images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoded {
+    H264,
+    H265,
+    Jpeg,
+}
+
+/// A camera's decode-only pipeline, fed encoded frames by the shared RTSP client:
+///
+/// ```text
+/// appsrc ─▶ parse ─▶ decoder ─[sampler, motion]─▶ videoscale ─▶ videoconvert ─▶ appsink
+/// ```
+/// The gate runs in [`Decoding::offer`], before anything is copied into GStreamer.
+pub struct Decoding {
+    pub pipeline: gst::Pipeline,
+    src: gst_app::AppSrc,
+    taps: Taps,
+    ctx: Arc<CameraCtx>,
+}
+
+impl Decoding {
+    /// Builds it for `codec`; `codec_data` is the stream's decoder configuration (avcC /
+    /// hvcC), empty for JPEG.
+    pub fn build(
+        cam: &CameraConfig,
+        ctx: Arc<CameraCtx>,
+        format: FrameFormat,
+        queue: Arc<FrameQueue>,
+        slot: usize,
+        codec: Encoded,
+        codec_data: &[u8],
+    ) -> Result<Self, SourceError> {
+        let (pipeline, scale, taps) = tail(cam, &ctx, format, queue, slot)?;
+        let (parse, media, software) = match codec {
+            Encoded::H264 => ("h264parse", "video/x-h264", "avdec_h264"),
+            Encoded::H265 => ("h265parse", "video/x-h265", "avdec_h265"),
+            Encoded::Jpeg => ("jpegparse", "image/jpeg", "jpegdec"),
+        };
+        let dec_name = pick_decoder(&taps.decoder, media, software);
+        tracing::info!(camera = %ctx.id, codec = ?codec, decoder = %dec_name, client = "shared", "stream set up");
+        // Live, timestamped by us; never blocking the RTSP client: when the decoder
+        // falls behind, the oldest queued frames go (at most a few: only due frames
+        // come here).
+        let src = gst_app::AppSrc::builder()
+            .caps(&encoded_caps(codec, codec_data))
+            .is_live(true)
+            .format(gst::Format::Time)
+            .build();
+        // GStreamer ≥ 1.20 properties (Debian 12 has 1.22), by name.
+        src.set_property("max-buffers", 4u64);
+        src.set_property_from_str("leaky-type", "downstream");
+        let parse = make(&ctx.id, parse)?;
+        let dec = make(&ctx.id, &dec_name)?;
+        if dec.has_property("max-threads") {
+            dec.set_property("max-threads", 1i32);
+        }
+        pipeline.add_many([src.upcast_ref(), &parse, &dec]).map_err(|e| SourceError::build(&ctx.id, e))?;
+        gst::Element::link_many([src.upcast_ref(), &parse, &dec, &scale])
+            .map_err(|e| SourceError::build(&ctx.id, e))?;
+        install_sampler(&dec, &taps, &ctx);
+        Ok(Decoding { pipeline, src, taps, ctx })
+    }
+
+    /// New decoder configuration (the camera changed its parameters).
+    pub fn set_codec_data(&self, codec: Encoded, codec_data: &[u8]) {
+        self.src.set_caps(Some(&encoded_caps(codec, codec_data)));
+    }
+
+    /// One encoded frame from the client: through the gate, and if due into the decoder,
+    /// stamped with the pipeline's running time now (its arrival).
+    pub fn offer(&self, data: Vec<u8>, is_key: bool) {
+        self.ctx.touch();
+        self.ctx.stats.encoded_frames.fetch_add(1, Ordering::Relaxed);
+        let Some(now) = self.pipeline.current_running_time() else { return };
+        if !gate_encoded(&self.taps, &self.ctx, now.nseconds(), is_key, data.len()) {
+            return;
+        }
+        let mut buffer = gst::Buffer::from_mut_slice(data);
+        if let Some(b) = buffer.get_mut() {
+            b.set_pts(now);
+            if !is_key {
+                b.set_flags(gst::BufferFlags::DELTA_UNIT);
+            }
+        }
+        // Fails only once the pipeline stops; the bus says why.
+        let _ = self.src.push_buffer(buffer);
+    }
+}
+
+fn encoded_caps(codec: Encoded, codec_data: &[u8]) -> gst::Caps {
+    let with_data = |b: gst::caps::Builder<gst::caps::NoFeature>| {
+        if codec_data.is_empty() { b } else { b.field("codec_data", gst::Buffer::from_slice(codec_data.to_vec())) }
+    };
+    match codec {
+        Encoded::H264 => {
+            with_data(gst::Caps::builder("video/x-h264").field("stream-format", "avc").field("alignment", "au")).build()
+        }
+        Encoded::H265 => {
+            with_data(gst::Caps::builder("video/x-h265").field("stream-format", "hvc1").field("alignment", "au"))
+                .build()
+        }
+        Encoded::Jpeg => gst::Caps::builder("image/jpeg").build(),
+    }
+}
+
+/// A camera's pipeline behind its decoder: the wall clock, scaling, conversion and the
+/// appsink handing frames to `queue`, and the probes' shared state. Returns the element
+/// the decoder links to.
+fn tail(
+    cam: &CameraConfig,
+    ctx: &Arc<CameraCtx>,
+    format: FrameFormat,
+    queue: Arc<FrameQueue>,
+    slot: usize,
+) -> Result<(gst::Pipeline, gst::Element, Taps), SourceError> {
+    let pipeline = gst::Pipeline::with_name(&format!("camera-{}", cam.id));
+    // Capture times come from the pipeline clock: make it the wall clock so that
+    // base_time + running_time is a Unix time.
+    let clock = gst::SystemClock::obtain();
+    clock.set_property("clock-type", gst::ClockType::Realtime);
+    pipeline.use_clock(Some(&clock));
+
+    let scale = make(&cam.id, "videoscale")?;
+    scale.set_property_from_str("method", "bilinear");
+    scale.set_property("add-borders", false);
+    let convert = make(&cam.id, "videoconvert")?;
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .field("width", format.width as i32)
+        .field("height", format.height as i32)
+        .build();
+    let sink = gst_app::AppSink::builder().caps(&caps).max_buffers(1).drop(true).sync(false).build();
+    pipeline.add_many([&scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
+    gst::Element::link_many([&scale, &convert, sink.upcast_ref()]).map_err(|e| SourceError::build(&cam.id, e))?;
+
+    // The slot always exists; frames go in only for snapshots or while the console watches.
+    let originals: Option<OriginalSlot> = Some(OriginalSlot::default());
+    install_appsink(&sink, ctx.clone(), queue.clone(), slot, originals.clone());
+    // A new pipeline's activity gate starts learning, whatever the last one had found.
+    ctx.stats.activity_gate_active.store(0, Ordering::Relaxed);
+    let taps = Taps {
+        queue,
+        slot,
+        decoder: cam.decoder.clone(),
+        gate: Arc::new(Mutex::new(Gate::new(cam.decode, cam.fps))),
+        motion: Arc::new(Mutex::new(MotionGate::new(cam.motion))),
+        // Its labels come from the motion gate: without that, it could never learn.
+        activity: Arc::new(Mutex::new(ActivityGate::new(
+            if cam.motion.enabled { cam.motion.compressed } else { CompressedMotionPolicy::Off },
+            cam.motion.keepalive,
+        ))),
+        originals,
+        snapshots: cam.snapshots.enabled,
+    };
+    Ok((pipeline, scale, taps))
 }
 
 /// The decoder element for `media` caps: `auto` takes the highest-ranked decoder
@@ -163,6 +284,7 @@ fn make(camera: &str, factory: &str) -> Result<gst::Element, SourceError> {
 }
 
 /// What the probes around the decoder share: one per pipeline.
+#[derive(Clone)]
 struct Taps {
     queue: Arc<FrameQueue>,
     slot: usize,
@@ -183,7 +305,7 @@ fn link_decoder(
     taps: &Taps,
     ctx: &Arc<CameraCtx>,
 ) -> Result<(), SourceError> {
-    let Taps { queue, slot, decoder, gate, motion, activity, originals, snapshots } = taps;
+    let decoder = &taps.decoder;
     let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
     let encoding = caps
         .as_ref()
@@ -229,65 +351,82 @@ fn link_decoder(
 
     // Gate: before the decoder.
     if let Some(parse_src) = parse.static_pad("src") {
-        let gate = gate.clone();
-        let activity = activity.clone();
+        let taps = taps.clone();
         let ctx = ctx.clone();
-        let (queue, slot) = (queue.clone(), *slot);
         parse_src.add_probe(gst::PadProbeType::BUFFER, move |_pad, info| {
             let Some(buffer) = info.buffer() else { return gst::PadProbeReturn::Ok };
             ctx.stats.encoded_frames.fetch_add(1, Ordering::Relaxed);
             let Some(pts) = buffer.pts().or(buffer.dts()) else { return gst::PadProbeReturn::Ok };
             let is_key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-            let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
-            let verdict = g.on_encoded(pts.nseconds(), is_key);
-            let keyframes_only = g.keyframes_only();
-            drop(g);
-            let mut a = activity.lock().unwrap_or_else(|e| e.into_inner());
-            if !is_key {
-                a.on_delta(buffer.size());
-            }
-            if !keyframes_only {
-                ctx.stats.activity_gate_active.store(0, Ordering::Relaxed);
-            }
-            if verdict == GateVerdict::Pass && keyframes_only {
-                let tracking = ctx.live_tracks.load(Ordering::Relaxed) > 0;
-                let decision = a.on_due_keyframe(pts.nseconds(), buffer.size(), tracking);
-                if let Some(state) = a.state_change() {
-                    ctx.stats.activity_gate_active.store(u64::from(state == GateState::Active), Ordering::Relaxed);
-                    tracing::info!(
-                        camera = %ctx.id,
-                        state = state.as_str(),
-                        threshold_bytes = a.threshold().map(|t| t.round() as u64),
-                        "compressed motion gate"
-                    );
-                }
-                if decision == Decision::Skip {
-                    ctx.stats.activity_skipped_frames.fetch_add(1, Ordering::Relaxed);
-                    ctx.skipped_by_choice();
-                    return gst::PadProbeReturn::Drop;
-                }
-                // Decode on demand: while the model has not taken this camera's last
-                // frame, a new one would only replace it, so it is not decoded at all
-                // (keyframes only: a skipped delta frame would break the next). Under
-                // overload this keeps decoding to what inference consumes.
-                if queue.is_pending(slot) {
-                    a.not_decoded();
-                    ctx.stats.undecoded_frames.fetch_add(1, Ordering::Relaxed);
-                    return gst::PadProbeReturn::Drop;
-                }
-            }
-            drop(a);
-            match verdict {
-                GateVerdict::Pass => {
-                    ctx.stats.decoded_frames.fetch_add(1, Ordering::Relaxed);
-                    ctx.handed_to_decoder();
-                    gst::PadProbeReturn::Ok
-                }
-                GateVerdict::Drop => gst::PadProbeReturn::Drop,
+            if gate_encoded(&taps, &ctx, pts.nseconds(), is_key, buffer.size()) {
+                gst::PadProbeReturn::Ok
+            } else {
+                gst::PadProbeReturn::Drop
             }
         });
     }
-    // Sampler: after the decoder; also records the camera's native frame size.
+    install_sampler(&dec, taps, ctx);
+    Ok(())
+}
+
+/// The gate in front of the decoder, for one encoded frame at `pts_ns`: whether it goes
+/// to the decoder. Counts what it drops and why.
+fn gate_encoded(taps: &Taps, ctx: &CameraCtx, pts_ns: u64, is_key: bool, size: usize) -> bool {
+    let Taps { queue, slot, gate, activity, .. } = taps;
+    let slot = *slot;
+    let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
+    let verdict = g.on_encoded(pts_ns, is_key);
+    let keyframes_only = g.keyframes_only();
+    drop(g);
+    let mut a = activity.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_key {
+        a.on_delta(size);
+    }
+    if !keyframes_only {
+        ctx.stats.activity_gate_active.store(0, Ordering::Relaxed);
+    }
+    if verdict == GateVerdict::Pass && keyframes_only {
+        let tracking = ctx.live_tracks.load(Ordering::Relaxed) > 0;
+        let decision = a.on_due_keyframe(pts_ns, size, tracking);
+        if let Some(state) = a.state_change() {
+            ctx.stats.activity_gate_active.store(u64::from(state == GateState::Active), Ordering::Relaxed);
+            tracing::info!(
+                camera = %ctx.id,
+                state = state.as_str(),
+                threshold_bytes = a.threshold().map(|t| t.round() as u64),
+                "compressed motion gate"
+            );
+        }
+        if decision == Decision::Skip {
+            ctx.stats.activity_skipped_frames.fetch_add(1, Ordering::Relaxed);
+            ctx.skipped_by_choice();
+            return false;
+        }
+        // Decode on demand: while the model has not taken this camera's last
+        // frame, a new one would only replace it, so it is not decoded at all
+        // (keyframes only: a skipped delta frame would break the next). Under
+        // overload this keeps decoding to what inference consumes.
+        if queue.is_pending(slot) {
+            a.not_decoded();
+            ctx.stats.undecoded_frames.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+    }
+    drop(a);
+    match verdict {
+        GateVerdict::Pass => {
+            ctx.stats.decoded_frames.fetch_add(1, Ordering::Relaxed);
+            ctx.handed_to_decoder();
+            true
+        }
+        GateVerdict::Drop => false,
+    }
+}
+
+/// The sampler behind the decoder: drops decoded frames not due and static ones (motion
+/// gate), teaches the activity gate, and records the camera's native frame size.
+fn install_sampler(dec: &gst::Element, taps: &Taps, ctx: &Arc<CameraCtx>) {
+    let Taps { gate, motion, activity, originals, snapshots, .. } = taps;
     if let Some(dec_src) = dec.static_pad("src") {
         let gate = gate.clone();
         let ctx = ctx.clone();
@@ -337,7 +476,6 @@ fn link_decoder(
             gst::PadProbeReturn::Ok
         });
     }
-    Ok(())
 }
 
 /// The motion grid of a decoded frame's luma (the first plane of every YUV format the

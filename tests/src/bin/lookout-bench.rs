@@ -81,9 +81,12 @@ enum Cmd {
         /// ONNX Runtime intra-op threads per session; default: the agent's (1).
         #[arg(long)]
         threads: Option<usize>,
-        /// Sessions (worker threads) per model; default: the agent's (cores / threads).
+        /// Sessions (worker threads) per model; default: the agent's (1).
         #[arg(long)]
         workers: Option<usize>,
+        /// Every camera's `rtsp_client` ("gstreamer" or "shared"); default: the agent's.
+        #[arg(long)]
+        rtsp_client: Option<String>,
         /// Print the capture → durable breakdown by stage after the row.
         #[arg(long)]
         stages: bool,
@@ -184,9 +187,10 @@ fn main() -> anyhow::Result<()> {
             bench_model(&manifest, &batch, &threads, seconds, spinning)
         }
         Cmd::Outbox { messages, bytes, fsync_ms } => bench_outbox(messages, bytes, &fsync_ms),
-        Cmd::Streams { streams, fps, warmup, seconds, manifest, threads, workers, stages } => {
+        Cmd::Streams { streams, fps, warmup, seconds, manifest, threads, workers, rtsp_client, stages } => {
             let rt = tokio::runtime::Runtime::new()?;
-            let setup = StreamOptions { manifest, threads, workers, ..StreamOptions::default() };
+            let camera_extra = rtsp_client.map(|c| format!("rtsp_client = \"{c}\"\n")).unwrap_or_default();
+            let setup = StreamOptions { manifest, threads, workers, camera_extra, ..StreamOptions::default() };
             rt.block_on(bench_streams(streams, fps, warmup, seconds, &setup, stages))
         }
         Cmd::Peers { streams, python, model, warmup, seconds } => {
