@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~50 minutes.
+# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~60 minutes.
 # Run it on an otherwise idle machine; numbers are printed as Markdown table rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,13 @@ for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person
 echo "### The person model's INT8 variant, 1 intra-op thread, 2 workers (sessions)"
 row_header
 for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --workers 2; done
+echo "### The person model's INT8 variant, 1 intra-op thread, rtspsrc against the shared RTSP client (same sitting)"
+row_header
+for n in 16 64; do
+  for c in gstreamer shared; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --rtsp-client "$c"; done
+done
+$bench streams --streams 128 --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --rtsp-client shared --stages
+for n in 128 256; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --workers 2 --rtsp-client shared --warmup 25; done
 echo "### The person model's INT8 variant, 2 intra-op threads"
 row_header
 for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 2; done

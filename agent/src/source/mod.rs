@@ -220,7 +220,25 @@ impl Opener for GstOpener<'_> {
     async fn run_once(&mut self, ctx: &Arc<CameraCtx>, shutdown: &CancellationToken) -> Result<(), SourceError> {
         match self.cam.client {
             RtspClient::Gstreamer => run_once(self.cam, ctx, self.format, &self.queue, self.slot, shutdown).await,
-            RtspClient::Shared => client::run_once(self.cam, ctx, self.format, &self.queue, self.slot, shutdown).await,
+            RtspClient::Shared => {
+                // On a task of its own: the client parses what the network sends, and a
+                // panic in it must restart this camera, not end its task for good.
+                let (cam, ctx2, queue, shutdown) =
+                    (self.cam.clone(), ctx.clone(), self.queue.clone(), shutdown.clone());
+                let (format, slot) = (self.format, self.slot);
+                let run = tokio::spawn(
+                    async move { client::run_once(&cam, &ctx2, format, &queue, slot, &shutdown).await }
+                        .instrument(tracing::Span::current()),
+                );
+                run.await.unwrap_or_else(|e| {
+                    Err(SourceError::Stream {
+                        camera: ctx.id.clone(),
+                        element: "rtsp".into(),
+                        message: format!("the RTSP client failed: {e}"),
+                        fault: Fault::Other,
+                    })
+                })
+            }
         }
     }
 
