@@ -60,13 +60,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Shared with the conversions (numpy and PIL only at import).
+# The agent's decoding (agent/src/infer/ssd.rs) and IoU, as the COCO conversion checks them.
+from convert_ssd_mobilenetv2_coco import agent_decode, iou  # noqa: E402
 from convert_ssd_mobilenetv2_coco import resize_variants as coco_resize_variants  # noqa: E402
 from convert_ssdlite_person import sha256  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parents[1]
 SIZE = 300
 SCORE = 0.5       # the manifests' postprocess.score_threshold
-NMS_IOU = 0.6     # the manifests' postprocess.nms_iou
 MATCH_IOU = 0.5
 
 # Calibration data: paths below usr/share/doc/opencv-doc of Debian's opencv-doc package
@@ -173,38 +174,6 @@ def eval_frames(media, step):
 
 
 # --------------------------------------------------------------------------- decode / match
-def iou(a, b):
-    """IoU of two ymin, xmin, ymax, xmax boxes."""
-    ih = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iw = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ih * iw
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def agent_decode(boxes, scores, min_score, nms_iou=NMS_IOU, max_det=100):
-    """The agent's `ssd-decoded` decoding (agent/src/infer/ssd.rs): per class, score >=
-    min_score, clip to [0,1], drop empty boxes, greedy NMS (suppress IoU > nms_iou) by
-    descending score; all classes by descending score, max_det kept.
-    Returns [(class_id, score, [ymin, xmin, ymax, xmax])], class_id = column - 1."""
-    out = []
-    b = np.clip(boxes.astype(np.float64), 0.0, 1.0)
-    cols = np.nonzero((scores[:, 1:] >= min_score).any(axis=0))[0] + 1
-    for c in cols:
-        s = scores[:, c].astype(np.float64)
-        idx = [i for i in np.argsort(-s, kind="stable") if s[i] >= min_score
-               and b[i, 2] > b[i, 0] and b[i, 3] > b[i, 1]]
-        kept = []
-        for i in idx:
-            if len(kept) == max_det:
-                break
-            if all(iou(b[i], b[k]) <= nms_iou for k in kept):
-                kept.append(i)
-        out += [(int(c) - 1, float(s[i]), b[i]) for i in kept]
-    out.sort(key=lambda d: -d[1])
-    return out[:max_det]
-
-
 def match(ref, other, min_iou=MATCH_IOU):
     """One-to-one matching (same class, IoU >= min_iou), greedy in descending reference
     score, each taking the unused candidate of highest IoU. Returns (pairs (r, o, iou),
