@@ -33,15 +33,7 @@ APT_PACKAGES=(
   etcd-server etcd-client protobuf-compiler libprotobuf-dev
 )
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing Debian packages: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+"$(cd "$(dirname "$0")" && pwd)/apt-ensure.sh" setup "${APT_PACKAGES[@]}"
 # The Debian mosquitto service is not wanted: tests and the demo start their own broker.
 if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true

@@ -14,8 +14,6 @@ CACHE=${LOOKOUT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lookout}
 VENV="$CACHE/peers-venv"
 # Debian's python: the one python3-gi is built for (a pyenv or other python3 on PATH can't import it).
 PY=/usr/bin/python3
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 log() { printf '\033[1mpeers setup:\033[0m %s\n' "$*" >&2; }
 
@@ -24,15 +22,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
   ffmpeg
 )
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing Debian packages: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+"$here/../../scripts/apt-ensure.sh" "peers setup" "${APT_PACKAGES[@]}"
 
 stamp="$VENV/.requirements.txt"
 if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$here/requirements.txt" "$stamp"; then
