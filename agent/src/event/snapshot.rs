@@ -119,6 +119,13 @@ thread_local! {
     static JPEGENC_FAILURES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
+thread_local! {
+    /// The last converter this thread built, for frames of the same size and format
+    /// (a camera's): building one sets up its resampling tables.
+    static CONVERTER: std::cell::RefCell<Option<(gst_video::VideoInfo, gst_video::VideoInfo, gst_video::VideoConverter)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Failed encodings in a row after which a thread stops trying `jpegenc`.
 const JPEGENC_GIVE_UP: u32 = 3;
 
@@ -140,14 +147,32 @@ fn scaled(
     if in_info.format() == format && (w, h) == (in_info.width(), in_info.height()) {
         return Ok((frame.buffer.clone(), out_info));
     }
-    let converter = gst_video::VideoConverter::new(&in_info, &out_info, None)
-        .map_err(|e| format!("no conversion from {:?}: {e}", in_info.format()))?;
     let src = gst_video::VideoFrame::from_buffer_readable(frame.buffer.clone(), &in_info)
         .map_err(|_| "cannot map the decoded frame".to_string())?;
     let out = gst::Buffer::with_size(out_info.size()).map_err(|e| format!("cannot allocate: {e}"))?;
     let mut dst = gst_video::VideoFrame::from_buffer_writable(out, &out_info)
         .map_err(|_| "cannot map the snapshot buffer".to_string())?;
-    converter.frame(&src, &mut dst);
+    CONVERTER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(i, o, _)| *i != in_info || *o != out_info) {
+            // Bilinear: GStreamer's default (cubic) costs about as much as the JPEG
+            // encoding itself and shows nothing more at snapshot sizes. Two taps where
+            // the frame shrinks by less than half (no aliasing to filter out), else
+            // as many as the ratio needs.
+            let mut config = gst_video::VideoConverterConfig::new();
+            config.set_resampler_method(gst_video::VideoResamplerMethod::Linear);
+            config.set_chroma_resampler_method(gst_video::VideoResamplerMethod::Linear);
+            if 2 * out_info.width() >= in_info.width() && 2 * out_info.height() >= in_info.height() {
+                config.set_resampler_taps(2);
+            }
+            let converter = gst_video::VideoConverter::new(&in_info, &out_info, Some(config))
+                .map_err(|e| format!("no conversion from {:?}: {e}", in_info.format()))?;
+            *slot = Some((in_info.clone(), out_info.clone(), converter));
+        }
+        let (_, _, converter) = slot.as_ref().ok_or("no converter")?;
+        converter.frame(&src, &mut dst);
+        Ok::<_, String>(())
+    })?;
     Ok((dst.into_buffer(), out_info))
 }
 
