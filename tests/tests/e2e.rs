@@ -71,13 +71,19 @@ async fn publishes_schema_complete_detections_for_every_h264_and_h265_camera() {
         Cam { id: "cam-264-a", url: server.url("/a"), fps: 2.0, min_score: 0.5 },
         Cam { id: "cam-264-b", url: server.url("/b"), fps: 1.0, min_score: 0.5 },
         Cam { id: "cam-265", url: server.url("/c"), fps: 2.0, min_score: 0.5 },
-        // The same streams through the shared RTSP client.
+        // The same streams through the shared RTSP client (the first three through rtspsrc).
         Cam { id: "shared-264-b", url: server.url("/b"), fps: 1.0, min_score: 0.5 },
         Cam { id: "shared-265", url: server.url("/c"), fps: 2.0, min_score: 0.5 },
     ];
     let config = write_config(&dir, &broker.url(), &cams).expect("config");
-    for id in ["shared-264-b", "shared-265"] {
-        add_camera_key(&config, id, "rtsp_client = \"shared\"").expect("config");
+    for (id, client) in [
+        ("cam-264-a", "gstreamer"),
+        ("cam-264-b", "gstreamer"),
+        ("cam-265", "gstreamer"),
+        ("shared-264-b", "shared"),
+        ("shared-265", "shared"),
+    ] {
+        add_camera_key(&config, id, &format!("rtsp_client = \"{client}\"")).expect("config");
     }
     let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
     let agent = AgentProcess::start(&config).expect("agent");
@@ -139,7 +145,8 @@ async fn detections_on_still_images_over_h264_and_mjpeg_match_the_conversion_ref
         })
         .collect();
     let server = RtspServer::start(0, mounts).expect("rtsp server");
-    // The last two receive the same stills through the shared RTSP client.
+    // The last two receive the same stills through the shared RTSP client, the rest
+    // through rtspsrc.
     let ids = ["still-grace", "still-messi", "mjpeg-grace", "shared-messi", "shared-mjpeg-grace"];
     let images = [images[0], images[1], images[2], images[1], images[2]];
     let cams: Vec<Cam> = ids
@@ -149,8 +156,9 @@ async fn detections_on_still_images_over_h264_and_mjpeg_match_the_conversion_ref
         .collect();
     let dir = scratch("still");
     let config = write_config(&dir, &broker.url(), &cams).expect("config");
-    for id in ["shared-messi", "shared-mjpeg-grace"] {
-        add_camera_key(&config, id, "rtsp_client = \"shared\"").expect("config");
+    for (i, id) in ids.iter().enumerate() {
+        let client = if i < 3 { "gstreamer" } else { "shared" };
+        add_camera_key(&config, id, &format!("rtsp_client = \"{client}\"")).expect("config");
     }
     let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
     let agent = AgentProcess::start(&config).expect("agent");

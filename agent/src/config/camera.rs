@@ -26,7 +26,8 @@ pub struct CameraConfig {
     pub min_score: Option<f32>,
     /// `transport` (default "tcp").
     pub transport: Transport,
-    /// `rtsp_client` (default "gstreamer"): who receives the stream.
+    /// `rtsp_client` (default "auto"): who receives the stream, as resolved ("auto" is
+    /// "shared" for `rtsp://` over TCP, else "gstreamer").
     pub client: RtspClient,
     /// `decode` (default "auto").
     pub decode: DecodePolicy,
@@ -110,8 +111,7 @@ impl Keyword for Transport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RtspClient {
     /// GStreamer's rtspsrc: four threads of its own per camera (reader, jitter buffer
-    /// and its timer, RTCP); UDP or TCP, `rtsp://`, `rtspt://` and `rtsps://`. The
-    /// default.
+    /// and its timer, RTCP); UDP or TCP, `rtsp://`, `rtspt://` and `rtsps://`.
     Gstreamer,
     /// A client on the agent's async runtime (the `retina` crate): no thread of its own,
     /// a quarter of rtspsrc's CPU to receive (docs/BENCHMARKS.md); only the frames due
@@ -120,9 +120,23 @@ pub enum RtspClient {
     Shared,
 }
 
-impl Keyword for RtspClient {
+/// `rtsp_client` as written: a client, or `auto` (the default), which takes the shared
+/// client wherever it can receive the camera and rtspsrc elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientChoice {
+    Auto,
+    Gstreamer,
+    Shared,
+}
+
+impl Keyword for ClientChoice {
     const ALL: &'static [(&'static str, Self)] =
-        &[("gstreamer", RtspClient::Gstreamer), ("shared", RtspClient::Shared)];
+        &[("auto", ClientChoice::Auto), ("gstreamer", ClientChoice::Gstreamer), ("shared", ClientChoice::Shared)];
+}
+
+/// Whether the shared client can receive `url` over `transport`.
+fn shared_client_fits(url: &str, transport: Transport) -> bool {
+    transport == Transport::Tcp && url.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("rtsp://"))
 }
 
 /// Which frames reach the video decoder.
@@ -221,7 +235,7 @@ pub(super) fn read_camera(
     let fps = t.opt::<f64>(issues, "fps").unwrap_or(1.0);
     let min_score = t.opt::<f64>(issues, "min_score");
     let transport = t.keyword(issues, "transport", Transport::Tcp);
-    let client = t.keyword(issues, "rtsp_client", RtspClient::Gstreamer);
+    let choice = t.keyword(issues, "rtsp_client", ClientChoice::Auto);
     let decode = t.keyword(issues, "decode", DecodePolicy::Auto);
     let decoder = match t.opt::<String>(issues, "decoder").as_deref() {
         None | Some("auto") => DecoderPolicy::Auto,
@@ -275,7 +289,13 @@ pub(super) fn read_camera(
         let s = span_of(t, "url");
         issues.push(&t.field_path("url"), s.as_ref(), e);
     }
-    if client == RtspClient::Shared {
+    let client = match choice {
+        ClientChoice::Gstreamer => RtspClient::Gstreamer,
+        ClientChoice::Shared => RtspClient::Shared,
+        ClientChoice::Auto if url.as_deref().is_some_and(|u| shared_client_fits(u, transport)) => RtspClient::Shared,
+        ClientChoice::Auto => RtspClient::Gstreamer,
+    };
+    if choice == ClientChoice::Shared {
         if transport == Transport::Udp {
             let s = span_of(t, "rtsp_client");
             issues.push(
@@ -284,7 +304,7 @@ pub(super) fn read_camera(
                 "\"shared\" receives over TCP only: set transport = \"tcp\" or rtsp_client = \"gstreamer\"",
             );
         }
-        if url.as_deref().is_some_and(|u| !u.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("rtsp://"))) {
+        if url.as_deref().is_some_and(|u| !shared_client_fits(u, Transport::Tcp)) {
             let s = span_of(t, "rtsp_client");
             issues.push(
                 &t.field_path("rtsp_client"),

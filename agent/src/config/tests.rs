@@ -1257,7 +1257,8 @@ fn threads_times_workers_is_capped() {
 fn the_shared_rtsp_client_is_chosen_per_camera_and_refuses_udp_and_other_schemes() {
     let c = parse_ok(&(minimal() + "rtsp_client = \"shared\"\n"));
     assert_eq!(c.cameras[0].client, RtspClient::Shared);
-    assert_eq!(parse_ok(&minimal()).cameras[0].client, RtspClient::Gstreamer);
+    let c = parse_ok(&(minimal() + "rtsp_client = \"gstreamer\"\n"));
+    assert_eq!(c.cameras[0].client, RtspClient::Gstreamer);
     let src = minimal() + "rtsp_client = \"shared\"\ntransport = \"udp\"\n";
     let all = issues(&src);
     assert_eq!(all.len(), 1, "{all:#?}");
@@ -1268,4 +1269,17 @@ fn the_shared_rtsp_client_is_chosen_per_camera_and_refuses_udp_and_other_schemes
     assert_issue(&all, &src, "cameras[0].rtsp_client", "rtsp_client", "rtsp:// URLs only");
     let src = minimal() + "rtsp_client = \"ffmpeg\"\n";
     assert_issue(&issues(&src), &src, "cameras[0].rtsp_client", "rtsp_client", "unknown value \"ffmpeg\"");
+}
+
+#[test]
+fn auto_takes_the_shared_client_where_it_can_receive_the_camera_and_rtspsrc_elsewhere() {
+    let client = |extra: &str, url: &str| {
+        let src = minimal().replace("rtsp://", url) + extra;
+        parse_ok(&src).cameras[0].client
+    };
+    assert_eq!(client("", "rtsp://"), RtspClient::Shared, "the default is auto");
+    assert_eq!(client("rtsp_client = \"auto\"\n", "RTSP://"), RtspClient::Shared);
+    assert_eq!(client("transport = \"udp\"\n", "rtsp://"), RtspClient::Gstreamer);
+    assert_eq!(client("", "rtsps://"), RtspClient::Gstreamer);
+    assert_eq!(client("rtsp_client = \"auto\"\n", "rtspt://"), RtspClient::Gstreamer);
 }
