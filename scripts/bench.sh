@@ -15,6 +15,7 @@ echo "## Snapshot encoding: the image crate (before) and jpegenc (now)"
 $bench snapshot
 echo
 echo "## Agent on N streams (H.264 768x576, 10 fps, 1 s GOP staggered across cameras, 1 analysed fps each; rtsp-serve in its own process)"
+echo "Cameras are received by the agent's default client (rtsp_client = auto: the shared client for these rtsp:// TCP cameras) unless a row names one."
 row_header() {
   echo "| streams | fps/camera | agent CPU (% of one core) | per stream | RSS | per stream | threads | analysed fps per stream min / median / max | analysed fps total | capture→publish p50 / p99 | replaced | decoded/received frames |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -28,7 +29,7 @@ for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person
 echo "### The person model's INT8 variant, 1 intra-op thread, 2 workers (sessions)"
 row_header
 for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --workers 2; done
-echo "### The person model's INT8 variant, 1 intra-op thread, rtspsrc against the shared RTSP client (same sitting)"
+echo "### The person model's INT8 variant, 1 intra-op thread, rtspsrc against the shared RTSP client (the default; same sitting)"
 row_header
 for n in 16 64; do
   for c in gstreamer shared; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --rtsp-client "$c"; done

@@ -27,7 +27,8 @@ pub struct CameraConfig {
     /// `transport` (default "tcp").
     pub transport: Transport,
     /// `rtsp_client` (default "auto"): who receives the stream, as resolved ("auto" is
-    /// "shared" for `rtsp://` over TCP, else "gstreamer").
+    /// the shared client with rtspsrc to fall back on for `rtsp://` over TCP, else
+    /// rtspsrc).
     pub client: RtspClient,
     /// `decode` (default "auto").
     pub decode: DecodePolicy,
@@ -118,10 +119,14 @@ pub enum RtspClient {
     /// for analysis go to a decode-only pipeline (one thread). RTP over the RTSP
     /// connection (`transport = "tcp"`) and `rtsp://` only; H.264, H.265 and MJPEG.
     Shared,
+    /// The shared client, and rtspsrc for the rest of the camera's run if the shared
+    /// client cannot receive it (what `auto` gives a camera the shared client fits).
+    SharedOrGstreamer,
 }
 
 /// `rtsp_client` as written: a client, or `auto` (the default), which takes the shared
-/// client wherever it can receive the camera and rtspsrc elsewhere.
+/// client wherever it can receive the camera (with rtspsrc to fall back on) and rtspsrc
+/// elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientChoice {
     Auto,
@@ -292,7 +297,9 @@ pub(super) fn read_camera(
     let client = match choice {
         ClientChoice::Gstreamer => RtspClient::Gstreamer,
         ClientChoice::Shared => RtspClient::Shared,
-        ClientChoice::Auto if url.as_deref().is_some_and(|u| shared_client_fits(u, transport)) => RtspClient::Shared,
+        ClientChoice::Auto if url.as_deref().is_some_and(|u| shared_client_fits(u, transport)) => {
+            RtspClient::SharedOrGstreamer
+        }
         ClientChoice::Auto => RtspClient::Gstreamer,
     };
     if choice == ClientChoice::Shared {

@@ -1277,8 +1277,8 @@ fn auto_takes_the_shared_client_where_it_can_receive_the_camera_and_rtspsrc_else
         let src = minimal().replace("rtsp://", url) + extra;
         parse_ok(&src).cameras[0].client
     };
-    assert_eq!(client("", "rtsp://"), RtspClient::Shared, "the default is auto");
-    assert_eq!(client("rtsp_client = \"auto\"\n", "RTSP://"), RtspClient::Shared);
+    assert_eq!(client("", "rtsp://"), RtspClient::SharedOrGstreamer, "the default is auto");
+    assert_eq!(client("rtsp_client = \"auto\"\n", "RTSP://"), RtspClient::SharedOrGstreamer);
     assert_eq!(client("transport = \"udp\"\n", "rtsp://"), RtspClient::Gstreamer);
     assert_eq!(client("", "rtsps://"), RtspClient::Gstreamer);
     assert_eq!(client("rtsp_client = \"auto\"\n", "rtspt://"), RtspClient::Gstreamer);

@@ -196,7 +196,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("camera", camera = %cam.id);
-    let mut opener = GstOpener { cam: &cam, format, queue, slot };
+    let mut opener = GstOpener { cam: &cam, format, queue, slot, pick: ClientPick::new(cam.client) };
     restart_loop(&mut opener, &ctx, cam.reconnect, &cam.url, &shutdown).instrument(span).await
 }
 
@@ -208,18 +208,86 @@ pub(crate) trait Opener {
     async fn diagnose(&mut self, err: SourceError) -> SourceError;
 }
 
+/// Which client receives a camera's next run. `SharedOrGstreamer` (what `auto` gives)
+/// starts with the shared client and moves to rtspsrc for the rest of the camera's run
+/// once the shared client has failed [`ClientPick::FALL_BACK_AFTER`] runs in a row
+/// without a frame, for a reason rtspsrc might not share: a protocol or stream error, a
+/// stall, an end of stream. A camera that refuses, times out or rejects the credentials
+/// or path fails the same way under either client, so those do not count.
+#[derive(Debug)]
+pub(crate) struct ClientPick {
+    setting: RtspClient,
+    strikes: u32,
+    fell_back: bool,
+}
+
+impl ClientPick {
+    pub(crate) const FALL_BACK_AFTER: u32 = 2;
+
+    pub(crate) fn new(setting: RtspClient) -> Self {
+        ClientPick { setting, strikes: 0, fell_back: false }
+    }
+
+    /// The client for the next run: `Gstreamer` or `Shared`.
+    pub(crate) fn current(&self) -> RtspClient {
+        match self.setting {
+            RtspClient::SharedOrGstreamer if self.fell_back => RtspClient::Gstreamer,
+            RtspClient::SharedOrGstreamer => RtspClient::Shared,
+            fixed => fixed,
+        }
+    }
+
+    /// Notes how a run ended (`streamed`: it delivered frames); true when this made the
+    /// camera fall back to rtspsrc.
+    pub(crate) fn after_run(&mut self, streamed: bool, result: &Result<(), SourceError>) -> bool {
+        if self.setting != RtspClient::SharedOrGstreamer || self.fell_back {
+            return false;
+        }
+        let shared_may_be_why = match result {
+            Ok(()) => false,
+            Err(SourceError::Stream { fault, .. }) => matches!(fault, Fault::Other | Fault::Corrupt),
+            Err(SourceError::Stalled { .. } | SourceError::Eos { .. } | SourceError::UnsupportedCodec { .. }) => true,
+            Err(SourceError::MissingElement { .. } | SourceError::Build { .. }) => false,
+        };
+        self.strikes = if streamed || !shared_may_be_why { 0 } else { self.strikes + 1 };
+        self.fell_back = self.strikes >= Self::FALL_BACK_AFTER;
+        self.fell_back
+    }
+}
+
 /// The camera's real pipeline and a TCP probe of its address.
 struct GstOpener<'a> {
     cam: &'a CameraConfig,
     format: FrameFormat,
     queue: Arc<FrameQueue>,
     slot: usize,
+    pick: ClientPick,
 }
 
 impl Opener for GstOpener<'_> {
     async fn run_once(&mut self, ctx: &Arc<CameraCtx>, shutdown: &CancellationToken) -> Result<(), SourceError> {
-        match self.cam.client {
-            RtspClient::Gstreamer => run_once(self.cam, ctx, self.format, &self.queue, self.slot, shutdown).await,
+        let before = ctx.stats.sampled_frames.load(Ordering::Relaxed);
+        let result = self.run_client(ctx, shutdown).await;
+        let streamed = ctx.stats.sampled_frames.load(Ordering::Relaxed) > before;
+        if self.pick.after_run(streamed, &result) {
+            let reason = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+            let reason = crate::config::redact_secrets_in(&reason, &self.cam.url);
+            warn!(%reason, runs = ClientPick::FALL_BACK_AFTER, "the shared RTSP client cannot receive this camera; rtspsrc receives it from now on");
+        }
+        result
+    }
+
+    async fn diagnose(&mut self, err: SourceError) -> SourceError {
+        diagnose(err, &self.cam.url).await
+    }
+}
+
+impl GstOpener<'_> {
+    async fn run_client(&mut self, ctx: &Arc<CameraCtx>, shutdown: &CancellationToken) -> Result<(), SourceError> {
+        match self.pick.current() {
+            RtspClient::Gstreamer | RtspClient::SharedOrGstreamer => {
+                run_once(self.cam, ctx, self.format, &self.queue, self.slot, shutdown).await
+            }
             RtspClient::Shared => {
                 // On a task of its own: the client parses what the network sends, and a
                 // panic in it must restart this camera, not end its task for good.
@@ -240,10 +308,6 @@ impl Opener for GstOpener<'_> {
                 })
             }
         }
-    }
-
-    async fn diagnose(&mut self, err: SourceError) -> SourceError {
-        diagnose(err, &self.cam.url).await
     }
 }
 
@@ -552,6 +616,41 @@ mod tests {
         assert_eq!(script.started.len(), 1, "no second run after shutdown");
         assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
         assert_eq!(ctx.state().0, CameraState::Stopped);
+    }
+
+    #[test]
+    fn auto_falls_back_to_rtspsrc_after_two_frameless_runs_the_shared_client_may_have_caused() {
+        let err = |f: Fault| -> Result<(), SourceError> {
+            Err(SourceError::Stream { camera: "c".into(), element: "rtsp".into(), message: "m".into(), fault: f })
+        };
+        let stalled = || -> Result<(), SourceError> { Err(SourceError::Stalled { camera: "c".into(), seconds: 20 }) };
+        let mut pick = ClientPick::new(RtspClient::SharedOrGstreamer);
+        assert_eq!(pick.current(), RtspClient::Shared);
+        // The camera's own faults never count, however often.
+        for f in [Fault::Refused, Fault::Timeout, Fault::Unauthorized, Fault::NotFound, Fault::Forbidden] {
+            assert!(!pick.after_run(false, &err(f)) && !pick.after_run(false, &err(f)));
+        }
+        // Strikes must be in a row: a run that streamed, or a camera fault, starts over.
+        assert!(!pick.after_run(false, &err(Fault::Other)));
+        assert!(!pick.after_run(true, &err(Fault::Other)), "it streamed");
+        assert!(!pick.after_run(false, &stalled()));
+        assert!(!pick.after_run(false, &err(Fault::Refused)));
+        assert!(!pick.after_run(false, &err(Fault::Corrupt)));
+        assert_eq!(pick.current(), RtspClient::Shared);
+        assert!(pick.after_run(false, &stalled()), "the second in a row falls back");
+        assert_eq!(pick.current(), RtspClient::Gstreamer);
+        // For good, and said once.
+        assert!(!pick.after_run(true, &Ok(())) && !pick.after_run(false, &stalled()));
+        assert_eq!(pick.current(), RtspClient::Gstreamer);
+
+        // A client named in the config is kept whatever happens.
+        for fixed in [RtspClient::Shared, RtspClient::Gstreamer] {
+            let mut pick = ClientPick::new(fixed);
+            for _ in 0..5 {
+                assert!(!pick.after_run(false, &stalled()));
+            }
+            assert_eq!(pick.current(), fixed);
+        }
     }
 
     #[test]
