@@ -19,6 +19,7 @@ use retina::client::{Credentials, PlayOptions, Session, SessionOptions, SetupOpt
 use retina::codec::{CodecItem, ParametersRef};
 use tokio_util::sync::CancellationToken;
 
+use super::gate::Timeline;
 use super::pipeline::{Decoding, Encoded, FrameFormat};
 use super::{Fault, RunHealth, SourceError, on_bus_message};
 use crate::camera::CameraCtx;
@@ -135,6 +136,8 @@ pub(super) async fn run_once(
 
     let mut decoding: Option<Decoding> = None;
     let mut bus: Option<gst::bus::BusStream> = None;
+    // Per run: a new pipeline starts its running time over.
+    let mut timeline = Timeline::default();
     let mut health = RunHealth::start(ctx, cam.stall);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
@@ -190,7 +193,10 @@ pub(super) async fn run_once(
                         Encoded::H265 => frame.is_random_access_point() || h265_irap(frame.data()),
                         _ => frame.is_random_access_point(),
                     };
-                    d.offer(frame.into_data(), is_key);
+                    let ts = frame.timestamp();
+                    let media_ns = i128::from(ts.elapsed()) * 1_000_000_000 / i128::from(ts.clock_rate().get());
+                    let media_ns = media_ns.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+                    d.offer(frame.into_data(), is_key, media_ns, &mut timeline);
                 }
             }
         }

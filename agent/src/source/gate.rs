@@ -147,11 +147,95 @@ impl Gate {
     }
 }
 
+/// Timestamps for frames that arrive without a jitter buffer (the shared RTSP client):
+/// arrival times smoothed by the stream's own clock (its RTP timestamps).
+///
+/// Raw arrival times jitter by tens of milliseconds, and the [`Sampler`]'s grid is
+/// anchored at the first frame with a 50 ms tolerance: once the first keyframe arrived a
+/// little late, every later keyframe sat on a grid line and about one in four was dropped
+/// as "not due". Here a frame's timestamp is its media time plus the smallest delay seen
+/// so far (the least-delayed frame's `arrival − media`), so keyframes are exactly their
+/// media interval apart and a late packet moves nothing. A frame that would lag its
+/// arrival by more than [`Timeline::MAX_LAG_NS`] (a camera clock slower than ours, or
+/// its timestamps jumped) sets a new anchor. Timestamps never go back: at worst 1 ns past
+/// the previous one.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// The least `arrival − media` seen, in ns.
+    anchor: Option<i128>,
+    last: Option<u64>,
+}
+
+impl Timeline {
+    pub const MAX_LAG_NS: i128 = 250_000_000;
+
+    /// The timestamp of a frame that arrived at `arrival_ns` (pipeline running time) with
+    /// media time `media_ns` (its RTP timestamp in ns since the stream's start).
+    pub fn pts(&mut self, arrival_ns: u64, media_ns: i64) -> u64 {
+        let offset = i128::from(arrival_ns) - i128::from(media_ns);
+        let anchor = match self.anchor {
+            Some(a) if offset >= a && offset - a <= Self::MAX_LAG_NS => a,
+            _ => offset,
+        };
+        self.anchor = Some(anchor);
+        let mapped = (i128::from(media_ns) + anchor).clamp(0, i128::from(u64::MAX)) as u64;
+        let pts = match self.last {
+            Some(last) if mapped <= last => last.saturating_add(1),
+            _ => mapped,
+        };
+        self.last = Some(pts);
+        pts
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn arrival_jitter_drops_no_keyframe_once_timestamps_follow_the_stream_clock() {
+        // 1 s GOP, analysed at 1 fps; the first keyframe arrives 50 ms late (the grid's
+        // tolerance), later ones with ±20 ms of jitter. Raw arrival times lose about a
+        // quarter of them; the timeline keeps every one after the first few.
+        let jitter = |k: u64| -> i64 { [15, -18, 7, -3, 20, -12, 0, -20, 9, 4][(k % 10) as usize] };
+        let arrival = |k: u64| -> u64 {
+            let late = if k == 0 { 50 } else { 0 };
+            ((1000 * k as i64 + late + 100 + jitter(k)) * MS as i64) as u64
+        };
+        let passed = |pts: &dyn Fn(u64) -> u64| {
+            let mut g = Gate::new(DecodePolicy::Auto, 1.0);
+            (0..60).filter(|&k| g.on_encoded(pts(k), true) == GateVerdict::Pass).count()
+        };
+        assert!(passed(&arrival) < 50, "raw arrival times drop keyframes: {}", passed(&arrival));
+        let tl = std::cell::RefCell::new(Timeline::default());
+        let smoothed = |k: u64| tl.borrow_mut().pts(arrival(k), (1000 * k * MS) as i64);
+        assert!(passed(&smoothed) >= 59, "{} of 60", passed(&smoothed));
+    }
+
+    #[test]
+    fn the_timeline_follows_the_least_delayed_frame_re_anchors_after_a_long_lag_and_never_goes_back() {
+        let mut t = Timeline::default();
+        assert_eq!(t.pts(1000 * MS, 0), 1000 * MS);
+        // 30 ms late: the timeline keeps to the stream clock.
+        assert_eq!(t.pts(1130 * MS, 100 * MS as i64), 1100 * MS);
+        // 10 ms earlier than the first frame's delay: the new least delay takes over.
+        assert_eq!(t.pts(1190 * MS, 200 * MS as i64), 1190 * MS);
+        assert_eq!(t.pts(1295 * MS, 300 * MS as i64), 1290 * MS);
+        // Lagging by more than MAX_LAG (a slow camera clock, a jump): re-anchored.
+        assert_eq!(t.pts(1700 * MS, 400 * MS as i64), 1700 * MS);
+        assert_eq!(t.pts(1800 * MS, 500 * MS as i64), 1800 * MS);
+        // Media time going back a little (B-frames): never before the last.
+        assert_eq!(t.pts(1805 * MS, 450 * MS as i64), 1800 * MS + 1);
+        // Far back (the camera restarted its clock): lags too much, re-anchored.
+        assert_eq!(t.pts(1810 * MS, 0), 1810 * MS);
+        // Nonsense from the network never panics.
+        let mut t = Timeline::default();
+        for (a, m) in [(0, i64::MAX), (u64::MAX, i64::MIN), (0, i64::MIN), (u64::MAX, i64::MAX)] {
+            t.pts(a, m);
+        }
+    }
 
     #[test]
     fn one_stretched_keyframe_interval_does_not_switch_to_full_decoding() {

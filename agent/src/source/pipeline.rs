@@ -34,7 +34,7 @@ use gstreamer_video::prelude::*;
 
 use super::SourceError;
 use super::activity::{ActivityGate, CompressedMotionPolicy, Decision, GateState};
-use super::gate::{Gate, GateVerdict};
+use super::gate::{Gate, GateVerdict, Timeline};
 use super::motion::{self, MotionGate};
 use crate::camera::{CameraCtx, Frame, Original};
 use crate::config::{CameraConfig, DecoderPolicy, Transport};
@@ -165,18 +165,20 @@ impl Decoding {
         self.src.set_caps(Some(&encoded_caps(codec, codec_data)));
     }
 
-    /// One encoded frame from the client: through the gate, and if due into the decoder,
-    /// stamped with the pipeline's running time now (its arrival).
-    pub fn offer(&self, data: Vec<u8>, is_key: bool) {
+    /// One encoded frame from the client, with its media time (ns since the stream's
+    /// start): through the gate, and if due into the decoder, stamped with its arrival
+    /// in the pipeline's running time as smoothed by `timeline`.
+    pub fn offer(&self, data: Vec<u8>, is_key: bool, media_ns: i64, timeline: &mut Timeline) {
         self.ctx.touch();
         self.ctx.stats.encoded_frames.fetch_add(1, Ordering::Relaxed);
         let Some(now) = self.pipeline.current_running_time() else { return };
-        if !gate_encoded(&self.taps, &self.ctx, now.nseconds(), is_key, data.len()) {
+        let pts = timeline.pts(now.nseconds(), media_ns);
+        if !gate_encoded(&self.taps, &self.ctx, pts, is_key, data.len()) {
             return;
         }
         let mut buffer = gst::Buffer::from_mut_slice(data);
         if let Some(b) = buffer.get_mut() {
-            b.set_pts(now);
+            b.set_pts(gst::ClockTime::from_nseconds(pts));
             if !is_key {
                 b.set_flags(gst::BufferFlags::DELTA_UNIT);
             }
