@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~60 minutes.
+# The benchmarks recorded in docs/BENCHMARKS.md (release build). Takes ~65 minutes.
 # Run it on an otherwise idle machine; numbers are printed as Markdown table rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,9 +23,15 @@ row_header() {
 echo "### The person model (fp32), the agent's defaults (2 intra-op threads): the rows recorded before"
 row_header
 for n in 16 64; do $bench streams --streams "$n" --fps 1; done
-echo "### The person model's INT8 variant, 1 intra-op thread"
+echo "### The person model's INT8 variant, 1 intra-op thread (16 and 64 three times: this shared machine's CPU per frame drifts by ~10 % between minutes)"
 row_header
+for n in 16 64; do
+  for r in 1 2 3; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1; done
+done
 for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --stages; done
+echo "### The same with the RTSP server and the broker pinned to one core, the agent to the other"
+row_header
+for n in 16 64; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --pin-server; done
 echo "### The person model's INT8 variant, 1 intra-op thread, 2 workers (sessions)"
 row_header
 for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --workers 2; done

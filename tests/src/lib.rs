@@ -518,6 +518,10 @@ impl RtspProcess {
         Ok(Self { child, port })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, mount: &str) -> String {
         format!("rtsp://127.0.0.1:{}{mount}", self.port)
     }

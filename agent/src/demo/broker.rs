@@ -24,6 +24,11 @@ impl Mosquitto {
         Self::start_on(free_port()?)
     }
 
+    /// The broker's process id (the benchmarks pin it to a CPU).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts mosquitto on `port` (e.g. again after a restart in a test).
     pub fn start_on(port: u16) -> anyhow::Result<Self> {
         Self::start_with(port, "")

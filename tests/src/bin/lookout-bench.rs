@@ -90,6 +90,11 @@ enum Cmd {
         /// Print the capture → durable breakdown by stage after the row.
         #[arg(long)]
         stages: bool,
+        /// The RTSP server and the broker on the last CPU, the agent on the others (on 2
+        /// CPUs: one core each), so that the agent's CPU per stream is measured without
+        /// the server's work on its cores.
+        #[arg(long)]
+        pin_server: bool,
     },
     /// N cameras of the quiet ground-truth scene (122 s, someone crossing a tenth of the
     /// time): agent CPU and every camera's crossings and zone events against the truth,
@@ -187,10 +192,11 @@ fn main() -> anyhow::Result<()> {
             bench_model(&manifest, &batch, &threads, seconds, spinning)
         }
         Cmd::Outbox { messages, bytes, fsync_ms } => bench_outbox(messages, bytes, &fsync_ms),
-        Cmd::Streams { streams, fps, warmup, seconds, manifest, threads, workers, rtsp_client, stages } => {
+        Cmd::Streams { streams, fps, warmup, seconds, manifest, threads, workers, rtsp_client, stages, pin_server } => {
             let rt = tokio::runtime::Runtime::new()?;
             let camera_extra = rtsp_client.map(|c| format!("rtsp_client = \"{c}\"\n")).unwrap_or_default();
-            let setup = StreamOptions { manifest, threads, workers, camera_extra, ..StreamOptions::default() };
+            let pin = if pin_server { Some(Pinning::split()?) } else { None };
+            let setup = StreamOptions { manifest, threads, workers, camera_extra, pin, ..StreamOptions::default() };
             rt.block_on(bench_streams(streams, fps, warmup, seconds, &setup, stages))
         }
         Cmd::Peers { streams, python, model, warmup, seconds } => {
@@ -392,6 +398,38 @@ struct StreamOptions {
     media: Option<String>,
     /// Appended to every camera's section.
     camera_extra: String,
+    /// Where the server and the agent run (default: anywhere).
+    pin: Option<Pinning>,
+}
+
+/// CPU lists (taskset's syntax) for the peers and for the agent.
+#[derive(Clone)]
+struct Pinning {
+    peers: String,
+    agent: String,
+}
+
+impl Pinning {
+    /// The last online CPU for the peers, the others for the agent.
+    fn split() -> anyhow::Result<Self> {
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+        let last: usize = online.trim().rsplit(['-', ',']).next().and_then(|v| v.parse().ok()).context("cpu list")?;
+        anyhow::ensure!(last >= 1, "pinning the server away from the agent needs 2 CPUs");
+        let agent = if last == 1 { "0".to_string() } else { format!("0-{}", last - 1) };
+        Ok(Self { peers: last.to_string(), agent })
+    }
+
+    /// Every thread of `pid` onto `cpus`; threads it starts later inherit it.
+    fn apply(pid: u32, cpus: &str) -> anyhow::Result<()> {
+        let ok = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("taskset")?
+            .success();
+        anyhow::ensure!(ok, "taskset -c {cpus} on {pid} failed");
+        Ok(())
+    }
 }
 
 /// A broker, `n` H.264 streams from an RTSP server in a process of its own (so the
@@ -413,6 +451,10 @@ fn stream_setup(
         .collect();
     let mount_refs: Vec<&str> = mounts.iter().map(String::as_str).collect();
     let server = RtspProcess::start(&serve, free_port()?, &mount_refs)?;
+    if let Some(p) = &opts.pin {
+        Pinning::apply(server.pid(), &p.peers)?;
+        Pinning::apply(broker.pid(), &p.peers)?;
+    }
     let ids: Vec<String> = (0..n).map(|i| format!("cam-{i}")).collect();
     let cams: Vec<Cam> = ids
         .iter()
@@ -449,7 +491,11 @@ async fn bench_streams(
     let rec = Recorder::start(broker.port(), "lookout/v1/+/+/cameras/+/detections").await?;
     let agent = AgentProcess::start(&config)?;
     let pid = agent.pid().context("agent pid")?;
+    let pin_agent = || opts.pin.as_ref().map_or(Ok(()), |p| Pinning::apply(pid, &p.agent));
+    pin_agent()?;
     tokio::time::sleep(Duration::from_secs(warmup)).await;
+    // Again once every camera's threads exist, in case one started while taskset ran.
+    pin_agent()?;
     let analysed = |metrics: &str| -> Vec<f64> {
         ids.iter()
             .map(|id| {
