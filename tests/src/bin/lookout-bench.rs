@@ -84,6 +84,12 @@ enum Cmd {
         /// Sessions (worker threads) per model; default: the agent's (1).
         #[arg(long)]
         workers: Option<usize>,
+        /// `[inference] max_batch`; default: the agent's.
+        #[arg(long)]
+        max_batch: Option<usize>,
+        /// `[inference] max_wait_ms`; default: the agent's.
+        #[arg(long)]
+        max_wait_ms: Option<u64>,
         /// Every camera's `rtsp_client` ("gstreamer" or "shared"); default: the agent's.
         #[arg(long)]
         rtsp_client: Option<String>,
@@ -192,11 +198,33 @@ fn main() -> anyhow::Result<()> {
             bench_model(&manifest, &batch, &threads, seconds, spinning)
         }
         Cmd::Outbox { messages, bytes, fsync_ms } => bench_outbox(messages, bytes, &fsync_ms),
-        Cmd::Streams { streams, fps, warmup, seconds, manifest, threads, workers, rtsp_client, stages, pin_server } => {
+        Cmd::Streams {
+            streams,
+            fps,
+            warmup,
+            seconds,
+            manifest,
+            threads,
+            workers,
+            max_batch,
+            max_wait_ms,
+            rtsp_client,
+            stages,
+            pin_server,
+        } => {
             let rt = tokio::runtime::Runtime::new()?;
             let camera_extra = rtsp_client.map(|c| format!("rtsp_client = \"{c}\"\n")).unwrap_or_default();
             let pin = if pin_server { Some(Pinning::split()?) } else { None };
-            let setup = StreamOptions { manifest, threads, workers, camera_extra, pin, ..StreamOptions::default() };
+            let setup = StreamOptions {
+                manifest,
+                threads,
+                workers,
+                max_batch,
+                max_wait_ms,
+                camera_extra,
+                pin,
+                ..StreamOptions::default()
+            };
             rt.block_on(bench_streams(streams, fps, warmup, seconds, &setup, stages))
         }
         Cmd::Peers { streams, python, model, warmup, seconds } => {
@@ -393,6 +421,9 @@ struct StreamOptions {
     threads: Option<usize>,
     /// Sessions per model (default: the agent's).
     workers: Option<usize>,
+    /// Frames per model run and how long to wait for them (default: the agent's).
+    max_batch: Option<usize>,
+    max_wait_ms: Option<u64>,
     /// The rtsp-serve media of every mount (default: the clip, each mount starting one
     /// frame later than the one before, so GOPs are staggered as real cameras' are).
     media: Option<String>,
@@ -466,7 +497,9 @@ fn stream_setup(
     let port = free_port()?;
     let threads = opts.threads.map(|t| format!("threads = {t}\n")).unwrap_or_default();
     let workers = opts.workers.map(|w| format!("workers = {w}\n")).unwrap_or_default();
-    let threads = format!("[inference]\n{threads}{workers}");
+    let batch = opts.max_batch.map(|b| format!("max_batch = {b}\n")).unwrap_or_default();
+    let wait = opts.max_wait_ms.map(|w| format!("max_wait_ms = {w}\n")).unwrap_or_default();
+    let threads = format!("[inference]\n{threads}{workers}{batch}{wait}");
     let mut text = std::fs::read_to_string(&config)?
         .replace("[inference]\nthreads = 1\n", &threads)
         .replace("listen = \"off\"", &format!("listen = \"127.0.0.1:{port}\""))
