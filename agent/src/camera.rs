@@ -118,6 +118,21 @@ pub struct CameraCtx {
     /// Whether someone is looking at this camera's live frame in the console (written by
     /// the console, read by inference to keep the frame's decoded buffer).
     pub watch: Watch,
+    /// How its current pipeline receives and decodes it (none before the first set-up).
+    stream: Mutex<Option<StreamSetup>>,
+}
+
+/// How a camera's stream is received and decoded, as its pipeline last set it up:
+/// reported in its status, `camera.list`, `/metrics` and the console, so that an `auto`
+/// choice (client, decoder) and a fall-back to rtspsrc are visible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSetup {
+    /// The RTSP client, in `rtsp_client`'s words: "gstreamer" (rtspsrc) or "shared".
+    pub rtsp_client: &'static str,
+    /// "H264", "H265" or "JPEG".
+    pub codec: &'static str,
+    /// The decoder element (e.g. "avdec_h264", or a hardware one).
+    pub decoder: String,
 }
 
 /// Where a camera is in its life (reported in its retained status message).
@@ -167,7 +182,17 @@ impl CameraCtx {
             last_frame_ms: AtomicU64::new(0),
             live_tracks: std::sync::atomic::AtomicUsize::new(0),
             watch: Watch::default(),
+            stream: Mutex::new(None),
         }
+    }
+
+    /// How the camera's stream is received and decoded, once set up.
+    pub fn stream(&self) -> Option<StreamSetup> {
+        self.stream.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_stream(&self, setup: StreamSetup) {
+        *self.stream.lock().unwrap_or_else(|e| e.into_inner()) = Some(setup);
     }
 
     /// The camera's state and, when it failed, why.

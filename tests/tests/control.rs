@@ -54,6 +54,11 @@ async fn commands_get_replies_and_bad_ones_never_stop_the_agent() {
     assert_eq!(list["ok"], true, "{list}");
     assert_eq!(list["cameras"][0]["id"], "cam-1", "{list}");
     assert_eq!(list["cameras"][0]["model"], "person", "{list}");
+    // Streaming, so set up: rtsp_client = "auto" received this rtsp:// TCP camera with the
+    // shared client.
+    assert_eq!(list["cameras"][0]["rtsp_client"], "shared", "{list}");
+    assert_eq!(list["cameras"][0]["codec"], "H264", "{list}");
+    assert!(list["cameras"][0]["decoder"].as_str().is_some_and(|d| !d.is_empty()), "{list}");
     let models = by_id(&got, "models-1").expect("model.list reply");
     assert_eq!(models["models"][0]["name"], "person", "{models}");
     assert_eq!(models["models"][0]["active"]["sha256"].as_str().map(str::len), Some(64), "{models}");

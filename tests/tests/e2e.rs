@@ -86,8 +86,30 @@ async fn publishes_schema_complete_detections_for_every_h264_and_h265_camera() {
         add_camera_key(&config, id, &format!("rtsp_client = \"{client}\"")).expect("config");
     }
     let rec = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/detections").await.expect("sub");
+    let statuses = Recorder::start(broker.port(), "lookout/v1/test-site/gw-test/cameras/+/status").await.expect("sub");
     let agent = AgentProcess::start(&config).expect("agent");
 
+    // Each camera's status says which client receives it and what decodes it.
+    let setups = [
+        ("cam-264-a", "gstreamer", "H264"),
+        ("cam-264-b", "gstreamer", "H264"),
+        ("cam-265", "gstreamer", "H265"),
+        ("shared-264-b", "shared", "H264"),
+        ("shared-265", "shared", "H265"),
+    ];
+    statuses
+        .wait_for(WAIT, "every camera's status naming its client, codec and decoder", |m| {
+            setups.iter().all(|(id, client, codec)| {
+                m.iter().any(|r| {
+                    r.json["camera"] == *id
+                        && r.json["rtsp_client"] == *client
+                        && r.json["codec"] == *codec
+                        && r.json["decoder"].as_str().is_some_and(|d| !d.is_empty())
+                })
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     let got = rec
         .wait_for(WAIT, "3 messages from each camera", |m| {
             cams.iter().all(|c| m.iter().filter(|r| r.json["camera"] == c.id).count() >= 3)
@@ -468,6 +490,14 @@ async fn faults_get_clear_reasons(client: &str) {
     let (_, metrics) = http_get(port, "/metrics").expect("metrics");
     assert!(metrics.contains("lookout_camera_streaming{camera=\"ok\"} 1"), "{metrics}");
     assert!(metrics.contains("lookout_camera_state{camera=\"locked\",state=\"failed\"} 1"), "{metrics}");
+    // How each camera is received: the healthy one as configured; none for those whose
+    // stream was never set up.
+    let ok_stream =
+        format!("lookout_camera_stream_info{{camera=\"ok\",rtsp_client=\"{client}\",codec=\"H264\",decoder=\"");
+    assert!(metrics.contains(&ok_stream), "{metrics}");
+    for id in ["refused", "locked"] {
+        assert!(!metrics.contains(&format!("lookout_camera_stream_info{{camera=\"{id}\"")), "{metrics}");
+    }
     for id in ["refused", "locked", "garbage"] {
         assert!(metrics.contains(&format!("lookout_camera_streaming{{camera=\"{id}\"}} 0")), "{metrics}");
         let restarts = format!("lookout_camera_restarts_total{{camera=\"{id}\"}} ");

@@ -366,6 +366,10 @@ struct CameraView<'a> {
     /// The camera's own frame size (0 × 0 until the first frame).
     width: u32,
     height: u32,
+    /// How its stream is received and decoded (null until set up).
+    rtsp_client: Option<&'static str>,
+    codec: Option<&'static str>,
+    decoder: Option<String>,
     watched: bool,
     #[serde(flatten)]
     info: super::CameraInfo,
@@ -379,6 +383,7 @@ fn camera_view<'a>(ctx: &'a CameraCtx, cam: &'a CameraConsole) -> CameraView<'a>
     let (state, reason) = ctx.state();
     let (input, analysed) = cam.fps(ctx);
     let (width, height) = ctx.native_size();
+    let stream = ctx.stream();
     CameraView {
         id: &ctx.id,
         state: state.as_str(),
@@ -388,6 +393,9 @@ fn camera_view<'a>(ctx: &'a CameraCtx, cam: &'a CameraConsole) -> CameraView<'a>
         last_frame: ctx.last_frame().map(rfc3339_millis),
         width,
         height,
+        rtsp_client: stream.as_ref().map(|s| s.rtsp_client),
+        codec: stream.as_ref().map(|s| s.codec),
+        decoder: stream.map(|s| s.decoder),
         watched: ctx.watch.is_watched(),
         info: cam.info(),
         rules: cam.rules_source(),

@@ -110,6 +110,7 @@ pub fn handle_read(req: &Request, inventory: &Inventory) -> Reply {
                 .iter()
                 .map(|c| {
                     let (st, reason) = c.ctx.state();
+                    let stream = c.ctx.stream();
                     json!({
                         "id": c.config.id,
                         "model": c.config.model,
@@ -118,6 +119,9 @@ pub fn handle_read(req: &Request, inventory: &Inventory) -> Reply {
                         "state": st.as_str(),
                         "reason": reason,
                         "origin": c.origin,
+                        "rtsp_client": stream.as_ref().map(|s| s.rtsp_client),
+                        "codec": stream.as_ref().map(|s| s.codec),
+                        "decoder": stream.as_ref().map(|s| s.decoder.as_str()),
                     })
                 })
                 .collect();

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::camera::StreamSetup;
 use crate::infer::Analysed;
 use crate::infer::detection::BBox;
 
@@ -503,6 +504,13 @@ pub struct CameraStatusMessage<'a> {
     pub analysed_fps: f64,
     /// When the last frame was captured, if any.
     pub last_frame: Option<String>,
+    /// How the stream is received and decoded: absent until the camera's first set-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtsp_client: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codec: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<&'a str>,
     pub ts: String,
 }
 
@@ -516,6 +524,7 @@ pub fn camera_status_message(
     input_fps: f64,
     analysed_fps: f64,
     last_frame: Option<SystemTime>,
+    stream: Option<&StreamSetup>,
 ) -> Vec<u8> {
     to_json(&CameraStatusMessage {
         schema: CAMERA_STATUS_SCHEMA,
@@ -528,6 +537,9 @@ pub fn camera_status_message(
         input_fps: (input_fps * 100.0).round() / 100.0,
         analysed_fps: (analysed_fps * 100.0).round() / 100.0,
         last_frame: last_frame.map(rfc3339_millis),
+        rtsp_client: stream.map(|s| s.rtsp_client),
+        codec: stream.map(|s| s.codec),
+        decoder: stream.map(|s| s.decoder.as_str()),
         ts: rfc3339_millis(SystemTime::now()),
     })
 }

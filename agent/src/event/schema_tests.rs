@@ -582,7 +582,13 @@ fn status_online_and_offline_validate_against_their_schema() {
 fn camera_status_bytes(state: &str, reason: Option<&str>, last_frame: Option<SystemTime>) -> Vec<u8> {
     // A streaming camera sends ~25 fps and one a second is analysed; others get nothing.
     let (input_fps, analysed_fps) = if state == "streaming" { (25.04, 1.0) } else { (0.0, 0.0) };
-    camera_status_message(SITE, AGENT, CAMERA, state, reason, input_fps, analysed_fps, last_frame)
+    // Set up once it has streamed; a camera that never connected has none.
+    let stream = last_frame.map(|_| crate::camera::StreamSetup {
+        rtsp_client: "shared",
+        codec: "H264",
+        decoder: "avdec_h264".to_string(),
+    });
+    camera_status_message(SITE, AGENT, CAMERA, state, reason, input_fps, analysed_fps, last_frame, stream.as_ref())
 }
 
 fn camera_status(state: &str, reason: Option<&str>, last_frame: Option<SystemTime>) -> Value {
@@ -604,6 +610,9 @@ fn camera_status_validates_in_every_state() {
         assert_valid(&v);
         assert!(v.get("seq").is_none(), "retained state carries no seq");
         assert_eq!(v["last_frame"].is_null(), last.is_none(), "last_frame is null, not absent, before any frame");
+        for field in ["rtsp_client", "codec", "decoder"] {
+            assert_eq!(v.get(field).is_some(), last.is_some(), "{field} once the stream was set up, absent before");
+        }
     }
     for (state, reason) in [("streaming", None), ("reconnecting", lost)] {
         maybe_print(&format!("camera_status {state}"), &camera_status_bytes(state, reason, Some(at(10.0))));

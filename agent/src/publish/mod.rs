@@ -511,7 +511,9 @@ impl<'a> Connection<'a> {
         }
         for cam in &cameras {
             let (state, reason) = cam.state();
-            let key = format!("{}{:?}", state.as_str(), reason);
+            let stream = cam.stream();
+            // A new client or decoder (an `auto` fall-back) is reported at once too.
+            let key = format!("{}{:?}{:?}", state.as_str(), reason, stream);
             let (encoded, analysed) =
                 (cam.stats.encoded_frames.load(Ordering::Relaxed), cam.stats.analysed_frames.load(Ordering::Relaxed));
             let due = match self.camera_reports.get(&cam.id) {
@@ -538,6 +540,7 @@ impl<'a> Connection<'a> {
                 input_fps,
                 analysed_fps,
                 cam.last_frame(),
+                stream.as_ref(),
             );
             self.publish_state(self.topics.camera_status(&cam.id), payload);
             self.camera_reports.insert(cam.id.clone(), (key, now, encoded, analysed));

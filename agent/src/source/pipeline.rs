@@ -36,7 +36,7 @@ use super::SourceError;
 use super::activity::{ActivityGate, CompressedMotionPolicy, Decision, GateState};
 use super::gate::{Gate, GateVerdict, Timeline};
 use super::motion::{self, MotionGate};
-use crate::camera::{CameraCtx, Frame, Original};
+use crate::camera::{CameraCtx, Frame, Original, StreamSetup};
 use crate::config::{CameraConfig, DecoderPolicy, Transport};
 use crate::infer::queue::FrameQueue;
 use crate::latency::{STAGES, Stage};
@@ -156,6 +156,12 @@ impl Decoding {
         pipeline.add_many([src.upcast_ref(), &parse, &dec]).map_err(|e| SourceError::build(&ctx.id, e))?;
         gst::Element::link_many([src.upcast_ref(), &parse, &dec, &scale])
             .map_err(|e| SourceError::build(&ctx.id, e))?;
+        let codec_name = match codec {
+            Encoded::H264 => "H264",
+            Encoded::H265 => "H265",
+            Encoded::Jpeg => "JPEG",
+        };
+        ctx.set_stream(StreamSetup { rtsp_client: "shared", codec: codec_name, decoder: dec_name });
         install_sampler(&dec, &taps, &ctx);
         Ok(Decoding { pipeline, src, taps, ctx })
     }
@@ -315,15 +321,15 @@ fn link_decoder(
         .and_then(|s| s.get::<String>("encoding-name").ok())
         .unwrap_or_default()
         .to_ascii_uppercase();
-    let (depay, parse, media, software) = match encoding.as_str() {
-        "H264" => ("rtph264depay", "h264parse", "video/x-h264", "avdec_h264"),
-        "H265" => ("rtph265depay", "h265parse", "video/x-h265", "avdec_h265"),
+    let (codec, depay, parse, media, software) = match encoding.as_str() {
+        "H264" => ("H264", "rtph264depay", "h264parse", "video/x-h264", "avdec_h264"),
+        "H265" => ("H265", "rtph265depay", "h265parse", "video/x-h265", "avdec_h265"),
         // MJPEG: every frame is a keyframe, so the gate's keyframe mode applies as is.
-        "JPEG" => ("rtpjpegdepay", "jpegparse", "image/jpeg", "jpegdec"),
+        "JPEG" => ("JPEG", "rtpjpegdepay", "jpegparse", "image/jpeg", "jpegdec"),
         other => return Err(SourceError::UnsupportedCodec { camera: ctx.id.clone(), codec: other.to_string() }),
     };
     let dec_name = pick_decoder(decoder, media, software);
-    tracing::info!(camera = %ctx.id, codec = %encoding, decoder = %dec_name, "stream set up");
+    tracing::info!(camera = %ctx.id, codec = %encoding, decoder = %dec_name, client = "gstreamer", "stream set up");
     let depay = make(&ctx.id, depay)?;
     let parse = make(&ctx.id, parse)?;
     let dec = make(&ctx.id, &dec_name)?;
@@ -341,6 +347,7 @@ fn link_decoder(
     let sink_pad =
         depay.static_pad("sink").ok_or_else(|| SourceError::build(&ctx.id, "depayloader has no sink pad"))?;
     pad.link(&sink_pad).map_err(|e| SourceError::build(&ctx.id, e))?;
+    ctx.set_stream(StreamSetup { rtsp_client: "gstreamer", codec, decoder: dec_name });
     // Data arriving is noted at the RTP level, so a stream whose payload does not parse
     // or decode is told apart from one that sends nothing.
     {

@@ -378,6 +378,20 @@ fn render(h: &Health) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP lookout_camera_stream_info How each camera's stream is received and decoded, as its pipeline last set it up (always 1; no series before the first set-up).\n\
+         # TYPE lookout_camera_stream_info gauge"
+    );
+    for c in &cameras {
+        if let Some(s) = c.stream() {
+            let _ = writeln!(
+                out,
+                "lookout_camera_stream_info{{camera=\"{}\",rtsp_client=\"{}\",codec=\"{}\",decoder=\"{}\"}} 1",
+                c.id, s.rtsp_client, s.codec, s.decoder
+            );
+        }
+    }
     render_models(&mut out, &h.inventory.model_stats());
     let _ = writeln!(
         out,

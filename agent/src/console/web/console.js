@@ -481,6 +481,7 @@ async function cameraPage(id) {
       ["reason", c.reason || "–"],
       ["input / analysed fps", `${fmtFps(c.input_fps)} / ${fmtFps(c.analysed_fps)}`],
       ["frame size", c.width ? `${c.width} × ${c.height}` : "–"],
+      ["stream", c.decoder ? `${c.codec} · ${c.decoder} · ${c.rtsp_client === "shared" ? "shared RTSP client" : "rtspsrc"}` : "–"],
       ["last analysed frame", c.last_frame || "–"],
       ["model", `${c.model.name} ${c.model.version}`],
       ["zones", c.zones.map((z) => z.name).join(", ") || "–"],
