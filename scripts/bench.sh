@@ -34,7 +34,7 @@ row_header
 for n in 16 64; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --pin-server; done
 echo "### The person model's INT8 variant, 1 intra-op thread, 2 workers (sessions)"
 row_header
-for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --workers 2; done
+for n in 16 64 128; do $bench streams --streams "$n" --fps 1 --manifest "$person/manifest.int8.toml" --threads 1 --workers 2 --warmup 25; done
 echo "### The person model's INT8 variant, 1 intra-op thread, rtspsrc against the shared RTSP client (the default; same sitting)"
 row_header
 for n in 16 64; do
