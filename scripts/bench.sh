@@ -17,7 +17,7 @@ echo
 echo "## Agent on N streams (H.264 768x576, 10 fps, 1 s GOP staggered across cameras, 1 analysed fps each; rtsp-serve in its own process)"
 echo "Cameras are received by the agent's default client (rtsp_client = auto: the shared client for these rtsp:// TCP cameras) unless a row names one."
 row_header() {
-  echo "| streams | fps/camera | agent CPU (% of one core) | per stream | RSS | per stream | threads | analysed fps per stream min / median / max | analysed fps total | capture→publish p50 / p99 | replaced | decoded/received frames |"
+  echo "| streams | fps/camera | agent CPU (% of one core) | per stream | RSS | per stream | threads | analysed fps per stream min / median / max | analysed fps total | capture→publish p50 / p99 | not analysed (replaced in the slot, or skipped before decoding while the last waited) | decoded/received frames |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 }
 echo "### The person model (fp32), the agent's defaults (2 intra-op threads): the rows recorded before"
